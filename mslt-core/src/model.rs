@@ -1,0 +1,567 @@
+//! BERT for pre-training (post-LN), as Hugging Face `BertForPreTraining`, with HF parameter names.
+//!
+//! Reference: transformers `models/bert/modeling_bert.py` (`BertEmbeddings`, `BertSelfAttention`,
+//! `BertSelfOutput`, `BertIntermediate`, `BertOutput`, `BertLayer`, `BertPooler`,
+//! `BertPredictionHeadTransform`, `BertLMPredictionHead`, `BertPreTrainingHeads`).
+//!
+//! Parameters are plain `Tensor`s: a layer built from `Var`-backed tensors trains, a layer built
+//! from detached tensors is frozen and runs forward only on fused no-backward ops (see `nn`).
+
+use crate::config::{Activation, BertConfig};
+use crate::error::{Error, Result};
+use crate::nn::{self, dropout, LayerNorm, Linear, Mode};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use std::collections::HashMap;
+
+/// Which optional heads a model has (a `BertModel` checkpoint has none or only the pooler).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heads {
+    pub pooler: bool,
+    pub mlm: bool,
+    pub nsp: bool,
+}
+
+impl Heads {
+    pub const ALL: Heads = Heads {
+        pooler: true,
+        mlm: true,
+        nsp: true,
+    };
+}
+
+/// HF parameter names (with the `bert.` prefix of `BertForPreTraining`).
+pub mod names {
+    pub const WORD: &str = "bert.embeddings.word_embeddings.weight";
+    pub const POSITION: &str = "bert.embeddings.position_embeddings.weight";
+    pub const TOKEN_TYPE: &str = "bert.embeddings.token_type_embeddings.weight";
+    pub const EMB_LN: &str = "bert.embeddings.LayerNorm";
+    pub const POOLER: &str = "bert.pooler.dense";
+    pub const MLM_DENSE: &str = "cls.predictions.transform.dense";
+    pub const MLM_LN: &str = "cls.predictions.transform.LayerNorm";
+    pub const MLM_BIAS: &str = "cls.predictions.bias";
+    pub const NSP: &str = "cls.seq_relationship";
+
+    /// `bert.encoder.layer.{i}`
+    pub fn layer(i: usize) -> String {
+        format!("bert.encoder.layer.{i}")
+    }
+
+    /// Every parameter of layer `i` with its shape, in HF order.
+    pub fn layer_params(i: usize, c: usize, inter: usize) -> Vec<(String, Vec<usize>)> {
+        let p = layer(i);
+        let mut v = Vec::new();
+        for lin in [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+        ] {
+            v.push((format!("{p}.{lin}.weight"), vec![c, c]));
+            v.push((format!("{p}.{lin}.bias"), vec![c]));
+        }
+        v.push((format!("{p}.attention.output.dense.weight"), vec![c, c]));
+        v.push((format!("{p}.attention.output.dense.bias"), vec![c]));
+        v.push((format!("{p}.attention.output.LayerNorm.weight"), vec![c]));
+        v.push((format!("{p}.attention.output.LayerNorm.bias"), vec![c]));
+        v.push((format!("{p}.intermediate.dense.weight"), vec![inter, c]));
+        v.push((format!("{p}.intermediate.dense.bias"), vec![inter]));
+        v.push((format!("{p}.output.dense.weight"), vec![c, inter]));
+        v.push((format!("{p}.output.dense.bias"), vec![c]));
+        v.push((format!("{p}.output.LayerNorm.weight"), vec![c]));
+        v.push((format!("{p}.output.LayerNorm.bias"), vec![c]));
+        v
+    }
+}
+
+/// Every parameter of a model with `heads`, with its shape (the tied decoder is not listed: it is
+/// the word-embedding matrix).
+pub fn parameter_shapes(cfg: &BertConfig, heads: Heads) -> Vec<(String, Vec<usize>)> {
+    let (c, v) = (cfg.hidden_size, cfg.vocab_size);
+    let mut out = vec![
+        (names::WORD.to_string(), vec![v, c]),
+        (
+            names::POSITION.to_string(),
+            vec![cfg.max_position_embeddings, c],
+        ),
+        (names::TOKEN_TYPE.to_string(), vec![cfg.type_vocab_size, c]),
+        (format!("{}.weight", names::EMB_LN), vec![c]),
+        (format!("{}.bias", names::EMB_LN), vec![c]),
+    ];
+    for i in 0..cfg.num_hidden_layers {
+        out.extend(names::layer_params(i, c, cfg.intermediate_size));
+    }
+    out.extend(head_parameter_shapes(cfg, heads));
+    out
+}
+
+/// The parameters of the optional heads selected by `heads`.
+pub fn head_parameter_shapes(cfg: &BertConfig, heads: Heads) -> Vec<(String, Vec<usize>)> {
+    let (c, v) = (cfg.hidden_size, cfg.vocab_size);
+    let mut out = Vec::new();
+    if heads.pooler {
+        out.push((format!("{}.weight", names::POOLER), vec![c, c]));
+        out.push((format!("{}.bias", names::POOLER), vec![c]));
+    }
+    if heads.mlm {
+        out.push((format!("{}.weight", names::MLM_DENSE), vec![c, c]));
+        out.push((format!("{}.bias", names::MLM_DENSE), vec![c]));
+        out.push((format!("{}.weight", names::MLM_LN), vec![c]));
+        out.push((format!("{}.bias", names::MLM_LN), vec![c]));
+        out.push((names::MLM_BIAS.to_string(), vec![v]));
+    }
+    if heads.nsp {
+        out.push((format!("{}.weight", names::NSP), vec![2, c]));
+        out.push((format!("{}.bias", names::NSP), vec![2]));
+    }
+    out
+}
+
+/// Shape-checked access to a name -> tensor map.
+pub struct Source<'a> {
+    pub map: &'a HashMap<String, Tensor>,
+    /// Where the tensors came from (a file path), for error messages.
+    pub origin: &'a str,
+}
+
+impl Source<'_> {
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.map.get(name).ok_or_else(|| Error::MissingTensor {
+            origin: self.origin.to_string(),
+            name: name.to_string(),
+            expected: shape.to_vec(),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::ShapeMismatch {
+                origin: self.origin.to_string(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(t.clone())
+    }
+    fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+        Ok(Linear::new(
+            self.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            self.get(&format!("{prefix}.bias"), &[out_dim])?,
+        ))
+    }
+    fn layer_norm(&self, prefix: &str, c: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm::new(
+            self.get(&format!("{prefix}.weight"), &[c])?,
+            self.get(&format!("{prefix}.bias"), &[c])?,
+            eps,
+        ))
+    }
+    /// True when any tensor under `prefix` is present.
+    fn has_prefix(&self, prefix: &str) -> bool {
+        self.map.keys().any(|k| k.starts_with(prefix))
+    }
+}
+
+/// A batch of model input. All tensors are (B, T) U32 on the model's device.
+#[derive(Clone, Debug)]
+pub struct BertInput {
+    /// (B, T)
+    pub input_ids: Tensor,
+    /// (B, T)
+    pub token_type_ids: Tensor,
+    /// (B, T), 1 = attend, 0 = padding
+    pub attention_mask: Tensor,
+}
+
+impl BertInput {
+    /// Builds and validates a batch from host data laid out row-major (B, T). `attention_mask`
+    /// and `token_type_ids` default to all ones / all zeros, as in HF.
+    pub fn from_host(
+        cfg: &BertConfig,
+        (b, t): (usize, usize),
+        input_ids: &[i64],
+        attention_mask: Option<&[i64]>,
+        token_type_ids: Option<&[i64]>,
+        device: &Device,
+    ) -> Result<Self> {
+        let n = b * t;
+        if b == 0 || t == 0 {
+            return Err(Error::Input(format!("empty batch: shape ({b}, {t})")));
+        }
+        if t > cfg.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "sequence length {t} is beyond max_position_embeddings {}",
+                cfg.max_position_embeddings
+            )));
+        }
+        let check = |name: &str, v: &[i64], limit: usize, what: &str| -> Result<Vec<u32>> {
+            if v.len() != n {
+                return Err(Error::Input(format!(
+                    "{name} has {} elements, expected {n} for shape ({b}, {t})",
+                    v.len()
+                )));
+            }
+            v.iter()
+                .enumerate()
+                .map(|(k, &x)| {
+                    if x < 0 || x as u64 >= limit as u64 {
+                        Err(Error::Input(format!(
+                            "{name}[{}][{}] = {x} is outside [0, {limit}) ({what})",
+                            k / t,
+                            k % t
+                        )))
+                    } else {
+                        Ok(x as u32)
+                    }
+                })
+                .collect()
+        };
+        let ids = check("input_ids", input_ids, cfg.vocab_size, "vocab_size")?;
+        let mask = match attention_mask {
+            Some(m) => check("attention_mask", m, 2, "a 0/1 mask")?,
+            None => vec![1; n],
+        };
+        let tt = match token_type_ids {
+            Some(m) => check("token_type_ids", m, cfg.type_vocab_size, "type_vocab_size")?,
+            None => vec![0; n],
+        };
+        Ok(Self {
+            input_ids: Tensor::from_vec(ids, (b, t), device)?,
+            token_type_ids: Tensor::from_vec(tt, (b, t), device)?,
+            attention_mask: Tensor::from_vec(mask, (b, t), device)?,
+        })
+    }
+
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(self.input_ids.dims2()?)
+    }
+
+    /// Additive attention mask (B, 1, 1, T) in f32: 0 where attended, -1e9 at padding. Finite
+    /// on purpose: `(1 - m) * f32::MIN` becomes NaN in bf16/f16.
+    pub fn additive_mask(&self) -> Result<Tensor> {
+        let (b, t) = self.dims()?;
+        let m = self.attention_mask.to_dtype(DType::F32)?;
+        Ok(m.affine(1e9, -1e9)?.reshape((b, 1, 1, t))?)
+    }
+}
+
+/// Word + position + token-type embeddings, LayerNorm, dropout: (B, T) -> (B, T, C).
+#[derive(Clone, Debug)]
+pub struct BertEmbeddings {
+    /// (V, C); also the tied MLM decoder weight
+    pub word_embeddings: Tensor,
+    /// (P, C)
+    pub position_embeddings: Tensor,
+    /// (TT, C)
+    pub token_type_embeddings: Tensor,
+    pub layer_norm: LayerNorm,
+    pub dropout: f64,
+}
+
+impl BertEmbeddings {
+    pub fn forward(&self, input: &BertInput, mode: &mut Mode) -> Result<Tensor> {
+        let (b, t) = input.dims()?;
+        let c = self.word_embeddings.dim(1)?;
+        let dev = self.word_embeddings.device();
+        let word = self
+            .word_embeddings
+            .index_select(&input.input_ids.flatten_all()?, 0)?; // (B*T, C)
+        let tt = self
+            .token_type_embeddings
+            .index_select(&input.token_type_ids.flatten_all()?, 0)?; // (B*T, C)
+        let pos_ids = Tensor::arange(0u32, t as u32, dev)?;
+        let pos = self.position_embeddings.index_select(&pos_ids, 0)?; // (T, C)
+        let x = (word + tt)?.reshape((b, t, c))?.broadcast_add(&pos)?; // (B, T, C)
+        let x = self.layer_norm.forward(&x)?;
+        Ok(dropout(&x, self.dropout, mode)?)
+    }
+}
+
+/// Multi-head self-attention (BertSelfAttention): (B, T, C) -> context (B, T, C).
+#[derive(Clone, Debug)]
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub num_heads: usize,
+    pub dropout: f64,
+}
+
+impl BertSelfAttention {
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let (nh, hs) = (self.num_heads, c / self.num_heads);
+        let heads = |lin: &Linear| -> Result<Tensor> {
+            // (B, T, C) -> (B, T, NH, HS) -> (B, NH, T, HS)
+            Ok(lin
+                .forward(x)?
+                .reshape((b, t, nh, hs))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q, k, v) = (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?);
+        let scale = 1.0 / (hs as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, NH, T, T)
+        let scores = scores.broadcast_add(mask)?; // + (B, 1, 1, T)
+        let probs = nn::softmax_last_dim(&scores)?;
+        let probs = dropout(&probs, self.dropout, mode)?;
+        let ctx = probs.matmul(&v)?; // (B, NH, T, HS)
+        Ok(ctx.transpose(1, 2)?.reshape((b, t, c))?) // (B, T, C)
+    }
+}
+
+/// One encoder layer (BertLayer): attention + add & LN, FFN + add & LN (post-LN).
+#[derive(Clone, Debug)]
+pub struct BertLayer {
+    pub attention: BertSelfAttention,
+    /// attention.output.dense (C, C)
+    pub attention_output: Linear,
+    pub attention_layer_norm: LayerNorm,
+    /// intermediate.dense (I, C)
+    pub intermediate: Linear,
+    /// output.dense (C, I)
+    pub output: Linear,
+    pub output_layer_norm: LayerNorm,
+    pub activation: Activation,
+    pub dropout: f64,
+}
+
+impl BertLayer {
+    fn load(src: &Source, cfg: &BertConfig, i: usize) -> Result<Self> {
+        let p = names::layer(i);
+        let (c, inter, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        Ok(Self {
+            attention: BertSelfAttention {
+                query: src.linear(&format!("{p}.attention.self.query"), c, c)?,
+                key: src.linear(&format!("{p}.attention.self.key"), c, c)?,
+                value: src.linear(&format!("{p}.attention.self.value"), c, c)?,
+                num_heads: cfg.num_attention_heads,
+                dropout: cfg.attention_probs_dropout_prob,
+            },
+            attention_output: src.linear(&format!("{p}.attention.output.dense"), c, c)?,
+            attention_layer_norm: src.layer_norm(
+                &format!("{p}.attention.output.LayerNorm"),
+                c,
+                eps,
+            )?,
+            intermediate: src.linear(&format!("{p}.intermediate.dense"), inter, c)?,
+            output: src.linear(&format!("{p}.output.dense"), c, inter)?,
+            output_layer_norm: src.layer_norm(&format!("{p}.output.LayerNorm"), c, eps)?,
+            activation: cfg.hidden_act,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// (B, T, C) -> (B, T, C); `mask` is the additive mask (B, 1, 1, T).
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let a = self.attention.forward(x, mask, mode)?;
+        let a = dropout(&self.attention_output.forward(&a)?, self.dropout, mode)?;
+        let h = self.attention_layer_norm.forward(&(a + x)?)?; // (B, T, C)
+        let f = nn::activation(&self.intermediate.forward(&h)?, self.activation)?; // (B, T, I)
+        let f = dropout(&self.output.forward(&f)?, self.dropout, mode)?; // (B, T, C)
+        Ok(self.output_layer_norm.forward(&(f + h)?)?)
+    }
+}
+
+/// MLM head (BertLMPredictionHead): transform (dense, act, LN), decoder tied to the word
+/// embeddings, output bias. (N, C) -> (N, V).
+#[derive(Clone, Debug)]
+pub struct MlmHead {
+    pub transform: Linear,
+    pub layer_norm: LayerNorm,
+    pub activation: Activation,
+    /// (V,)
+    pub bias: Tensor,
+}
+
+/// Outputs of the encoder.
+pub struct EncoderOutput {
+    /// (B, T, C) after the last layer.
+    pub last_hidden_state: Tensor,
+    /// The embeddings output and every layer's output (L + 1 entries), when asked for.
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// BERT with its pre-training heads (HF `BertForPreTraining`).
+#[derive(Clone, Debug)]
+pub struct BertForPreTraining {
+    pub config: BertConfig,
+    pub embeddings: BertEmbeddings,
+    pub layers: Vec<BertLayer>,
+    /// bert.pooler.dense (C, C)
+    pub pooler: Option<Linear>,
+    pub mlm: Option<MlmHead>,
+    /// cls.seq_relationship (2, C)
+    pub nsp: Option<Linear>,
+}
+
+impl BertForPreTraining {
+    /// Builds the model from tensors under HF names (`bert.` prefix). Embeddings and layers are
+    /// required; each head is built when any of its tensors is present (and then must be
+    /// complete). Tensors that are `Var`s train; plain tensors are frozen.
+    pub fn from_tensors(
+        cfg: &BertConfig,
+        map: &HashMap<String, Tensor>,
+        origin: &str,
+    ) -> Result<Self> {
+        let src = Source { map, origin };
+        let (c, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let embeddings = BertEmbeddings {
+            word_embeddings: src.get(names::WORD, &[cfg.vocab_size, c])?,
+            position_embeddings: src.get(names::POSITION, &[cfg.max_position_embeddings, c])?,
+            token_type_embeddings: src.get(names::TOKEN_TYPE, &[cfg.type_vocab_size, c])?,
+            layer_norm: src.layer_norm(names::EMB_LN, c, eps)?,
+            dropout: cfg.hidden_dropout_prob,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::load(&src, cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = if src.has_prefix(names::POOLER) {
+            Some(src.linear(names::POOLER, c, c)?)
+        } else {
+            None
+        };
+        let mlm = if src.has_prefix("cls.predictions.") {
+            Some(MlmHead {
+                transform: src.linear(names::MLM_DENSE, c, c)?,
+                layer_norm: src.layer_norm(names::MLM_LN, c, eps)?,
+                activation: cfg.hidden_act,
+                bias: src.get(names::MLM_BIAS, &[cfg.vocab_size])?,
+            })
+        } else {
+            None
+        };
+        let nsp = if src.has_prefix(names::NSP) {
+            Some(src.linear(names::NSP, 2, c)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config: cfg.clone(),
+            embeddings,
+            layers,
+            pooler,
+            mlm,
+            nsp,
+        })
+    }
+
+    pub fn heads(&self) -> Heads {
+        Heads {
+            pooler: self.pooler.is_some(),
+            mlm: self.mlm.is_some(),
+            nsp: self.nsp.is_some(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embeddings.word_embeddings.device()
+    }
+
+    /// Embeddings and every layer. `keep_all` keeps every hidden state (HF `output_hidden_states`).
+    pub fn encode(
+        &self,
+        input: &BertInput,
+        mode: &mut Mode,
+        keep_all: bool,
+    ) -> Result<EncoderOutput> {
+        let mask = input.additive_mask()?; // (B, 1, 1, T)
+        let mut x = self.embeddings.forward(input, mode)?; // (B, T, C)
+        let mut hidden_states = Vec::new();
+        if keep_all {
+            hidden_states.push(x.clone());
+        }
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask, mode)?;
+            if keep_all {
+                hidden_states.push(x.clone());
+            }
+        }
+        Ok(EncoderOutput {
+            last_hidden_state: x,
+            hidden_states,
+        })
+    }
+
+    /// Pooler output tanh(dense(h[:, 0])): (B, T, C) -> (B, C). None when the model has no pooler.
+    pub fn pool(&self, last_hidden_state: &Tensor) -> Result<Option<Tensor>> {
+        match &self.pooler {
+            None => Ok(None),
+            Some(p) => {
+                let cls = last_hidden_state.i((.., 0, ..))?.contiguous()?; // (B, C)
+                Ok(Some(p.forward(&cls)?.tanh()?))
+            }
+        }
+    }
+
+    /// MLM logits for any rows of hidden states: (N, C) or (B, T, C) -> (N, V) / (B, T, V).
+    pub fn mlm_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let head = self
+            .mlm
+            .as_ref()
+            .ok_or_else(|| Error::Input("this model has no MLM head (cls.predictions.*)".into()))?;
+        let t = nn::activation(&head.transform.forward(h)?, head.activation)?;
+        let t = head.layer_norm.forward(&t)?;
+        let dims = t.dims().to_vec();
+        let c = *dims.last().expect("rank >= 1");
+        let t2 = t.reshape(((), c))?; // (N, C)
+                                      // Decoder tied to the word embeddings: (N, C) x (C, V)
+        let logits = t2
+            .matmul(&self.embeddings.word_embeddings.t()?)?
+            .broadcast_add(&head.bias)?;
+        let mut out = dims;
+        *out.last_mut().expect("rank >= 1") = self.config.vocab_size;
+        Ok(logits.reshape(out)?)
+    }
+
+    /// NSP logits from the pooler output: (B, C) -> (B, 2).
+    pub fn nsp_logits(&self, pooled: &Tensor) -> Result<Tensor> {
+        let nsp = self.nsp.as_ref().ok_or_else(|| {
+            Error::Input("this model has no NSP head (cls.seq_relationship.*)".into())
+        })?;
+        Ok(nsp.forward(pooled)?)
+    }
+
+    /// Pre-training loss: MLM cross-entropy over the masked positions only (the head runs on
+    /// those rows alone, not on every token) plus, when `nsp_labels` is given, NSP cross-entropy.
+    pub fn pretraining_loss(
+        &self,
+        input: &BertInput,
+        mlm: &crate::loss::MlmTargets,
+        nsp_labels: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<PretrainingLoss> {
+        let out = self.encode(input, mode, false)?;
+        let h = &out.last_hidden_state;
+        let c = h.dim(D::Minus1)?;
+        let rows = h.reshape(((), c))?.index_select(&mlm.positions, 0)?; // (M, C)
+        let logits = self.mlm_logits(&rows)?; // (M, V)
+        let mlm_loss = crate::loss::cross_entropy(&logits, &mlm.labels)?;
+        let nsp_loss = match nsp_labels {
+            None => None,
+            Some(labels) => {
+                let pooled = self.pool(h)?.ok_or_else(|| {
+                    Error::Input(
+                        "NSP needs the pooler (bert.pooler.*), which this model lacks".into(),
+                    )
+                })?;
+                Some(crate::loss::cross_entropy(
+                    &self.nsp_logits(&pooled)?,
+                    labels,
+                )?)
+            }
+        };
+        let loss = match &nsp_loss {
+            Some(n) => (&mlm_loss + n)?,
+            None => mlm_loss.clone(),
+        };
+        Ok(PretrainingLoss {
+            loss,
+            mlm_loss,
+            nsp_loss,
+        })
+    }
+}
+
+/// Scalar losses of a pre-training step.
+pub struct PretrainingLoss {
+    pub loss: Tensor,
+    pub mlm_loss: Tensor,
+    pub nsp_loss: Option<Tensor>,
+}

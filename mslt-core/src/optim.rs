@@ -1,0 +1,144 @@
+//! AdamW that we own: decoupled weight decay (PyTorch `torch.optim.AdamW` semantics), no decay on
+//! biases and LayerNorm weights, f32 state that can be saved and restored.
+
+use crate::error::{Error, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// HF/BERT convention: biases and LayerNorm parameters are not weight-decayed.
+pub fn no_decay(name: &str) -> bool {
+    name.ends_with(".bias") || name.contains("LayerNorm") || name == "cls.predictions.bias"
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    decay: bool,
+    /// first moment, f32, same shape as the parameter
+    m: Tensor,
+    /// second moment, f32
+    v: Tensor,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    slots: Vec<Slot>,
+    /// Number of steps taken (PyTorch keeps one per parameter; ours move together).
+    step: u64,
+}
+
+impl AdamW {
+    /// `params`: (HF name, variable) for every trainable parameter.
+    pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        let slots = params
+            .into_iter()
+            .map(|(name, var)| {
+                let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                let v = m.clone();
+                Ok(Slot {
+                    decay: !no_decay(&name),
+                    name,
+                    var,
+                    m,
+                    v,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config,
+            slots,
+            step: 0,
+        })
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    /// One update with the gradients in `grads`. Parameters without a gradient are skipped.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c = &self.config;
+        let t = self.step as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let step_size = c.lr / bc1;
+        for s in &mut self.slots {
+            let Some(g) = grads.get(s.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F32)?;
+            let mut p = s.var.as_tensor().to_dtype(DType::F32)?;
+            if s.decay && c.weight_decay != 0.0 {
+                p = (p * (1.0 - c.lr * c.weight_decay))?;
+            }
+            // torch: exp_avg.lerp_(grad, 1 - beta1)
+            s.m = (&s.m + ((&g - &s.m)? * (1.0 - c.beta1))?)?;
+            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((s.v.sqrt()? / bc2_sqrt)? + c.eps)?;
+            let p = (p - (s.m.div(&denom)? * step_size)?)?;
+            s.var.set(&p.to_dtype(s.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The optimizer state as named tensors (`{param}.exp_avg`, `{param}.exp_avg_sq`) and the
+    /// step count, for checkpoints.
+    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
+        let mut map = HashMap::new();
+        for s in &self.slots {
+            map.insert(format!("{}.exp_avg", s.name), s.m.clone());
+            map.insert(format!("{}.exp_avg_sq", s.name), s.v.clone());
+        }
+        (map, self.step)
+    }
+
+    /// Restores a state saved by [`AdamW::state`]; every parameter must have its moments with
+    /// the parameter's shape.
+    pub fn load_state(&mut self, map: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        for s in &mut self.slots {
+            for (suffix, slot) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+                let key = format!("{}.{suffix}", s.name);
+                let t = map
+                    .get(&key)
+                    .ok_or_else(|| Error::Optimizer(format!("state has no `{key}`")))?;
+                if t.dims() != s.var.dims() {
+                    return Err(Error::Optimizer(format!(
+                        "`{key}` has shape {:?}, the parameter has {:?}",
+                        t.dims(),
+                        s.var.dims()
+                    )));
+                }
+                *slot = t.to_dtype(DType::F32)?.to_device(s.var.device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

