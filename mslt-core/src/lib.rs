@@ -34,3 +34,23 @@ pub use error::{Error, Result};
 pub use model::{BertForPreTraining, BertInput, Heads};
 pub use nn::Mode;
 pub use rng::Rng;
+
+/// The compute device named on the command line: `cpu`, `cuda` or `cuda:N`.
+pub fn device(spec: &str) -> Result<candle_core::Device> {
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => (
+            k,
+            n.parse::<usize>()
+                .map_err(|_| Error::Input(format!("device `{spec}`: `{n}` is not a GPU index")))?,
+        ),
+        None => (spec, 0),
+    };
+    match kind {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "cuda" if cfg!(feature = "cuda") => Ok(candle_core::Device::new_cuda(ordinal)?),
+        "cuda" => Err(Error::Input(
+            "device `cuda`: this build has no CUDA support (rebuild with `--features cuda`, see docs/gpu.md)".into(),
+        )),
+        _ => Err(Error::Input(format!("device `{spec}`: expected cpu, cuda or cuda:N"))),
+    }
+}

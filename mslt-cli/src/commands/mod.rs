@@ -1,0 +1,2 @@
+pub mod encode;
+pub mod inspect;
