@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod commands;
 
 #[derive(Parser)]
-#[command(name = "mslt-cli", version, about = "Multi-stage layerwise BERT training (Progressively Stacking 2.0) in Rust/Candle")]
+#[command(
+    name = "mslt-cli",
+    version,
+    about = "Multi-stage layerwise BERT training (Progressively Stacking 2.0) in Rust/Candle"
+)]
 struct Cli {
     /// CPU threads for matmuls and elementwise ops (default: all physical cores).
     #[arg(long, global = true)]

@@ -11,30 +11,67 @@ fn tiny() -> String {
 
 #[test]
 fn missing_input_file() {
-    let e = run_err(&["encode", "--model", &tiny(), "--input", "/no/such/ids.safetensors", "--output", "/tmp/x.st"]);
-    assert!(e.contains("/no/such/ids.safetensors") && e.contains("no such file"), "{e}");
+    let e = run_err(&[
+        "encode",
+        "--model",
+        &tiny(),
+        "--input",
+        "/no/such/ids.safetensors",
+        "--output",
+        "/tmp/x.st",
+    ]);
+    assert!(
+        e.contains("/no/such/ids.safetensors") && e.contains("no such file"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_model_directory() {
-    let e = run_err(&["encode", "--model", "/no/such/model", "--input", "x", "--output", "y"]);
-    assert!(e.contains("/no/such/model") && e.contains("no such directory"), "{e}");
+    let e = run_err(&[
+        "encode",
+        "--model",
+        "/no/such/model",
+        "--input",
+        "x",
+        "--output",
+        "y",
+    ]);
+    assert!(
+        e.contains("/no/such/model") && e.contains("no such directory"),
+        "{e}"
+    );
 }
 
 #[test]
 fn corrupt_safetensors_weights() {
     let d = tiny_model_copy();
-    std::fs::write(d.path().join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    std::fs::write(
+        d.path().join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.safetensors");
     let mut m = HashMap::new();
-    m.insert("input_ids".to_string(), Tensor::new(&[[2i64, 7, 9]], &Device::Cpu).unwrap());
+    m.insert(
+        "input_ids".to_string(),
+        Tensor::new(&[[2i64, 7, 9]], &Device::Cpu).unwrap(),
+    );
     save(&m, &ids);
     let e = run_err(&[
-        "encode", "--model", d.path().to_str().unwrap(), "--input", ids.to_str().unwrap(), "--output",
+        "encode",
+        "--model",
+        d.path().to_str().unwrap(),
+        "--input",
+        ids.to_str().unwrap(),
+        "--output",
         tmp.path().join("o.st").to_str().unwrap(),
     ]);
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -42,18 +79,36 @@ fn corrupt_safetensors_input() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.safetensors");
     std::fs::write(&ids, b"garbage").unwrap();
-    let e = run_err(&["encode", "--model", &tiny(), "--input", ids.to_str().unwrap(), "--output", "/tmp/o.st"]);
-    assert!(e.contains("ids.safetensors") && e.contains("not a valid safetensors file"), "{e}");
+    let e = run_err(&[
+        "encode",
+        "--model",
+        &tiny(),
+        "--input",
+        ids.to_str().unwrap(),
+        "--output",
+        "/tmp/o.st",
+    ]);
+    assert!(
+        e.contains("ids.safetensors") && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
 }
 
 #[test]
 fn config_with_a_wrong_field_type() {
     let d = tiny_model_copy();
     let p = d.path().join("config.json");
-    let text = std::fs::read_to_string(&p).unwrap().replace("\"hidden_size\": 64", "\"hidden_size\": \"64\"");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"hidden_size\": 64", "\"hidden_size\": \"64\"");
     std::fs::write(&p, text).unwrap();
     let e = run_err(&["inspect", d.path().to_str().unwrap()]);
-    assert!(e.contains("config.json") && e.contains("field `hidden_size`") && e.contains("expected a non-negative integer"), "{e}");
+    assert!(
+        e.contains("config.json")
+            && e.contains("field `hidden_size`")
+            && e.contains("expected a non-negative integer"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -61,8 +116,19 @@ fn model_directory_without_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
     let text = tmp.path().join("s.txt");
     std::fs::write(&text, "hello world\n").unwrap();
-    let e = run_err(&["encode", "--model", &tiny(), "--text-file", text.to_str().unwrap(), "--output", "/tmp/o.st"]);
-    assert!(e.contains("tokenizer") && e.contains("neither tokenizer.json nor vocab.txt"), "{e}");
+    let e = run_err(&[
+        "encode",
+        "--model",
+        &tiny(),
+        "--text-file",
+        text.to_str().unwrap(),
+        "--output",
+        "/tmp/o.st",
+    ]);
+    assert!(
+        e.contains("tokenizer") && e.contains("neither tokenizer.json nor vocab.txt"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -70,10 +136,24 @@ fn ids_beyond_the_vocabulary() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.safetensors");
     let mut m = HashMap::new();
-    m.insert("input_ids".to_string(), Tensor::new(&[[2i64, 7, 9], [2, 600, 3]], &Device::Cpu).unwrap());
+    m.insert(
+        "input_ids".to_string(),
+        Tensor::new(&[[2i64, 7, 9], [2, 600, 3]], &Device::Cpu).unwrap(),
+    );
     save(&m, &ids);
-    let e = run_err(&["encode", "--model", &tiny(), "--input", ids.to_str().unwrap(), "--output", "/tmp/o.st"]);
-    assert!(e.contains("input_ids[1][1] = 600") && e.contains("[0, 512)"), "{e}");
+    let e = run_err(&[
+        "encode",
+        "--model",
+        &tiny(),
+        "--input",
+        ids.to_str().unwrap(),
+        "--output",
+        "/tmp/o.st",
+    ]);
+    assert!(
+        e.contains("input_ids[1][1] = 600") && e.contains("[0, 512)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -86,10 +166,25 @@ fn missing_tensor_is_named_with_its_shape() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.safetensors");
     let mut m = HashMap::new();
-    m.insert("input_ids".to_string(), Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap());
+    m.insert(
+        "input_ids".to_string(),
+        Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap(),
+    );
     save(&m, &ids);
-    let e = run_err(&["encode", "--model", d.path().to_str().unwrap(), "--input", ids.to_str().unwrap(), "--output", "/tmp/o.st"]);
-    assert!(e.contains("`bert.encoder.layer.1.output.dense.weight` is missing") && e.contains("[64, 256]"), "{e}");
+    let e = run_err(&[
+        "encode",
+        "--model",
+        d.path().to_str().unwrap(),
+        "--input",
+        ids.to_str().unwrap(),
+        "--output",
+        "/tmp/o.st",
+    ]);
+    assert!(
+        e.contains("`bert.encoder.layer.1.output.dense.weight` is missing")
+            && e.contains("[64, 256]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -97,14 +192,28 @@ fn mis_shaped_tensor_names_expected_and_found() {
     let d = tiny_model_copy();
     let p = d.path().join("model.safetensors");
     let mut w = load(&p);
-    w.insert("bert.encoder.layer.0.attention.self.key.weight".into(), Tensor::zeros((64, 32), candle_core::DType::F32, &Device::Cpu).unwrap());
+    w.insert(
+        "bert.encoder.layer.0.attention.self.key.weight".into(),
+        Tensor::zeros((64, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     save(&w, &p);
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.safetensors");
     let mut m = HashMap::new();
-    m.insert("input_ids".to_string(), Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap());
+    m.insert(
+        "input_ids".to_string(),
+        Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap(),
+    );
     save(&m, &ids);
-    let e = run_err(&["encode", "--model", d.path().to_str().unwrap(), "--input", ids.to_str().unwrap(), "--output", "/tmp/o.st"]);
+    let e = run_err(&[
+        "encode",
+        "--model",
+        d.path().to_str().unwrap(),
+        "--input",
+        ids.to_str().unwrap(),
+        "--output",
+        "/tmp/o.st",
+    ]);
     assert!(
         e.contains("`bert.encoder.layer.0.attention.self.key.weight` has shape [64, 32], expected [64, 64]"),
         "{e}"
@@ -116,10 +225,34 @@ fn float_ids_and_unknown_device() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.safetensors");
     let mut m = HashMap::new();
-    m.insert("input_ids".to_string(), Tensor::new(&[[2f32, 7.]], &Device::Cpu).unwrap());
+    m.insert(
+        "input_ids".to_string(),
+        Tensor::new(&[[2f32, 7.]], &Device::Cpu).unwrap(),
+    );
     save(&m, &ids);
-    let e = run_err(&["encode", "--model", &tiny(), "--input", ids.to_str().unwrap(), "--output", "/tmp/o.st"]);
-    assert!(e.contains("`input_ids` has dtype F32, expected an integer type"), "{e}");
-    let e = run_err(&["encode", "--model", &tiny(), "--input", ids.to_str().unwrap(), "--output", "/tmp/o.st", "--device", "tpu"]);
+    let e = run_err(&[
+        "encode",
+        "--model",
+        &tiny(),
+        "--input",
+        ids.to_str().unwrap(),
+        "--output",
+        "/tmp/o.st",
+    ]);
+    assert!(
+        e.contains("`input_ids` has dtype F32, expected an integer type"),
+        "{e}"
+    );
+    let e = run_err(&[
+        "encode",
+        "--model",
+        &tiny(),
+        "--input",
+        ids.to_str().unwrap(),
+        "--output",
+        "/tmp/o.st",
+        "--device",
+        "tpu",
+    ]);
     assert!(e.contains("device `tpu`"), "{e}");
 }

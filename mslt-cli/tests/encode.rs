@@ -10,7 +10,12 @@ use std::collections::HashMap;
 fn write_inputs(dir: &std::path::Path) -> std::path::PathBuf {
     let r = load(&fixture("tiny/reference.safetensors"));
     let mut m: HashMap<String, Tensor> = HashMap::new();
-    for k in ["input_ids", "attention_mask", "token_type_ids", "mlm_labels"] {
+    for k in [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "mlm_labels",
+    ] {
         m.insert(k.into(), r[k].clone());
     }
     let p = dir.join("inputs.safetensors");
@@ -31,7 +36,10 @@ fn check_outputs(out: &std::path::Path) {
         assert!(d < 1e-5, "{k}: max abs error {d:.3e}");
     }
     assert_eq!(i64s(&got["input_ids"]), i64s(&want["input_ids"]));
-    assert!(!got.contains_key("mlm_labels"), "extra input tensors are not copied");
+    assert!(
+        !got.contains_key("mlm_labels"),
+        "extra input tensors are not copied"
+    );
 }
 
 #[test]
@@ -108,7 +116,13 @@ fn inspect_lists_config_and_tensors() {
     let o = run_ok(&["inspect", fixture("tiny/model").to_str().unwrap()]);
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("layers 2  hidden 64"), "{s}");
-    assert!(s.contains("parameters with all heads (BertForPreTraining): 146178"), "{s}");
-    assert!(s.contains("bert.encoder.layer.1.attention.self.query.weight"), "{s}");
+    assert!(
+        s.contains("parameters with all heads (BertForPreTraining): 146178"),
+        "{s}"
+    );
+    assert!(
+        s.contains("bert.encoder.layer.1.attention.self.query.weight"),
+        "{s}"
+    );
     assert!(s.contains("[64, 64]"), "{s}");
 }

@@ -31,7 +31,10 @@ fn encode_text_file_matches_transformers() {
         println!("minilm {k}: max abs error {d:.3e}");
         assert!(d < tol, "{k}: max abs error {d:.3e}");
     }
-    assert!(!got.contains_key("prediction_logits"), "MiniLM has no MLM head");
+    assert!(
+        !got.contains_key("prediction_logits"),
+        "MiniLM has no MLM head"
+    );
 }
 
 #[test]

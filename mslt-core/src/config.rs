@@ -200,7 +200,7 @@ impl BertConfig {
                 return Err(err(name, "must be > 0".into()));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(err(
                 "num_attention_heads",
                 format!(
@@ -220,10 +220,10 @@ impl BertConfig {
                 return Err(err(name, format!("{p} is not in [0, 1)")));
             }
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return Err(err("layer_norm_eps", "must be > 0".into()));
         }
-        if !(self.initializer_range >= 0.0) {
+        if self.initializer_range.is_nan() || self.initializer_range < 0.0 {
             return Err(err("initializer_range", "must be >= 0".into()));
         }
         if self.pad_token_id as usize >= self.vocab_size {

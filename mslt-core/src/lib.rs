@@ -20,6 +20,7 @@
 //! frozen / inference paths; see [`nn::LayerNorm::forward`].
 
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod loss;
 pub mod model;

@@ -57,8 +57,15 @@ pub fn run(a: EncodeArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires one source"),
     };
     // Validate every id before any compute: one clear error for the first bad value.
-    BertInput::from_host(&cfg, (batch.b, batch.t), &batch.ids, Some(&batch.mask), Some(&batch.tt), &Device::Cpu)
-        .with_context(|| format!("input {}", source_name(&a)))?;
+    BertInput::from_host(
+        &cfg,
+        (batch.b, batch.t),
+        &batch.ids,
+        Some(&batch.mask),
+        Some(&batch.tt),
+        &Device::Cpu,
+    )
+    .with_context(|| format!("input {}", source_name(&a)))?;
 
     let weights = load_safetensors(&files.weights, &device)?;
     // Plain tensors: nothing is tracked, the whole forward runs on no-backward ops.
@@ -80,11 +87,15 @@ pub fn run(a: EncodeArgs) -> Result<()> {
         let enc = model.encode(&input, &mut Mode::Eval, false)?;
         let h = enc.last_hidden_state; // (B, T, C)
         if heads.mlm && !a.no_logits {
-            outs.entry("prediction_logits").or_default().push(model.mlm_logits(&h)?);
+            outs.entry("prediction_logits")
+                .or_default()
+                .push(model.mlm_logits(&h)?);
         }
         if let Some(p) = model.pool(&h)? {
             if heads.nsp {
-                outs.entry("seq_relationship_logits").or_default().push(model.nsp_logits(&p)?);
+                outs.entry("seq_relationship_logits")
+                    .or_default()
+                    .push(model.nsp_logits(&p)?);
             }
             outs.entry("pooler_output").or_default().push(p);
         }
@@ -93,11 +104,22 @@ pub fn run(a: EncodeArgs) -> Result<()> {
 
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     let shape = (batch.b, batch.t);
-    tensors.insert("input_ids".into(), Tensor::from_vec(batch.ids, shape, &Device::Cpu)?);
-    tensors.insert("attention_mask".into(), Tensor::from_vec(batch.mask, shape, &Device::Cpu)?);
-    tensors.insert("token_type_ids".into(), Tensor::from_vec(batch.tt, shape, &Device::Cpu)?);
+    tensors.insert(
+        "input_ids".into(),
+        Tensor::from_vec(batch.ids, shape, &Device::Cpu)?,
+    );
+    tensors.insert(
+        "attention_mask".into(),
+        Tensor::from_vec(batch.mask, shape, &Device::Cpu)?,
+    );
+    tensors.insert(
+        "token_type_ids".into(),
+        Tensor::from_vec(batch.tt, shape, &Device::Cpu)?,
+    );
     for (name, parts) in outs {
-        let t = Tensor::cat(&parts, 0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let t = Tensor::cat(&parts, 0)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         tensors.insert(name.to_string(), t);
     }
     let mut meta = std::collections::HashMap::new();
@@ -113,7 +135,11 @@ pub fn run(a: EncodeArgs) -> Result<()> {
         cfg.num_hidden_layers,
         cfg.hidden_size,
         a.output.display(),
-        names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        names
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if !heads.mlm || !heads.nsp || !heads.pooler {
         eprintln!(
@@ -141,6 +167,9 @@ fn source_name(a: &EncodeArgs) -> String {
         .unwrap_or_default()
 }
 
+/// Row-major integer values and their (B, T) shape.
+type IdsAndShape = (Vec<i64>, (usize, usize));
+
 /// Reads `input_ids` and optional `attention_mask` / `token_type_ids` from safetensors.
 fn read_ids(path: &Path) -> Result<HostBatch> {
     if !path.is_file() {
@@ -153,18 +182,29 @@ fn read_ids(path: &Path) -> Result<HostBatch> {
             e.to_string().lines().next().unwrap_or("")
         )
     })?;
-    let get = |name: &str, required: bool| -> Result<Option<(Vec<i64>, (usize, usize))>> {
+    let get = |name: &str, required: bool| -> Result<Option<IdsAndShape>> {
         let Some(t) = map.get(name) else {
             if required {
-                bail!("{}: has no `{name}` tensor (expected integer ids of shape (B, T))", path.display());
+                bail!(
+                    "{}: has no `{name}` tensor (expected integer ids of shape (B, T))",
+                    path.display()
+                );
             }
             return Ok(None);
         };
         let dims = t.dims2().map_err(|_| {
-            anyhow::anyhow!("{}: `{name}` has shape {:?}, expected (B, T)", path.display(), t.dims())
+            anyhow::anyhow!(
+                "{}: `{name}` has shape {:?}, expected (B, T)",
+                path.display(),
+                t.dims()
+            )
         })?;
         if t.dtype().is_float() {
-            bail!("{}: `{name}` has dtype {:?}, expected an integer type (I64)", path.display(), t.dtype());
+            bail!(
+                "{}: `{name}` has dtype {:?}, expected an integer type (I64)",
+                path.display(),
+                t.dtype()
+            );
         }
         let v = t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
         Ok(Some((v, dims)))
@@ -177,10 +217,16 @@ fn read_ids(path: &Path) -> Result<HostBatch> {
         tt: vec![0; b * t],
         ids,
     };
-    for (name, slot) in [("attention_mask", &mut out.mask), ("token_type_ids", &mut out.tt)] {
+    for (name, slot) in [
+        ("attention_mask", &mut out.mask),
+        ("token_type_ids", &mut out.tt),
+    ] {
         if let Some((v, dims)) = get(name, false)? {
             if dims != (b, t) {
-                bail!("{}: `{name}` has shape {dims:?}, input_ids has ({b}, {t})", path.display());
+                bail!(
+                    "{}: `{name}` has shape {dims:?}, input_ids has ({b}, {t})",
+                    path.display()
+                );
             }
             *slot = v;
         }
@@ -192,7 +238,11 @@ fn read_ids(path: &Path) -> Result<HostBatch> {
 fn read_text(path: &Path, files: &ModelFiles, cfg: &BertConfig) -> Result<HostBatch> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let text = String::from_utf8(text).map_err(|e| {
-        anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })?;
     let lines: Vec<&str> = text.lines().collect();
     if lines.is_empty() {

@@ -7,6 +7,16 @@ use mslt_core::weights::{canonical_name, ModelFiles};
 use mslt_core::BertConfig;
 use std::path::{Path, PathBuf};
 
+/// println! that stops quietly when stdout is closed (e.g. piped into `head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 #[derive(Args)]
 pub struct InspectArgs {
     /// A model directory, a .safetensors file or a config.json.
@@ -24,7 +34,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             (None, Some(v)) => v.display().to_string(),
             (None, None) => "none".into(),
         };
-        println!("tokenizer: {tok}");
+        outln!("tokenizer: {tok}");
         for w in &files.weights {
             print_tensors(w)?;
         }
@@ -42,8 +52,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
 }
 
 fn print_config(cfg: &BertConfig, path: &Path) {
-    println!("config: {}", path.display());
-    println!(
+    outln!("config: {}", path.display());
+    outln!(
         "  layers {}  hidden {}  heads {}  intermediate {}  vocab {}  positions {}  token types {}",
         cfg.num_hidden_layers,
         cfg.hidden_size,
@@ -53,38 +63,59 @@ fn print_config(cfg: &BertConfig, path: &Path) {
         cfg.max_position_embeddings,
         cfg.type_vocab_size
     );
-    println!(
+    outln!(
         "  act {:?}  dropout {}/{}  layer_norm_eps {}  initializer_range {}",
-        cfg.hidden_act, cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob, cfg.layer_norm_eps, cfg.initializer_range
+        cfg.hidden_act,
+        cfg.hidden_dropout_prob,
+        cfg.attention_probs_dropout_prob,
+        cfg.layer_norm_eps,
+        cfg.initializer_range
     );
-    println!("  parameters with all heads (BertForPreTraining): {}", cfg.num_parameters());
+    outln!(
+        "  parameters with all heads (BertForPreTraining): {}",
+        cfg.num_parameters()
+    );
 }
 
 fn print_tensors(path: &Path) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: read-only map of a file we do not modify while it is mapped.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    let mmap = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
     let mut tensors: Vec<_> = meta.tensors().into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let total: usize = tensors.iter().map(|(_, i)| i.shape.iter().product::<usize>()).sum();
+    let total: usize = tensors
+        .iter()
+        .map(|(_, i)| i.shape.iter().product::<usize>())
+        .sum();
     let used: usize = tensors
         .iter()
         .filter(|(n, _)| canonical_name(n).is_some())
         .map(|(_, i)| i.shape.iter().product::<usize>())
         .sum();
-    println!("tensors: {} ({} tensors, {} elements; {} in BERT parameters mslt uses)", path.display(), tensors.len(), total, used);
+    outln!(
+        "tensors: {} ({} tensors, {} elements; {} in BERT parameters mslt uses)",
+        path.display(),
+        tensors.len(),
+        total,
+        used
+    );
     if let Some(m) = meta.metadata() {
         let mut kv: Vec<_> = m.iter().collect();
         kv.sort();
         for (k, v) in kv {
-            let v = if v.len() > 120 { format!("{}...", &v[..v.floor_char_boundary(117)]) } else { v.clone() };
-            println!("  metadata {k} = {v}");
+            let v = if v.len() > 120 {
+                format!("{}...", &v[..v.floor_char_boundary(117)])
+            } else {
+                v.clone()
+            };
+            outln!("  metadata {k} = {v}");
         }
     }
     for (name, info) in tensors {
-        println!("  {name:<64} {:>5?} {:?}", info.dtype, info.shape);
+        outln!("  {name:<64} {:>5?} {:?}", info.dtype, info.shape);
     }
     Ok(())
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn fixture(p: &str) -> PathBuf {
@@ -41,9 +44,16 @@ pub fn run_err_env(args: &[&str], env: &[(&str, &str)]) -> String {
         c.env(k, v);
     }
     let out = c.args(args).output().expect("run mslt-cli");
-    assert!(!out.status.success(), "mslt-cli {args:?} unexpectedly succeeded");
+    assert!(
+        !out.status.success(),
+        "mslt-cli {args:?} unexpectedly succeeded"
+    );
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(err.lines().count(), 1, "expected a one-line error, got:\n{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected a one-line error, got:\n{err}"
+    );
     assert!(err.starts_with("error: "), "{err}");
     err
 }
@@ -53,17 +63,31 @@ pub fn load(path: &Path) -> HashMap<String, Tensor> {
 }
 
 pub fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 pub fn i64s(t: &Tensor) -> Vec<i64> {
-    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Max absolute difference (shapes must match).
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    f64s(a).iter().zip(f64s(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    f64s(a)
+        .iter()
+        .zip(f64s(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 /// Copies the tiny fixture model into a fresh temp dir and returns it.
@@ -96,7 +120,10 @@ pub fn minilm_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("all-MiniLM-L6-v2 is not at {} and scripts/fetch-assets.sh failed ({status:?})", dir.display());
+        panic!(
+            "all-MiniLM-L6-v2 is not at {} and scripts/fetch-assets.sh failed ({status:?})",
+            dir.display()
+        );
     }
     eprintln!(
         "SKIPPED: all-MiniLM-L6-v2 not found at {} and scripts/fetch-assets.sh failed ({status:?}); \
