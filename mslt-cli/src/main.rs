@@ -5,6 +5,20 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
+// Candle allocates a fresh buffer for every op; glibc malloc hands large ones back to the OS at
+// once, so each step pays page faults on hundreds of MB (measured on 2 cores: 10 s of system time
+// in a 14 s run of 4 `mini` steps). mimalloc, told never to purge freed memory, reuses it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc v2's `mi_option_e` (libmimalloc-sys is pinned to =0.1.49).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+fn keep_freed_memory() {
+    // SAFETY: sets a process-wide allocator option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "mslt-cli",
@@ -23,11 +37,18 @@ struct Cli {
 enum Command {
     /// Forward pass (eval mode) of a BERT over token ids or text; writes safetensors.
     Encode(commands::encode::EncodeArgs),
+    /// Tokenise and pack a text corpus into training shards.
+    Prepare(commands::prepare::PrepareArgs),
+    /// MLM (+NSP) pre-training with checkpoints and exact resume.
+    Train(commands::train::TrainArgs),
+    /// MLM loss and accuracy of a checkpoint on prepared data.
+    Eval(commands::eval::EvalArgs),
     /// Show a model directory, safetensors file or config.json: config, parameters, tensors.
     Inspect(commands::inspect::InspectArgs),
 }
 
 fn main() {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MSLT_LOG")
@@ -53,5 +74,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Encode(a) => commands::encode::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Prepare(a) => commands::prepare::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     }
 }

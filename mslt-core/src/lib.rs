@@ -25,9 +25,11 @@ pub mod error;
 pub mod loss;
 pub mod model;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use config::BertConfig;

@@ -83,14 +83,31 @@ impl AdamW {
 
     /// One update with the gradients in `grads`. Parameters without a gradient are skipped.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let g: Vec<Option<Tensor>> = self
+            .slots
+            .iter()
+            .map(|s| grads.get(s.var.as_tensor()).cloned())
+            .collect();
+        self.step_grads(&g)
+    }
+
+    /// One update with one gradient per parameter, in the order given to [`AdamW::new`].
+    pub fn step_grads(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            return Err(Error::Optimizer(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            )));
+        }
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = c.lr / bc1;
-        for s in &mut self.slots {
-            let Some(g) = grads.get(s.var.as_tensor()) else {
+        for (s, g) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = g else {
                 continue;
             };
             let g = g.to_dtype(DType::F32)?;

@@ -391,6 +391,15 @@ impl Params {
             .collect()
     }
 
+    /// Detached views of the variables (no graph: a model built from them is frozen and sees
+    /// every optimizer update, since the storage is shared).
+    pub fn detached(&self) -> HashMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
     /// (name, var) pairs, for the optimizer.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         self.vars

@@ -1,2 +1,5 @@
 pub mod encode;
+pub mod eval;
 pub mod inspect;
+pub mod prepare;
+pub mod train;

@@ -1,0 +1,536 @@
+//! Pre-training end to end through the CLI on a small synthetic corpus with its own vocab.txt
+//! and a very small BERT: exact resume, crash during a checkpoint save, NaN handling, bad input.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+const WORDS: &[&str] = &[
+    "the", "a", "state", "union", "congress", "people", "nation", "law", "year", "war", "peace",
+    "trade", "tax", "we", "must", "will", "have", "is", "of", "and", "to", "in", "for", "our",
+    "new", "great", "land", "work", "free", "men", "power", "public", "good", "##s", "##ed",
+    "##ing", "un", "##ion",
+];
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn p(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+    fn s(&self, s: &str) -> String {
+        self.p(s).to_str().unwrap().to_string()
+    }
+}
+
+/// A corpus of 40 documents (files) of pseudo-random sentences, a vocab.txt, a BERT config.
+fn setup() -> Env {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    vocab.extend(WORDS.iter().map(|s| s.to_string()));
+    std::fs::write(env.p("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    std::fs::create_dir(env.p("corpus")).unwrap();
+    let mut x: u64 = 7;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let plain: Vec<&str> = WORDS
+        .iter()
+        .copied()
+        .filter(|w| !w.starts_with("##"))
+        .collect();
+    for d in 0..40 {
+        let mut text = String::new();
+        for _ in 0..(6 + next() % 10) {
+            let n = 4 + next() % 12;
+            let words: Vec<&str> = (0..n)
+                .map(|_| plain[(next() % plain.len() as u64) as usize])
+                .collect();
+            let mut s = words.join(" ");
+            s[..1].make_ascii_uppercase();
+            text.push_str(&s);
+            text.push_str(". ");
+        }
+        std::fs::write(env.p(&format!("corpus/doc{d:02}.txt")), text).unwrap();
+    }
+    let cfg = serde_json::json!({
+        "vocab_size": vocab.len(), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2,
+        "hidden_act": "gelu", "layer_norm_eps": 1e-12, "model_type": "bert"
+    });
+    std::fs::write(env.p("bert.json"), cfg.to_string()).unwrap();
+    run_ok(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab.txt"),
+        "--seq-len",
+        "32",
+        "--out",
+        &env.s("data"),
+        "--val-fraction",
+        "0.1",
+        &env.s("corpus"),
+    ]);
+    env
+}
+
+fn train_args<'a>(env: &'a Env, out: &'a str, steps: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "train",
+        "--data",
+        &env.s("data"),
+        "--model-config",
+        &env.s("bert.json"),
+        "--out",
+        out,
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--eval-every",
+        "4",
+        "--eval-batches",
+        "2",
+        "--no-progress",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_train(args: &[String], env_vars: &[(&str, &str)]) -> std::process::Output {
+    let mut c = cli();
+    for (k, v) in env_vars {
+        c.env(k, v);
+    }
+    c.args(args).output().unwrap()
+}
+
+/// (step, loss) of every step line of metrics.jsonl, as written (bit-exact text).
+fn losses(run: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].to_string()))
+        .collect()
+}
+
+#[test]
+fn prepare_is_byte_identical_and_manifest_is_right() {
+    let env = setup();
+    run_ok(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab.txt"),
+        "--seq-len",
+        "32",
+        "--out",
+        &env.s("data2"),
+        "--val-fraction",
+        "0.1",
+        &env.s("corpus"),
+    ]);
+    for f in [
+        "manifest.json",
+        "train-00000.safetensors",
+        "val-00000.safetensors",
+        "subwords.bin",
+    ] {
+        assert_eq!(
+            std::fs::read(env.p("data").join(f)).unwrap(),
+            std::fs::read(env.p("data2").join(f)).unwrap(),
+            "{f} differs between runs"
+        );
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.p("data/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        m["train"]["documents"].as_u64().unwrap() + m["val"]["documents"].as_u64().unwrap(),
+        40
+    );
+    assert_eq!(m["val"]["documents"], 4);
+    assert_eq!(m["seq_len"], 32);
+}
+
+#[test]
+fn exact_resume_after_a_crash_during_checkpoint_writing() {
+    let env = setup();
+    // A: 8 steps straight.
+    let a = env.s("runA");
+    let o = run_train(&train_args(&env, &a, "8", &["--save-every", "4"]), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // B: same run, killed while writing the step-8 checkpoint (after the model file, before the
+    // rename): the step-4 checkpoint must stay complete and loadable.
+    let b = env.s("runB");
+    let o = run_train(
+        &train_args(&env, &b, "8", &["--save-every", "4"]),
+        &[("MSLT_TEST_CRASH_DURING_SAVE", "8")],
+    );
+    assert!(!o.status.success(), "the injected crash did not happen");
+    let ck = env.p("runB/checkpoints");
+    assert!(
+        ck.join(".tmp-step-00000008/model.safetensors").is_file(),
+        "crash left a partial save"
+    );
+    assert!(!ck.join("step-00000008").exists());
+    assert!(ck.join("step-00000004/state.json").is_file());
+    let ev = run_ok(&[
+        "eval",
+        "--checkpoint",
+        &b,
+        "--data",
+        &env.s("data"),
+        "--batch-size",
+        "4",
+        "--batches",
+        "2",
+    ]);
+    let ev: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert!(
+        ev["checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("step-00000004"),
+        "{ev}"
+    );
+    assert!(ev["mlm_loss"].as_f64().unwrap().is_finite());
+
+    // Resume: continues from step 4 and reproduces A bit for bit.
+    let o = run_train(
+        &train_args(&env, &b, "8", &["--save-every", "4", "--resume"]),
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resumed from"));
+    let (la, lb) = (losses(Path::new(&a)), losses(Path::new(&b)));
+    assert_eq!(la.len(), 8);
+    assert_eq!(
+        la, lb,
+        "losses of the resumed run differ from the uninterrupted one"
+    );
+    assert!(
+        !ck.join(".tmp-step-00000008").exists(),
+        "partial save cleaned up"
+    );
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let fa = std::fs::read(env.p("runA/checkpoints/step-00000008").join(f)).unwrap();
+        let fb = std::fs::read(ck.join("step-00000008").join(f)).unwrap();
+        assert!(fa == fb, "{f}: final state differs after resume");
+    }
+}
+
+#[test]
+fn checkpoint_is_a_hf_model_directory_for_encode() {
+    let env = setup();
+    let r = env.s("run");
+    let o = run_train(&train_args(&env, &r, "2", &[]), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ck = env.s("run/checkpoints/step-00000002");
+    std::fs::write(env.p("s.txt"), "the people of the union.\nwe must work.\n").unwrap();
+    run_ok(&[
+        "encode",
+        "--model",
+        &ck,
+        "--text-file",
+        &env.s("s.txt"),
+        "--output",
+        &env.s("e.safetensors"),
+    ]);
+    let e = load(&env.p("e.safetensors"));
+    assert_eq!(e["prediction_logits"].dims()[2], WORDS.len() + 7);
+    assert!(e.contains_key("seq_relationship_logits"));
+    let cfg = std::fs::read_to_string(env.p("run/checkpoints/step-00000002/config.json")).unwrap();
+    assert!(cfg.contains("BertForPreTraining"));
+}
+
+#[test]
+fn nan_steps_are_skipped_and_repeated_ones_stop_the_run() {
+    let env = setup();
+    let r = env.s("run");
+    let o = run_train(
+        &train_args(&env, &r, "6", &[]),
+        &[("MSLT_TEST_INJECT_NAN", "3")],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = std::fs::read_to_string(env.p("run/metrics.jsonl")).unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.contains("\"step\":3") && l.contains("skipped")),
+        "{m}"
+    );
+    assert!(losses(Path::new(&r))
+        .iter()
+        .all(|(s, l)| *s != 3 && l != "null"));
+
+    let r2 = env.s("run2");
+    let o = run_train(
+        &train_args(&env, &r2, "10", &["--save-every", "2"]),
+        &[("MSLT_TEST_INJECT_NAN", "3,4,5,6,7,8")],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("5 consecutive steps with non-finite loss"),
+        "{err}"
+    );
+    assert!(err.contains("step-00000002"), "{err}");
+    run_ok(&[
+        "eval",
+        "--checkpoint",
+        &r2,
+        "--data",
+        &env.s("data"),
+        "--batches",
+        "1",
+        "--batch-size",
+        "4",
+    ]);
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let env = setup();
+    let data = env.s("data");
+    let bert = env.s("bert.json");
+    // --steps 0
+    let e = run_err(&[
+        "train",
+        "--data",
+        &data,
+        "--model-config",
+        &bert,
+        "--out",
+        &env.s("r0"),
+        "--steps",
+        "0",
+    ]);
+    assert!(e.contains("field `steps`: must be at least 1"), "{e}");
+    // a batch larger than the data
+    let e = run_err(&[
+        "train",
+        "--data",
+        &data,
+        "--model-config",
+        &bert,
+        "--out",
+        &env.s("r1"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "100000",
+    ]);
+    assert!(e.contains("batch size 100000 is larger than the"), "{e}");
+    // not a data directory
+    let e = run_err(&[
+        "train",
+        "--data",
+        &env.s("corpus"),
+        "--model-config",
+        &bert,
+        "--out",
+        &env.s("r2"),
+        "--steps",
+        "2",
+    ]);
+    assert!(e.contains("not a prepared data directory"), "{e}");
+    // output directory that cannot be created (its parent is a file)
+    let e = run_err(&[
+        "train",
+        "--data",
+        &data,
+        "--model-config",
+        &bert,
+        "--out",
+        &env.s("vocab.txt/run"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]);
+    assert!(e.contains("vocab.txt/run"), "{e}");
+    // data with a longer seq len than the model's positions
+    run_ok(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab.txt"),
+        "--seq-len",
+        "80",
+        "--out",
+        &env.s("data80"),
+        &env.s("corpus"),
+    ]);
+    let e = run_err(&[
+        "train",
+        "--data",
+        &env.s("data80"),
+        "--model-config",
+        &bert,
+        "--out",
+        &env.s("r3"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]);
+    assert!(
+        e.contains("seq len 80 is beyond the model's max_position_embeddings 64"),
+        "{e}"
+    );
+    // resume with another model config, and with data made by another tokenizer
+    let r = env.s("r4");
+    let o = run_train(&train_args(&env, &r, "2", &[]), &[]);
+    assert!(o.status.success());
+    let e = run_err(&[
+        "train",
+        "--data",
+        &data,
+        "--model-config",
+        "tiny",
+        "--out",
+        &r,
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--resume",
+    ]);
+    assert!(e.contains("different model config"), "{e}");
+    let mut v = std::fs::read_to_string(env.p("vocab.txt")).unwrap();
+    v.push_str("extra\n");
+    std::fs::write(env.p("vocab2.txt"), v).unwrap();
+    run_ok(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab2.txt"),
+        "--seq-len",
+        "32",
+        "--out",
+        &env.s("data_v2"),
+        &env.s("corpus"),
+    ]);
+    let e = run_err(&[
+        "train",
+        "--data",
+        &env.s("data_v2"),
+        "--model-config",
+        &bert,
+        "--out",
+        &r,
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--resume",
+    ]);
+    assert!(
+        e.contains("another tokenizer, seq len or NSP setting"),
+        "{e}"
+    );
+    // a run directory with checkpoints, without --resume
+    let e = run_err(&[
+        "train",
+        "--data",
+        &data,
+        "--model-config",
+        &bert,
+        "--out",
+        &r,
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(e.contains("already has checkpoints"), "{e}");
+    // TOML config with an unknown key
+    std::fs::write(env.p("run.toml"), "steps = 3\nbatchsize = 4\n").unwrap();
+    let e = run_err(&[
+        "train",
+        "--config",
+        &env.s("run.toml"),
+        "--data",
+        &data,
+        "--out",
+        &env.s("r5"),
+    ]);
+    assert!(e.contains("run.toml") && e.contains("batchsize"), "{e}");
+}
+
+#[test]
+fn prepare_bad_input() {
+    let env = setup();
+    // empty corpus
+    std::fs::create_dir(env.p("empty")).unwrap();
+    std::fs::write(env.p("empty/a.txt"), "   \n\n").unwrap();
+    let e = run_err(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab.txt"),
+        "--out",
+        &env.s("d1"),
+        &env.s("empty"),
+    ]);
+    assert!(e.contains("empty corpus"), "{e}");
+    // a directory without text files
+    std::fs::create_dir(env.p("none")).unwrap();
+    let e = run_err(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab.txt"),
+        "--out",
+        &env.s("d2"),
+        &env.s("none"),
+    ]);
+    assert!(e.contains("no input files"), "{e}");
+    // binary and non-UTF-8 files are skipped and counted
+    std::fs::copy(env.p("corpus/doc00.txt"), env.p("empty/good.txt")).unwrap();
+    std::fs::copy(env.p("corpus/doc01.txt"), env.p("empty/good2.txt")).unwrap();
+    std::fs::write(env.p("empty/bin.txt"), [0u8, 159, 146, 150, 0, 1, 2]).unwrap();
+    std::fs::write(
+        env.p("empty/latin1.txt"),
+        [b'c', b'a', b'f', 0xe9, b' ', b'x'],
+    )
+    .unwrap();
+    let o = run_ok(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab.txt"),
+        "--out",
+        &env.s("d3"),
+        "--seq-len",
+        "32",
+        &env.s("empty"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("skipped 1 not UTF-8, 1 binary, 1 empty"),
+        "{err}"
+    );
+    // the output already holds prepared data
+    let e = run_err(&[
+        "prepare",
+        "--tokenizer",
+        &env.s("vocab.txt"),
+        "--out",
+        &env.s("d3"),
+        &env.s("corpus"),
+    ]);
+    assert!(e.contains("already holds prepared data"), "{e}");
+}

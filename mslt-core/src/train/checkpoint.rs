@@ -1,0 +1,198 @@
+//! Checkpoints: `RUN_DIR/checkpoints/step-NNNNNNNN/` holding
+//! - `config.json` + `model.safetensors` — a Hugging Face `BertForPreTraining` directory
+//!   (loadable by `mslt-cli encode` and by transformers), plus the tokenizer file of the data;
+//! - `optimizer.safetensors` — AdamW moments (`{param}.exp_avg`, `{param}.exp_avg_sq`);
+//! - `state.json` — step, data position, counters, the resolved run and model config.
+//!
+//! A checkpoint is written into `checkpoints/.tmp-step-N/` and renamed into place, so a
+//! directory named `step-*` is always complete; a crash mid-save leaves only a `.tmp-*`
+//! directory, which is ignored and removed at the next start.
+
+use crate::config::BertConfig;
+use crate::error::{Error, Result};
+use crate::weights::save_safetensors_atomic;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "mslt-ckpt-v1";
+
+/// What the data a run was trained on looked like (checked on resume).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    pub vocab_hash: String,
+    pub seq_len: usize,
+    pub nsp: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: String,
+    /// Optimizer steps completed (the next step to run has this 0-based index).
+    pub step: u64,
+    /// Training sequences consumed (the data position).
+    pub samples: u64,
+    /// Non-padding tokens consumed.
+    pub tokens: u64,
+    /// Training wall-clock so far, seconds.
+    pub elapsed_s: f64,
+    /// Steps skipped for non-finite loss or gradients.
+    pub skipped_steps: u64,
+    pub data: DataFingerprint,
+    /// The resolved run config (`TrainConfig`) as JSON.
+    pub run: serde_json::Value,
+}
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoints_dir(run_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path()
+                .join("state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The newest complete checkpoint.
+pub fn latest(run_dir: &Path) -> Option<PathBuf> {
+    list(run_dir).pop().map(|(_, p)| p)
+}
+
+/// Removes `.tmp-*` leftovers of interrupted saves.
+pub fn clean_partial(run_dir: &Path) {
+    for e in std::fs::read_dir(checkpoints_dir(run_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+pub struct SaveRequest<'a> {
+    pub run_dir: &'a Path,
+    pub model: &'a BTreeMap<String, Tensor>,
+    pub config: &'a BertConfig,
+    pub optimizer: (HashMap<String, Tensor>, u64),
+    pub state: &'a TrainState,
+    /// Tokenizer file to copy next to the model (tokenizer.json or vocab.txt).
+    pub tokenizer: Option<&'a Path>,
+    pub keep_last: usize,
+}
+
+/// Writes a checkpoint atomically and prunes old ones; returns its directory.
+pub fn save(req: SaveRequest) -> Result<PathBuf> {
+    let ckdir = checkpoints_dir(req.run_dir);
+    std::fs::create_dir_all(&ckdir).map_err(|e| Error::io(&ckdir, e))?;
+    let name = format!("step-{:08}", req.state.step);
+    let tmp = ckdir.join(format!(".tmp-{name}"));
+    let fin = ckdir.join(&name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json");
+    crate::data::shards::write_atomic(
+        &tmp.join("config.json"),
+        json(&req.config.to_hf_json()).as_bytes(),
+    )?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    save_safetensors_atomic(req.model, Some(meta), &tmp.join("model.safetensors"))?;
+    if let Ok(s) = std::env::var("MSLT_TEST_CRASH_DURING_SAVE") {
+        // Fault injection for the crash-safety test: die mid-save, like a kill -9 would.
+        if s.parse::<u64>().ok() == Some(req.state.step) {
+            std::process::abort();
+        }
+    }
+    let (opt, opt_step) = req.optimizer;
+    let opt: BTreeMap<String, Tensor> = opt.into_iter().collect();
+    let mut ometa = HashMap::new();
+    ometa.insert("step".to_string(), opt_step.to_string());
+    save_safetensors_atomic(&opt, Some(ometa), &tmp.join("optimizer.safetensors"))?;
+    if let Some(t) = req.tokenizer {
+        if let Some(n) = t.file_name() {
+            std::fs::copy(t, tmp.join(n)).map_err(|e| Error::io(t, e))?;
+        }
+    }
+    let state = serde_json::to_string_pretty(req.state).expect("state serialises");
+    crate::data::shards::write_atomic(&tmp.join("state.json"), state.as_bytes())?;
+    if fin.exists() {
+        std::fs::remove_dir_all(&fin).map_err(|e| Error::io(&fin, e))?;
+    }
+    std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
+    if let Ok(d) = std::fs::File::open(&ckdir) {
+        let _ = d.sync_all();
+    }
+    let all = list(req.run_dir);
+    if req.keep_last > 0 && all.len() > req.keep_last {
+        for (_, p) in &all[..all.len() - req.keep_last] {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    Ok(fin)
+}
+
+pub fn load_state(dir: &Path) -> Result<TrainState> {
+    let p = dir.join("state.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let s: TrainState = serde_json::from_str(&text).map_err(|e| Error::Config {
+        origin: p.display().to_string(),
+        field: "<document>".into(),
+        msg: e.to_string(),
+    })?;
+    if s.format != FORMAT {
+        return Err(Error::Config {
+            origin: p.display().to_string(),
+            field: "format".into(),
+            msg: format!("`{}` is not supported (expected `{FORMAT}`)", s.format),
+        });
+    }
+    Ok(s)
+}
+
+/// Reads `optimizer.safetensors`: the moments and the step count.
+pub fn load_optimizer(
+    dir: &Path,
+    device: &candle_core::Device,
+) -> Result<(HashMap<String, Tensor>, u64)> {
+    let p = dir.join("optimizer.safetensors");
+    let map = candle_core::safetensors::load(&p, device).map_err(|e| Error::Safetensors {
+        path: p.clone(),
+        msg: e.to_string().lines().next().unwrap_or("").to_string(),
+    })?;
+    let file = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
+    // SAFETY: read-only map of a checkpoint file that is not modified while mapped.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&p, e))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
+    let step = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Error::Safetensors {
+            path: p.clone(),
+            msg: "metadata has no optimizer `step`".into(),
+        })?;
+    Ok((map, step))
+}

@@ -1,0 +1,761 @@
+//! The pre-training loop: MLM (+ NSP) on prepared data, our AdamW with warm-up and decay,
+//! global-norm clipping, gradient accumulation, evaluation, atomic checkpoints, exact resume.
+//!
+//! Determinism: the data position, the masking RNG and the dropout RNG of a step are functions
+//! of (seed, step, micro-batch) alone, and model + optimizer state are saved exactly, so a run
+//! resumed from a checkpoint reproduces the uninterrupted run bit for bit on CPU.
+
+pub mod checkpoint;
+pub mod eval;
+pub mod schedule;
+
+use crate::config::BertConfig;
+use crate::data::{DataSet, MaskingConfig};
+use crate::error::{Error, Result};
+use crate::loss::MlmTargets;
+use crate::model::BertForPreTraining;
+use crate::nn::Mode;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::weights::{init_all, init_missing_heads, load_safetensors, ModelFiles, Params};
+use crate::BertInput;
+use candle_core::{Device, Tensor};
+use checkpoint::{DataFingerprint, TrainState};
+use schedule::{Decay, LrSchedule};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Every knob of a pre-training run. Read from a TOML file (unknown keys are errors) and
+/// overridden by command-line flags; written resolved to `RUN_DIR/config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Prepared data directory (`mslt-cli prepare`).
+    pub data: PathBuf,
+    /// Run directory: config.json, metrics.jsonl, checkpoints/.
+    pub out: PathBuf,
+    /// Preset name (tiny, mini, small, medium, base, large) or path to a HF config.json.
+    /// Ignored when `init_from` is set (the checkpoint's config is used).
+    pub model_config: String,
+    /// Initialise from a HF model directory or hub id instead of from scratch.
+    pub init_from: Option<String>,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up as a share of `steps` (used when `warmup_steps` is unset).
+    pub warmup_frac: f64,
+    pub warmup_steps: Option<u64>,
+    /// linear, cosine or constant after warm-up.
+    pub decay: Decay,
+    /// Final LR as a share of the peak.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub clip_norm: f64,
+    pub seed: u64,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub save_every: u64,
+    /// Checkpoints kept (oldest deleted first; 0 = keep all).
+    pub keep_last: usize,
+    /// Write a metrics line every N steps.
+    pub log_every: u64,
+    /// cpu, cuda or cuda:N.
+    pub device: String,
+    /// Share of non-special tokens predicted by MLM.
+    pub mask_prob: f64,
+    pub whole_word_masking: bool,
+    /// Consecutive steps with non-finite loss/gradients before the run stops.
+    pub max_bad_steps: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            model_config: "mini".into(),
+            init_from: None,
+            steps: 1000,
+            batch_size: 32,
+            grad_accum: 1,
+            lr: 5e-4,
+            warmup_frac: 0.06,
+            warmup_steps: None,
+            decay: Decay::Linear,
+            min_lr_ratio: 0.0,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-6,
+            clip_norm: 1.0,
+            seed: 0,
+            eval_every: 0,
+            eval_batches: 20,
+            save_every: 0,
+            keep_last: 3,
+            log_every: 1,
+            device: "cpu".into(),
+            mask_prob: 0.15,
+            whole_word_masking: false,
+            max_bad_steps: 5,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, m: String| {
+            Err(Error::Config {
+                origin: "train config".into(),
+                field: f.into(),
+                msg: m,
+            })
+        };
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum", "must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", format!("{} is not a positive number", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.warmup_frac) {
+            return bad(
+                "warmup_frac",
+                format!("{} is outside [0, 1)", self.warmup_frac),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad(
+                "min_lr_ratio",
+                format!("{} is outside [0, 1]", self.min_lr_ratio),
+            );
+        }
+        if !(self.mask_prob > 0.0 && self.mask_prob < 1.0) {
+            return bad("mask_prob", format!("{} is outside (0, 1)", self.mask_prob));
+        }
+        if self.log_every == 0 {
+            return bad("log_every", "must be at least 1".into());
+        }
+        if self.data.as_os_str().is_empty() {
+            return bad("data", "is required".into());
+        }
+        if self.out.as_os_str().is_empty() {
+            return bad("out", "is required".into());
+        }
+        Ok(())
+    }
+
+    pub fn schedule(&self) -> LrSchedule {
+        let warmup = self
+            .warmup_steps
+            .unwrap_or_else(|| (self.warmup_frac * self.steps as f64).round() as u64)
+            .min(self.steps);
+        LrSchedule {
+            peak: self.lr,
+            warmup_steps: warmup,
+            total_steps: self.steps,
+            decay: self.decay,
+            min_lr_ratio: self.min_lr_ratio,
+        }
+    }
+
+    fn masking(&self) -> MaskingConfig {
+        MaskingConfig {
+            prob: self.mask_prob,
+            whole_word: self.whole_word_masking,
+            ..Default::default()
+        }
+    }
+
+    fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+/// One optimizer step, as written to metrics.jsonl.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepRecord {
+    pub step: u64,
+    pub loss: f64,
+    pub mlm_loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nsp_loss: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// cumulative non-padding tokens
+    pub tokens: u64,
+    pub elapsed_s: f64,
+    pub tokens_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalRecord {
+    pub step: u64,
+    pub eval_loss: f64,
+    pub eval_mlm_loss: f64,
+    pub eval_mlm_acc: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_nsp_acc: Option<f64>,
+}
+
+/// What the loop reports as it goes (the CLI draws a progress bar from it).
+pub enum Event<'a> {
+    Started {
+        start_step: u64,
+        total_steps: u64,
+        trainable_params: usize,
+        notes: &'a [String],
+    },
+    Step(&'a StepRecord),
+    Skipped {
+        step: u64,
+        reason: &'a str,
+    },
+    Eval(&'a EvalRecord),
+    Saved(&'a Path),
+}
+
+pub struct Summary {
+    pub steps: u64,
+    pub last_checkpoint: PathBuf,
+    pub final_eval: Option<EvalRecord>,
+    pub tokens: u64,
+    pub elapsed_s: f64,
+}
+
+/// Data and model set up for a run.
+struct Setup {
+    model_cfg: BertConfig,
+    params: Params,
+    opt: AdamW,
+    state: TrainState,
+    notes: Vec<String>,
+}
+
+fn step_seed(seed: u64, tag: u64, step: u64, micro: u64) -> u64 {
+    let mut x = seed ^ tag.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    x ^= step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= micro.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    x
+}
+
+/// Checks that `dir` can be written (a clear error for read-only or full disks up front).
+fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let probe = dir.join(".mslt-write-probe");
+    let r = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    r.map_err(|e| {
+        Error::Input(format!(
+            "output directory {} is not writable: {e}",
+            dir.display()
+        ))
+    })
+}
+
+fn data_fingerprint(d: &DataSet) -> DataFingerprint {
+    DataFingerprint {
+        vocab_hash: d.manifest.vocab_hash.clone(),
+        seq_len: d.manifest.seq_len,
+        nsp: d.manifest.nsp,
+    }
+}
+
+/// Resolves the model config of a fresh run: preset name or config.json path.
+pub fn resolve_model_config(spec: &str) -> Result<BertConfig> {
+    if let Some(c) = BertConfig::preset(spec) {
+        return Ok(c);
+    }
+    let p = Path::new(spec);
+    if p.is_file() {
+        return BertConfig::from_file(p);
+    }
+    if p.is_dir() && p.join("config.json").is_file() {
+        return BertConfig::from_file(&p.join("config.json"));
+    }
+    Err(Error::Input(format!(
+        "model config `{spec}`: not a preset ({}) nor a config.json file",
+        crate::config::PRESETS
+            .iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+fn check_data_fits(cfg: &BertConfig, data: &DataSet) -> Result<()> {
+    let m = &data.manifest;
+    if m.vocab_size > cfg.vocab_size {
+        return Err(Error::Input(format!(
+            "{}: the data's tokenizer has {} tokens, more than the model's vocab_size {}",
+            data.dir.display(),
+            m.vocab_size,
+            cfg.vocab_size
+        )));
+    }
+    if m.seq_len > cfg.max_position_embeddings {
+        return Err(Error::Input(format!(
+            "{}: seq len {} is beyond the model's max_position_embeddings {}",
+            data.dir.display(),
+            m.seq_len,
+            cfg.max_position_embeddings
+        )));
+    }
+    Ok(())
+}
+
+fn setup(cfg: &TrainConfig, resume: bool, train: &DataSet, device: &Device) -> Result<Setup> {
+    let mut notes = Vec::new();
+    let fingerprint = data_fingerprint(train);
+    if resume {
+        let dir = checkpoint::latest(&cfg.out).ok_or_else(|| {
+            Error::Input(format!(
+                "--resume: {} has no complete checkpoint",
+                cfg.out.display()
+            ))
+        })?;
+        let state = checkpoint::load_state(&dir)?;
+        if state.data != fingerprint {
+            return Err(Error::Input(format!(
+                "--resume: {} was trained on data with {:?}, but {} has {:?} (another tokenizer, seq len or NSP setting)",
+                dir.display(),
+                state.data,
+                train.dir.display(),
+                fingerprint
+            )));
+        }
+        let files = ModelFiles::from_dir(&dir)?;
+        let model_cfg = files.load_config()?;
+        if cfg.init_from.is_none() {
+            let wanted = resolve_model_config(&cfg.model_config)?;
+            if wanted != model_cfg {
+                return Err(Error::Input(format!(
+                    "--resume: checkpoint {} has a different model config than `{}` (layers {} x hidden {} vs {} x {})",
+                    dir.display(),
+                    cfg.model_config,
+                    model_cfg.num_hidden_layers,
+                    model_cfg.hidden_size,
+                    wanted.num_hidden_layers,
+                    wanted.hidden_size
+                )));
+            }
+        }
+        let prev: TrainConfig =
+            serde_json::from_value(state.run.clone()).map_err(|e| Error::Config {
+                origin: dir.join("state.json").display().to_string(),
+                field: "run".into(),
+                msg: e.to_string(),
+            })?;
+        if (prev.batch_size, prev.grad_accum, prev.seed)
+            != (cfg.batch_size, cfg.grad_accum, cfg.seed)
+        {
+            notes.push(format!(
+                "warning: batch_size/grad_accum/seed changed since the checkpoint ({}/{}/{} -> {}/{}/{}); the data order differs from an uninterrupted run",
+                prev.batch_size, prev.grad_accum, prev.seed, cfg.batch_size, cfg.grad_accum, cfg.seed
+            ));
+        }
+        check_data_fits(&model_cfg, train)?;
+        let w = load_safetensors(&files.weights, device)?;
+        let params = Params::from_tensors(&w.tensors)?;
+        // Every parameter must be there (a checkpoint of ours has all heads).
+        BertForPreTraining::from_tensors(&model_cfg, &params.tensors(), &w.origin)?;
+        let mut opt = AdamW::new(params.named_vars(), cfg.adamw())?;
+        let (ost, ostep) = checkpoint::load_optimizer(&dir, device)?;
+        opt.load_state(&ost, ostep)?;
+        notes.push(format!(
+            "resumed from {} (step {})",
+            dir.display(),
+            state.step
+        ));
+        return Ok(Setup {
+            model_cfg,
+            params,
+            opt,
+            state,
+            notes,
+        });
+    }
+    if !checkpoint::list(&cfg.out).is_empty() {
+        return Err(Error::Input(format!(
+            "{} already has checkpoints: pass --resume to continue it, or choose another --out",
+            cfg.out.display()
+        )));
+    }
+    let mut rng = Rng::new(step_seed(cfg.seed, 1, 0, 0));
+    let (model_cfg, tensors) = match &cfg.init_from {
+        Some(spec) => {
+            let files = ModelFiles::resolve(spec)?;
+            let mc = files.load_config()?;
+            if files.tokenizer_json.is_some() || files.vocab_txt.is_some() {
+                let tok = crate::tokenizer::BertTokenizer::from_model(&files)?;
+                let (h, _) = crate::data::prepare::vocab_fingerprint(&tok);
+                if h != train.manifest.vocab_hash {
+                    return Err(Error::Input(format!(
+                        "--init-from {spec}: its tokenizer differs from the one {} was prepared with (vocabulary hash {} vs {})",
+                        train.dir.display(),
+                        h,
+                        train.manifest.vocab_hash
+                    )));
+                }
+            }
+            let mut w = load_safetensors(&files.weights, device)?;
+            for head in init_missing_heads(&mc, &mut w.tensors, &mut rng, device)? {
+                notes.push(format!(
+                    "{spec} has no {head}: initialised fresh (BERT init)"
+                ));
+            }
+            notes.push(format!("initialised from {spec}"));
+            (mc, w.tensors)
+        }
+        None => {
+            let mc = resolve_model_config(&cfg.model_config)?;
+            notes.push(format!(
+                "initialised `{}` from scratch (BERT init, N(0, {}))",
+                cfg.model_config, mc.initializer_range
+            ));
+            (mc.clone(), init_all(&mc, &mut rng, device)?)
+        }
+    };
+    check_data_fits(&model_cfg, train)?;
+    BertForPreTraining::from_tensors(&model_cfg, &tensors, "init")?;
+    let params = Params::from_tensors(&tensors)?;
+    let opt = AdamW::new(params.named_vars(), cfg.adamw())?;
+    let state = TrainState {
+        format: checkpoint::FORMAT.into(),
+        step: 0,
+        samples: 0,
+        tokens: 0,
+        elapsed_s: 0.0,
+        skipped_steps: 0,
+        data: fingerprint,
+        run: serde_json::to_value(cfg).expect("config serialises"),
+    };
+    Ok(Setup {
+        model_cfg,
+        params,
+        opt,
+        state,
+        notes,
+    })
+}
+
+/// Keeps metrics.jsonl consistent with a resumed step: drops lines past it.
+fn open_metrics(path: &Path, resume_step: Option<u64>) -> Result<std::fs::File> {
+    let kept = match (resume_step, std::fs::read_to_string(path)) {
+        (Some(step), Ok(text)) => text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_some_and(|s| s <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        _ => String::new(),
+    };
+    crate::data::shards::write_atomic(path, kept.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+fn append(f: &mut std::fs::File, path: &Path, v: &impl Serialize) -> Result<()> {
+    let line = serde_json::to_string(v).expect("record serialises");
+    writeln!(f, "{line}").map_err(|e| Error::io(path, e))
+}
+
+/// Runs (or resumes) pre-training as configured.
+pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
+    cfg.validate()?;
+    let device = crate::device(&cfg.device)?;
+    let mut train = DataSet::open(&cfg.data, "train")?;
+    let val = if train.manifest.val.sequences > 0 {
+        Some(DataSet::open(&cfg.data, "val")?)
+    } else {
+        None
+    };
+    if cfg.batch_size > train.len() {
+        return Err(Error::Input(format!(
+            "batch size {} is larger than the {} training sequences in {}",
+            cfg.batch_size,
+            train.len(),
+            cfg.data.display()
+        )));
+    }
+    check_writable(&cfg.out)?;
+    checkpoint::clean_partial(&cfg.out);
+    let Setup {
+        model_cfg,
+        params,
+        mut opt,
+        mut state,
+        notes,
+    } = setup(cfg, resume, &train, &device)?;
+    state.run = serde_json::to_value(cfg).expect("config serialises");
+    let run_json =
+        serde_json::json!({ "run": cfg, "model": model_cfg.to_hf_json(), "data": train.manifest });
+    crate::data::shards::write_atomic(
+        &cfg.out.join("config.json"),
+        serde_json::to_string_pretty(&run_json)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    let metrics_path = cfg.out.join("metrics.jsonl");
+    let mut metrics = open_metrics(&metrics_path, resume.then_some(state.step))?;
+    let tokenizer_file = cfg.data.join(&train.manifest.tokenizer_file);
+    let model = BertForPreTraining::from_tensors(&model_cfg, &params.tensors(), "params")?;
+    let named = params.named_vars();
+    let masking = cfg.masking();
+    let schedule = cfg.schedule();
+    let nsp = train.manifest.nsp;
+    let inject_nan: Vec<u64> = std::env::var("MSLT_TEST_INJECT_NAN")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_default();
+
+    on_event(Event::Started {
+        start_step: state.step,
+        total_steps: cfg.steps,
+        trainable_params: params.num_elements(),
+        notes: &notes,
+    });
+    let save = |state: &TrainState, opt: &AdamW| -> Result<PathBuf> {
+        let model_tensors: BTreeMap<String, Tensor> = params
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        checkpoint::save(checkpoint::SaveRequest {
+            run_dir: &cfg.out,
+            model: &model_tensors,
+            config: &model_cfg,
+            optimizer: opt.state(),
+            state,
+            tokenizer: tokenizer_file.is_file().then_some(tokenizer_file.as_path()),
+            keep_last: cfg.keep_last,
+        })
+    };
+    let run_eval = |step: u64| -> Result<Option<EvalRecord>> {
+        let Some(val) = &val else { return Ok(None) };
+        let frozen = BertForPreTraining::from_tensors(&model_cfg, &params.detached(), "params")?;
+        let r = eval::evaluate(
+            &frozen,
+            val,
+            &masking,
+            cfg.batch_size,
+            cfg.eval_batches,
+            cfg.seed,
+        )?;
+        Ok(Some(EvalRecord {
+            step,
+            eval_loss: r.loss,
+            eval_mlm_loss: r.mlm_loss,
+            eval_mlm_acc: r.mlm_acc,
+            eval_nsp_acc: r.nsp_acc,
+        }))
+    };
+
+    let t0 = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let mut bad_run = 0u64;
+    let mut last_ckpt = checkpoint::latest(&cfg.out);
+    let mut final_eval = None;
+    while state.step < cfg.steps {
+        let step = state.step;
+        let lr = schedule.lr(step);
+        let mut grads: Vec<Option<Tensor>> = vec![None; named.len()];
+        let (mut loss_sum, mut mlm_sum, mut nsp_sum) = (0f64, 0f64, 0f64);
+        let mut tokens = 0u64;
+        for micro in 0..cfg.grad_accum as u64 {
+            let counter = (step * cfg.grad_accum as u64 + micro) * cfg.batch_size as u64;
+            let seqs = train.shuffled(counter, cfg.batch_size, cfg.seed);
+            let mut mrng = Rng::new(step_seed(cfg.seed, 2, step, micro));
+            let hb = train.mask(&seqs, &masking, &mut mrng);
+            tokens += hb.tokens as u64;
+            let input = BertInput::from_host(
+                &model_cfg,
+                (hb.b, hb.t),
+                &hb.input_ids,
+                Some(&hb.attention_mask),
+                Some(&hb.token_type_ids),
+                &device,
+            )?;
+            let targets = MlmTargets::from_labels(&hb.mlm_labels, model_cfg.vocab_size, &device)?;
+            let nsp_labels = if nsp {
+                let v: Vec<u32> = hb.nsp_labels.iter().map(|&x| x as u32).collect();
+                Some(Tensor::from_vec(v, hb.b, &device)?)
+            } else {
+                None
+            };
+            let mut drng = Rng::new(step_seed(cfg.seed, 3, step, micro));
+            let l = model.pretraining_loss(
+                &input,
+                &targets,
+                nsp_labels.as_ref(),
+                &mut Mode::Train(&mut drng),
+            )?;
+            let mut loss = (&l.loss / cfg.grad_accum as f64)?;
+            if inject_nan.contains(&(step + 1)) {
+                loss = (loss * f64::NAN)?;
+            }
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            mlm_sum += l.mlm_loss.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
+            if let Some(n) = &l.nsp_loss {
+                nsp_sum += n.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
+            }
+            let store = loss.backward()?;
+            for (slot, (_, var)) in grads.iter_mut().zip(&named) {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+        }
+        // Global gradient norm (one device sync).
+        let sq: Vec<Tensor> = grads
+            .iter()
+            .flatten()
+            .map(|g| g.sqr()?.sum_all())
+            .collect::<candle_core::Result<_>>()?;
+        let norm = Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
+        if !norm.is_finite() || !loss_sum.is_finite() {
+            bad_run += 1;
+            state.skipped_steps += 1;
+            let reason =
+                format!("non-finite loss ({loss_sum}) or gradient norm ({norm}): step skipped");
+            append(
+                &mut metrics,
+                &metrics_path,
+                &serde_json::json!({"step": step + 1, "skipped": reason}),
+            )?;
+            on_event(Event::Skipped {
+                step: step + 1,
+                reason: &reason,
+            });
+            if bad_run >= cfg.max_bad_steps {
+                return Err(Error::Input(format!(
+                    "stopped: {bad_run} consecutive steps with non-finite loss or gradients (at step {}); the last good checkpoint is {}",
+                    step + 1,
+                    last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+                )));
+            }
+            // The data and RNG of a step depend on the step index alone: move on.
+            state.step += 1;
+            continue;
+        }
+        bad_run = 0;
+        if cfg.clip_norm > 0.0 && norm > cfg.clip_norm {
+            let s = cfg.clip_norm / (norm + 1e-6);
+            for g in grads.iter_mut().flatten() {
+                *g = (&*g * s)?;
+            }
+        }
+        opt.set_lr(lr);
+        opt.step_grads(&grads)?;
+        state.step += 1;
+        state.samples += (cfg.batch_size * cfg.grad_accum) as u64;
+        state.tokens += tokens;
+        state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64();
+        let rec = StepRecord {
+            step: state.step,
+            loss: loss_sum,
+            mlm_loss: mlm_sum,
+            nsp_loss: nsp.then_some(nsp_sum),
+            lr,
+            grad_norm: norm,
+            tokens: state.tokens,
+            elapsed_s: state.elapsed_s,
+            tokens_per_s: state.tokens as f64 / state.elapsed_s.max(1e-9),
+        };
+        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
+            append(&mut metrics, &metrics_path, &rec)?;
+        }
+        on_event(Event::Step(&rec));
+        let last = state.step == cfg.steps;
+        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
+            if let Some(e) = run_eval(state.step)? {
+                append(&mut metrics, &metrics_path, &e)?;
+                on_event(Event::Eval(&e));
+                if last {
+                    final_eval = Some(e);
+                }
+            }
+        }
+        if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || last {
+            state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64();
+            let p = save(&state, &opt)?;
+            on_event(Event::Saved(&p));
+            last_ckpt = Some(p);
+        }
+    }
+    let last_checkpoint = match last_ckpt {
+        Some(p) => p,
+        None => save(&state, &opt)?,
+    };
+    Ok(Summary {
+        steps: state.step,
+        last_checkpoint,
+        final_eval,
+        tokens: state.tokens,
+        elapsed_s: state.elapsed_s,
+    })
+}
+
+/// Loads a checkpoint directory (or a run directory's newest checkpoint, or any HF model
+/// directory with an MLM head) as a frozen model.
+pub fn load_for_eval(spec: &Path, device: &Device) -> Result<(BertForPreTraining, PathBuf)> {
+    let dir = if spec.join("checkpoints").is_dir() {
+        checkpoint::latest(spec).ok_or_else(|| {
+            Error::Input(format!(
+                "{}: the run has no complete checkpoint",
+                spec.display()
+            ))
+        })?
+    } else {
+        spec.to_path_buf()
+    };
+    let files = ModelFiles::from_dir(&dir)?;
+    let cfg = files.load_config()?;
+    let w = load_safetensors(&files.weights, device)?;
+    let m = BertForPreTraining::from_tensors(&cfg, &w.tensors, &w.origin)?;
+    if m.mlm.is_none() {
+        return Err(Error::Input(format!(
+            "{}: the model has no MLM head (cls.predictions.*), so MLM loss cannot be evaluated",
+            dir.display()
+        )));
+    }
+    Ok((m, dir))
+}
