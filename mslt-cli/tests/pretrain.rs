@@ -534,3 +534,35 @@ fn prepare_bad_input() {
     ]);
     assert!(e.contains("already holds prepared data"), "{e}");
 }
+
+#[test]
+fn init_from_an_encoder_only_checkpoint_initialises_the_heads_and_says_so() {
+    let env = setup();
+    // The tiny HF fixture (vocab 512 >= our 45 tokens) without its heads, and without `bert.`:
+    // what a `BertModel` checkpoint looks like.
+    let m = tiny_model_copy();
+    let p = m.path().join("model.safetensors");
+    let w = load(&p);
+    let enc: std::collections::HashMap<String, candle_core::Tensor> = w
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("bert.embeddings") || k.starts_with("bert.encoder"))
+        .map(|(k, v)| (k.trim_start_matches("bert.").to_string(), v))
+        .collect();
+    save(&enc, &p);
+    let r = env.s("run");
+    let o = run_train(
+        &train_args(&env, &r, "2", &["--init-from", m.path().to_str().unwrap()]),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("has no bert.pooler.*: initialised fresh"), "{err}");
+    assert!(err.contains("has no cls.predictions.*"), "{err}");
+    assert!(err.contains("has no cls.seq_relationship.*"), "{err}");
+    // The encoder started from the checkpoint: layer 0's query weight moved by at most
+    // 2 steps x lr 1e-3 per element.
+    let ck = load(&env.p("run/checkpoints/step-00000002/model.safetensors"));
+    let k = "bert.encoder.layer.0.attention.self.query.weight";
+    let d = max_abs(&ck[k], &enc["encoder.layer.0.attention.self.query.weight"]);
+    assert!(d > 0.0 && d < 2.5e-3, "{d}");
+}
