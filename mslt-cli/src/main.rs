@@ -40,7 +40,7 @@ enum Command {
     /// Tokenise and pack a text corpus into training shards.
     Prepare(commands::prepare::PrepareArgs),
     /// MLM (+NSP) pre-training with checkpoints and exact resume.
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// MLM loss and accuracy of a checkpoint on prepared data.
     Eval(commands::eval::EvalArgs),
     /// Show a model directory, safetensors file or config.json: config, parameters, tensors.
@@ -75,7 +75,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Encode(a) => commands::encode::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Prepare(a) => commands::prepare::run(a),
-        Command::Train(a) => commands::train::run(a),
+        Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
     }
 }

@@ -556,7 +556,10 @@ fn init_from_an_encoder_only_checkpoint_initialises_the_heads_and_says_so() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("has no bert.pooler.*: initialised fresh"), "{err}");
+    assert!(
+        err.contains("has no bert.pooler.*: initialised fresh"),
+        "{err}"
+    );
     assert!(err.contains("has no cls.predictions.*"), "{err}");
     assert!(err.contains("has no cls.seq_relationship.*"), "{err}");
     // The encoder started from the checkpoint: layer 0's query weight moved by at most
@@ -565,4 +568,191 @@ fn init_from_an_encoder_only_checkpoint_initialises_the_heads_and_says_so() {
     let k = "bert.encoder.layer.0.attention.self.query.weight";
     let d = max_abs(&ck[k], &enc["encoder.layer.0.attention.self.query.weight"]);
     assert!(d > 0.0 && d < 2.5e-3, "{d}");
+}
+
+/// Step lines, stage events and (step -> file) checkpoint list of an MSLT run.
+fn stage_events(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("event").is_some_and(|e| e != "stage_resume"))
+        .collect()
+}
+
+fn mslt_args<'a>(env: &'a Env, out: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut v = train_args(
+        env,
+        out,
+        "8",
+        &[
+            "--schedule",
+            "mslt",
+            "--stages",
+            "1,2",
+            "--final-joint-frac",
+            "0.25",
+            "--save-every",
+            "4",
+            "--keep-last",
+            "0",
+        ],
+    );
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+#[test]
+fn mslt_stages_grow_freeze_and_resume_exactly_mid_stage_and_at_boundaries() {
+    let env = setup();
+    let a = env.s("A");
+    let o = run_train(&mslt_args(&env, &a, &[]), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Stages: depth 1 (steps 0-3), depth 2 with layer 0 frozen (3-6), joint (6-8).
+    let ev = stage_events(Path::new(&a));
+    let starts: Vec<(u64, u64, u64, bool)> = ev
+        .iter()
+        .filter(|v| v["event"] == "stage_start")
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["depth"].as_u64().unwrap(),
+                v["frozen_layers"].as_u64().unwrap(),
+                v["train_embeddings"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        starts,
+        vec![(0, 1, 0, true), (3, 2, 1, false), (6, 2, 0, true)]
+    );
+    assert_eq!(ev[2]["growth"]["operator"], "copy-top");
+    assert_eq!(ev.iter().filter(|v| v["event"] == "stage_end").count(), 3);
+    // A checkpoint at every stage boundary (3, 6, 8) besides --save-every 4.
+    let ck = env.p("A/checkpoints");
+    for s in [3, 4, 6, 8] {
+        assert!(
+            ck.join(format!("step-{s:08}/state.json")).is_file(),
+            "no checkpoint at {s}"
+        );
+    }
+    // During stage 1, the frozen layer 0 and the embeddings do not change; layer 1 and the heads do.
+    let s3 = load(&ck.join("step-00000003/model.safetensors"));
+    let s6 = load(&ck.join("step-00000006/model.safetensors"));
+    let s8 = load(&ck.join("step-00000008/model.safetensors"));
+    assert!(!s3.contains_key("bert.encoder.layer.1.output.dense.weight"));
+    for (k, t) in &s6 {
+        let frozen = k.starts_with("bert.encoder.layer.0.") || k.starts_with("bert.embeddings.");
+        if frozen {
+            assert_eq!(max_abs(t, &s3[k]), 0.0, "{k} changed while frozen");
+            assert!(
+                max_abs(t, &s8[k]) > 0.0,
+                "{k} did not train in the joint stage"
+            );
+        } else if k.starts_with("cls.predictions.transform") {
+            assert!(max_abs(t, &s3[k]) > 0.0, "{k} did not train");
+        }
+    }
+    // Resume at a boundary (crash while saving step 4 -> the step-3 checkpoint, before growth)
+    // and mid-stage (crash while saving step 6 -> the step-4 checkpoint): both reproduce A.
+    for (crash, name) in [("4", "B"), ("6", "C")] {
+        let r = env.s(name);
+        let o = run_train(
+            &mslt_args(&env, &r, &[]),
+            &[("MSLT_TEST_CRASH_DURING_SAVE", crash)],
+        );
+        assert!(!o.status.success());
+        let o = run_train(&mslt_args(&env, &r, &["--resume"]), &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            losses(Path::new(&a)),
+            losses(Path::new(&r)),
+            "resume after a crash at {crash} differs"
+        );
+        assert_eq!(stage_events(Path::new(&a)), stage_events(Path::new(&r)));
+        let fa = std::fs::read(ck.join("step-00000008/model.safetensors")).unwrap();
+        let fr = std::fs::read(
+            env.p(name)
+                .join("checkpoints/step-00000008/model.safetensors"),
+        )
+        .unwrap();
+        assert!(
+            fa == fr,
+            "final model differs after resuming from a crash at {crash}"
+        );
+    }
+    // A resume must not change the schedule.
+    let args = mslt_args(
+        &env,
+        &a,
+        &["--resume", "--stages", "1,2", "--init", "random"],
+    );
+    let e = run_err(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(
+        e.contains("the schedule differs from the checkpoint's"),
+        "{e}"
+    );
+}
+
+#[test]
+fn keep_optimizer_state_across_stages_resumes_exactly_too() {
+    let env = setup();
+    let a = env.s("A");
+    let o = run_train(&mslt_args(&env, &a, &["--keep-optimizer-state"]), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = env.s("B");
+    let o = run_train(
+        &mslt_args(&env, &b, &["--keep-optimizer-state"]),
+        &[("MSLT_TEST_CRASH_DURING_SAVE", "4")],
+    );
+    assert!(!o.status.success());
+    let o = run_train(
+        &mslt_args(&env, &b, &["--keep-optimizer-state", "--resume"]),
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(losses(Path::new(&a)), losses(Path::new(&b)));
+    // and it is a different run than the default (reset at each stage)
+    let c = env.s("C");
+    assert!(run_train(&mslt_args(&env, &c, &[]), &[]).status.success());
+    assert_ne!(losses(Path::new(&a)), losses(Path::new(&c)));
+}
+
+#[test]
+fn bad_schedules_give_clear_errors() {
+    let env = setup();
+    let r = env.s("r");
+    for (extra, want) in [
+        (
+            vec!["--schedule", "mslt", "--stages", "2,1"],
+            "not strictly increasing",
+        ),
+        (
+            vec!["--schedule", "mslt", "--stages", "1"],
+            "the last stage has 1 layers but the model has 2",
+        ),
+        (
+            vec![
+                "--schedule",
+                "mslt",
+                "--stages",
+                "1,2",
+                "--stage-steps",
+                "2,2",
+            ],
+            "field `stage_steps`: they add up to 4",
+        ),
+        (vec!["--schedule", "mslt"], "no default stages for 2 layers"),
+        (vec!["--schedule", "staircase"], "--schedule `staircase`"),
+        (
+            vec!["--schedule", "mslt", "--stages", "1,2", "--init", "magic"],
+            "growth init `magic`",
+        ),
+    ] {
+        let mut args = train_args(&env, &r, "8", &[]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let e = run_err(&args);
+        assert!(e.contains(want), "{extra:?}: {e}");
+    }
 }

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod growth;
 pub mod loss;
 pub mod model;
 pub mod nn;

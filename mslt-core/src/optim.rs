@@ -40,13 +40,14 @@ struct Slot {
     m: Tensor,
     /// second moment, f32
     v: Tensor,
+    /// updates applied to this parameter (PyTorch keeps one count per parameter too, which
+    /// matters when moments are carried over a stage change while new parameters join)
+    t: u64,
 }
 
 pub struct AdamW {
     pub config: AdamWConfig,
     slots: Vec<Slot>,
-    /// Number of steps taken (PyTorch keeps one per parameter; ours move together).
-    step: u64,
 }
 
 impl AdamW {
@@ -63,22 +64,29 @@ impl AdamW {
                     var,
                     m,
                     v,
+                    t: 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            config,
-            slots,
-            step: 0,
-        })
+        Ok(Self { config, slots })
     }
 
+    /// The largest per-parameter step count.
     pub fn step_count(&self) -> u64 {
-        self.step
+        self.slots.iter().map(|s| s.t).max().unwrap_or(0)
     }
 
     pub fn set_lr(&mut self, lr: f64) {
         self.config.lr = lr;
+    }
+
+    /// Number of parameters (tensors) optimised.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     /// One update with the gradients in `grads`. Parameters without a gradient are skipped.
@@ -100,16 +108,16 @@ impl AdamW {
                 self.slots.len()
             )));
         }
-        self.step += 1;
         let c = &self.config;
-        let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let step_size = c.lr / bc1;
         for (s, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else {
                 continue;
             };
+            s.t += 1;
+            let t = s.t as i32;
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+            let step_size = c.lr / bc1;
             let g = g.to_dtype(DType::F32)?;
             let mut p = s.var.as_tensor().to_dtype(DType::F32)?;
             if s.decay && c.weight_decay != 0.0 {
@@ -125,37 +133,57 @@ impl AdamW {
         Ok(())
     }
 
-    /// The optimizer state as named tensors (`{param}.exp_avg`, `{param}.exp_avg_sq`) and the
-    /// step count, for checkpoints.
-    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
+    /// The optimizer state as named tensors: `{param}.exp_avg`, `{param}.exp_avg_sq` (f32) and
+    /// `{param}.step` (I64 scalar), for checkpoints.
+    pub fn state(&self) -> HashMap<String, Tensor> {
         let mut map = HashMap::new();
         for s in &self.slots {
             map.insert(format!("{}.exp_avg", s.name), s.m.clone());
             map.insert(format!("{}.exp_avg_sq", s.name), s.v.clone());
+            if let Ok(t) = Tensor::new(s.t as i64, &candle_core::Device::Cpu) {
+                map.insert(format!("{}.step", s.name), t);
+            }
         }
-        (map, self.step)
+        map
     }
 
-    /// Restores a state saved by [`AdamW::state`]; every parameter must have its moments with
-    /// the parameter's shape.
-    pub fn load_state(&mut self, map: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+    /// Restores a state saved by [`AdamW::state`]. With `require_all`, every parameter must be
+    /// there; otherwise parameters absent from `map` keep fresh (zero) moments — how moments
+    /// are carried over a stage change. Returns how many parameters were restored.
+    pub fn load_state(
+        &mut self,
+        map: &HashMap<String, Tensor>,
+        require_all: bool,
+    ) -> Result<usize> {
+        let mut restored = 0;
         for s in &mut self.slots {
-            for (suffix, slot) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
-                let key = format!("{}.{suffix}", s.name);
-                let t = map
-                    .get(&key)
-                    .ok_or_else(|| Error::Optimizer(format!("state has no `{key}`")))?;
-                if t.dims() != s.var.dims() {
+            let keys = [
+                format!("{}.exp_avg", s.name),
+                format!("{}.exp_avg_sq", s.name),
+                format!("{}.step", s.name),
+            ];
+            if !require_all && !keys.iter().all(|k| map.contains_key(k)) {
+                continue;
+            }
+            let get = |k: &str| {
+                map.get(k)
+                    .ok_or_else(|| Error::Optimizer(format!("state has no `{k}`")))
+            };
+            let (m, v, t) = (get(&keys[0])?, get(&keys[1])?, get(&keys[2])?);
+            for (k, x) in [(&keys[0], m), (&keys[1], v)] {
+                if x.dims() != s.var.dims() {
                     return Err(Error::Optimizer(format!(
-                        "`{key}` has shape {:?}, the parameter has {:?}",
-                        t.dims(),
+                        "`{k}` has shape {:?}, the parameter has {:?}",
+                        x.dims(),
                         s.var.dims()
                     )));
                 }
-                *slot = t.to_dtype(DType::F32)?.to_device(s.var.device())?;
             }
+            s.m = m.to_dtype(DType::F32)?.to_device(s.var.device())?;
+            s.v = v.to_dtype(DType::F32)?.to_device(s.var.device())?;
+            s.t = t.to_dtype(DType::I64)?.to_scalar::<i64>()?.max(0) as u64;
+            restored += 1;
         }
-        self.step = step;
-        Ok(())
+        Ok(restored)
     }
 }

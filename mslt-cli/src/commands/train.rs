@@ -65,6 +65,30 @@ pub struct TrainArgs {
     mask_prob: Option<f64>,
     #[arg(long)]
     whole_word_masking: bool,
+    /// full, stack (Progressive Stacking 1.0) or mslt (multi-stage layerwise training).
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Model depth after each stage, e.g. 3,6,9,12.
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<usize>>,
+    /// Steps of each stage, e.g. 300,300,300,300 (default: equal shares).
+    #[arg(long, value_delimiter = ',')]
+    stage_steps: Option<Vec<u64>>,
+    /// Growth operator for new layers: copy-top, copy-stack or random.
+    #[arg(long)]
+    init: Option<String>,
+    /// mslt: keep training the embeddings after the first stage.
+    #[arg(long)]
+    train_embeddings: bool,
+    /// Keep AdamW moments of parameters that train across a stage change (default: reset).
+    #[arg(long)]
+    keep_optimizer_state: bool,
+    /// One LR warm-up + decay over the whole run instead of one per stage.
+    #[arg(long)]
+    global_lr_schedule: bool,
+    /// mslt: share of the steps for a final stage where all layers train (0 disables it).
+    #[arg(long)]
+    final_joint_frac: Option<f64>,
     /// Continue from the newest complete checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -86,7 +110,7 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
                 anyhow::anyhow!(
                     "{}: {}",
                     p.display(),
-                    e.to_string().replace('\n', " ").trim().to_string()
+                    e.to_string().replace('\n', " ").trim()
                 )
             })?
         }
@@ -103,18 +127,36 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         grad_accum,
         lr,
         warmup_frac,
-        min_lr_ratio,
+        min_lr_ratio
+    );
+    set!(
+        cfg,
+        a,
         weight_decay,
         clip_norm,
         seed,
         eval_every,
         eval_batches,
         save_every,
-        keep_last,
+        keep_last
+    );
+    set!(
+        cfg,
+        a,
         log_every,
         device,
-        mask_prob
+        mask_prob,
+        stages,
+        stage_steps,
+        init,
+        final_joint_frac
     );
+    if let Some(s) = &a.schedule {
+        cfg.schedule = s.parse().map_err(|e| anyhow::anyhow!("--schedule {e}"))?;
+    }
+    cfg.train_embeddings |= a.train_embeddings;
+    cfg.keep_optimizer_state |= a.keep_optimizer_state;
+    cfg.global_lr_schedule |= a.global_lr_schedule;
     if a.init_from.is_some() {
         cfg.init_from = a.init_from.clone();
     }
@@ -151,7 +193,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut last_eval = String::new();
-    let summary = train(&cfg, a.resume, &mut |ev| match ev {
+    let summary = train(&cfg, a.resume, &mut |ev| {
+        match ev {
         Event::Started {
             start_step,
             total_steps,
@@ -198,7 +241,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 )
             });
         }
+        Event::Stage(s) => bar.suspend(|| {
+            eprintln!(
+                "{} stage {} at step {}: depth {}, {} frozen layers, embeddings {}, {} trainable parameters{}",
+                s.event.trim_start_matches("stage_"),
+                s.stage,
+                s.step,
+                s.depth,
+                s.frozen_layers,
+                if s.train_embeddings { "train" } else { "frozen" },
+                s.trainable_params,
+                s.growth
+                    .as_ref()
+                    .map(|g| format!(" (grown {} -> {} by {})", g.from_depth, g.to_depth, g.operator))
+                    .unwrap_or_default()
+            )
+        }),
         Event::Saved(p) => bar.suspend(|| eprintln!("checkpoint {}", p.display())),
+    }
     })?;
     bar.finish_and_clear();
     eprintln!(

@@ -40,6 +40,9 @@ pub struct TrainState {
     /// Steps skipped for non-finite loss or gradients.
     pub skipped_steps: u64,
     pub data: DataFingerprint,
+    /// The stage holding the next step to run (0 for schedules with one stage).
+    #[serde(default)]
+    pub stage: usize,
     /// The resolved run config (`TrainConfig`) as JSON.
     pub run: serde_json::Value,
 }
@@ -89,7 +92,7 @@ pub struct SaveRequest<'a> {
     pub run_dir: &'a Path,
     pub model: &'a BTreeMap<String, Tensor>,
     pub config: &'a BertConfig,
-    pub optimizer: (HashMap<String, Tensor>, u64),
+    pub optimizer: HashMap<String, Tensor>,
     pub state: &'a TrainState,
     /// Tokenizer file to copy next to the model (tokenizer.json or vocab.txt).
     pub tokenizer: Option<&'a Path>,
@@ -121,11 +124,8 @@ pub fn save(req: SaveRequest) -> Result<PathBuf> {
             std::process::abort();
         }
     }
-    let (opt, opt_step) = req.optimizer;
-    let opt: BTreeMap<String, Tensor> = opt.into_iter().collect();
-    let mut ometa = HashMap::new();
-    ometa.insert("step".to_string(), opt_step.to_string());
-    save_safetensors_atomic(&opt, Some(ometa), &tmp.join("optimizer.safetensors"))?;
+    let opt: BTreeMap<String, Tensor> = req.optimizer.into_iter().collect();
+    save_safetensors_atomic(&opt, None, &tmp.join("optimizer.safetensors"))?;
     if let Some(t) = req.tokenizer {
         if let Some(n) = t.file_name() {
             std::fs::copy(t, tmp.join(n)).map_err(|e| Error::io(t, e))?;
@@ -167,32 +167,11 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
     Ok(s)
 }
 
-/// Reads `optimizer.safetensors`: the moments and the step count.
-pub fn load_optimizer(
-    dir: &Path,
-    device: &candle_core::Device,
-) -> Result<(HashMap<String, Tensor>, u64)> {
+/// Reads `optimizer.safetensors` (AdamW moments and per-parameter step counts).
+pub fn load_optimizer(dir: &Path, device: &candle_core::Device) -> Result<HashMap<String, Tensor>> {
     let p = dir.join("optimizer.safetensors");
-    let map = candle_core::safetensors::load(&p, device).map_err(|e| Error::Safetensors {
+    candle_core::safetensors::load(&p, device).map_err(|e| Error::Safetensors {
         path: p.clone(),
         msg: e.to_string().lines().next().unwrap_or("").to_string(),
-    })?;
-    let file = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
-    // SAFETY: read-only map of a checkpoint file that is not modified while mapped.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&p, e))?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-            path: p.clone(),
-            msg: e.to_string(),
-        })?;
-    let step = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("step"))
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| Error::Safetensors {
-            path: p.clone(),
-            msg: "metadata has no optimizer `step`".into(),
-        })?;
-    Ok((map, step))
+    })
 }

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod eval;
 pub mod schedule;
+pub mod stages;
 
 use crate::config::BertConfig;
 use crate::data::{DataSet, MaskingConfig};
@@ -19,11 +20,12 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::weights::{init_all, init_missing_heads, load_safetensors, ModelFiles, Params};
 use crate::BertInput;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use checkpoint::{DataFingerprint, TrainState};
 use schedule::{Decay, LrSchedule};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use stages::{ScheduleKind, ScheduleSpec, Stage};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -81,6 +83,25 @@ pub struct TrainConfig {
     pub whole_word_masking: bool,
     /// Consecutive steps with non-finite loss/gradients before the run stops.
     pub max_bad_steps: u64,
+    /// full, stack (Progressive Stacking 1.0) or mslt (multi-stage layerwise training).
+    pub schedule: ScheduleKind,
+    /// Model depth after each stage, e.g. [3, 6, 9, 12] (empty: the schedule's default).
+    pub stages: Vec<usize>,
+    /// Steps of each stage (empty: equal shares of the budget left after the joint stage).
+    pub stage_steps: Vec<u64>,
+    /// Growth operator for new layers: copy-top, copy-stack or random (empty: copy-top for
+    /// mslt, copy-stack for stack).
+    pub init: String,
+    /// mslt: the embeddings keep training after the first stage (then the frozen layers are
+    /// on the backward path: forward-only no longer holds).
+    pub train_embeddings: bool,
+    /// At a stage change keep the AdamW moments of parameters that train in both stages
+    /// (default: a fresh optimizer per stage).
+    pub keep_optimizer_state: bool,
+    /// One warm-up + decay over the whole run instead of one per stage.
+    pub global_lr_schedule: bool,
+    /// mslt: share of the steps for a final stage where every layer trains (0 disables it).
+    pub final_joint_frac: f64,
 }
 
 impl Default for TrainConfig {
@@ -113,6 +134,14 @@ impl Default for TrainConfig {
             mask_prob: 0.15,
             whole_word_masking: false,
             max_bad_steps: 5,
+            schedule: ScheduleKind::Full,
+            stages: Vec::new(),
+            stage_steps: Vec::new(),
+            init: String::new(),
+            train_embeddings: false,
+            keep_optimizer_state: false,
+            global_lr_schedule: false,
+            final_joint_frac: 0.1,
         }
     }
 }
@@ -165,18 +194,72 @@ impl TrainConfig {
         Ok(())
     }
 
-    pub fn schedule(&self) -> LrSchedule {
+    /// The LR schedule over `steps` steps (the run, or one stage).
+    pub fn lr_schedule(&self, steps: u64) -> LrSchedule {
         let warmup = self
             .warmup_steps
-            .unwrap_or_else(|| (self.warmup_frac * self.steps as f64).round() as u64)
-            .min(self.steps);
+            .unwrap_or_else(|| (self.warmup_frac * steps as f64).round() as u64)
+            .min(steps);
         LrSchedule {
             peak: self.lr,
             warmup_steps: warmup,
-            total_steps: self.steps,
+            total_steps: steps,
             decay: self.decay,
             min_lr_ratio: self.min_lr_ratio,
         }
+    }
+
+    /// The learning rate of global step `step` in `stage`.
+    pub fn lr_at(&self, stage: &Stage, step: u64) -> f64 {
+        if self.global_lr_schedule || stage.steps == self.steps {
+            self.lr_schedule(self.steps).lr(step)
+        } else {
+            self.lr_schedule(stage.steps).lr(step - stage.start)
+        }
+    }
+
+    /// The stages of this run for a model of `target_depth` layers.
+    pub fn plan(&self, target_depth: usize) -> Result<Vec<Stage>> {
+        stages::plan(&ScheduleSpec {
+            kind: self.schedule,
+            target_depth,
+            steps: self.steps,
+            stages: &self.stages,
+            stage_steps: &self.stage_steps,
+            final_joint_frac: self.final_joint_frac,
+            train_embeddings: self.train_embeddings,
+        })
+    }
+
+    /// The growth operator's name for this schedule.
+    pub fn growth_init(&self) -> &str {
+        match (self.init.as_str(), self.schedule) {
+            ("", ScheduleKind::Stack) => "copy-stack",
+            ("", _) => "copy-top",
+            (s, _) => s,
+        }
+    }
+
+    /// The fields that define the schedule: a resumed run must not change them (`steps` may
+    /// change for the single-stage `full` schedule: extending a run is allowed there).
+    fn schedule_fingerprint(&self) -> String {
+        let steps = if self.schedule == ScheduleKind::Full {
+            0
+        } else {
+            self.steps
+        };
+        format!(
+            "schedule {:?}, stages {:?}, stage_steps {:?}, steps {}, init {}, train_embeddings {}, final_joint_frac {}, keep_optimizer_state {}, global_lr_schedule {}",
+            self.schedule,
+            self.stages,
+            self.stage_steps,
+            steps,
+            self.growth_init(),
+            self.train_embeddings,
+            self.final_joint_frac,
+            self.keep_optimizer_state,
+            self.global_lr_schedule
+        )
     }
 
     fn masking(&self) -> MaskingConfig {
@@ -202,6 +285,7 @@ impl TrainConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct StepRecord {
     pub step: u64,
+    pub stage: usize,
     pub loss: f64,
     pub mlm_loss: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,6 +301,7 @@ pub struct StepRecord {
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalRecord {
     pub step: u64,
+    pub stage: usize,
     pub eval_loss: f64,
     pub eval_mlm_loss: f64,
     pub eval_mlm_acc: f64,
@@ -238,6 +323,7 @@ pub enum Event<'a> {
         reason: &'a str,
     },
     Eval(&'a EvalRecord),
+    Stage(&'a StageRecord),
     Saved(&'a Path),
 }
 
@@ -249,12 +335,13 @@ pub struct Summary {
     pub elapsed_s: f64,
 }
 
-/// Data and model set up for a run.
+/// Where a run starts: all parameters (at the depth of the starting stage), the config of
+/// that model, the state, and the optimizer state to restore when resuming.
 struct Setup {
     model_cfg: BertConfig,
     params: Params,
-    opt: AdamW,
     state: TrainState,
+    optimizer: Option<HashMap<String, Tensor>>,
     notes: Vec<String>,
 }
 
@@ -333,7 +420,27 @@ fn check_data_fits(cfg: &BertConfig, data: &DataSet) -> Result<()> {
     Ok(())
 }
 
-fn setup(cfg: &TrainConfig, resume: bool, train: &DataSet, device: &Device) -> Result<Setup> {
+/// The target model config of a run: `init_from`'s config (deepened to the last stage), or the
+/// preset / config.json named by `model_config`.
+fn target_config(cfg: &TrainConfig, init_from: Option<&BertConfig>) -> Result<BertConfig> {
+    match init_from {
+        Some(c) => {
+            let mut t = c.clone();
+            if let Some(&d) = cfg.stages.last() {
+                t.num_hidden_layers = d;
+            }
+            Ok(t)
+        }
+        None => resolve_model_config(&cfg.model_config),
+    }
+}
+
+fn setup(
+    cfg: &TrainConfig,
+    resume: bool,
+    train: &DataSet,
+    device: &Device,
+) -> Result<(Setup, BertConfig, Vec<Stage>)> {
     let mut notes = Vec::new();
     let fingerprint = data_fingerprint(train);
     if resume {
@@ -353,28 +460,19 @@ fn setup(cfg: &TrainConfig, resume: bool, train: &DataSet, device: &Device) -> R
                 fingerprint
             )));
         }
-        let files = ModelFiles::from_dir(&dir)?;
-        let model_cfg = files.load_config()?;
-        if cfg.init_from.is_none() {
-            let wanted = resolve_model_config(&cfg.model_config)?;
-            if wanted != model_cfg {
-                return Err(Error::Input(format!(
-                    "--resume: checkpoint {} has a different model config than `{}` (layers {} x hidden {} vs {} x {})",
-                    dir.display(),
-                    cfg.model_config,
-                    model_cfg.num_hidden_layers,
-                    model_cfg.hidden_size,
-                    wanted.num_hidden_layers,
-                    wanted.hidden_size
-                )));
-            }
-        }
         let prev: TrainConfig =
             serde_json::from_value(state.run.clone()).map_err(|e| Error::Config {
                 origin: dir.join("state.json").display().to_string(),
                 field: "run".into(),
                 msg: e.to_string(),
             })?;
+        if prev.schedule_fingerprint() != cfg.schedule_fingerprint() {
+            return Err(Error::Input(format!(
+                "--resume: the schedule differs from the checkpoint's ({}; now {})",
+                prev.schedule_fingerprint(),
+                cfg.schedule_fingerprint()
+            )));
+        }
         if (prev.batch_size, prev.grad_accum, prev.seed)
             != (cfg.batch_size, cfg.grad_accum, cfg.seed)
         {
@@ -383,26 +481,76 @@ fn setup(cfg: &TrainConfig, resume: bool, train: &DataSet, device: &Device) -> R
                 prev.batch_size, prev.grad_accum, prev.seed, cfg.batch_size, cfg.grad_accum, cfg.seed
             ));
         }
+        let files = ModelFiles::from_dir(&dir)?;
+        let model_cfg = files.load_config()?;
+        let target = if cfg.init_from.is_some() {
+            let mut t = model_cfg.clone();
+            t.num_hidden_layers = cfg
+                .stages
+                .last()
+                .copied()
+                .unwrap_or(model_cfg.num_hidden_layers);
+            t
+        } else {
+            resolve_model_config(&cfg.model_config)?
+        };
+        let mut same = model_cfg.clone();
+        same.num_hidden_layers = target.num_hidden_layers;
+        if same != target {
+            return Err(Error::Input(format!(
+                "--resume: checkpoint {} has a different model config than `{}` (hidden {}, heads {}, vocab {} vs {}, {}, {})",
+                dir.display(),
+                cfg.model_config,
+                model_cfg.hidden_size,
+                model_cfg.num_attention_heads,
+                model_cfg.vocab_size,
+                target.hidden_size,
+                target.num_attention_heads,
+                target.vocab_size
+            )));
+        }
+        let plan = cfg.plan(target.num_hidden_layers)?;
+        let stage = plan
+            .get(state.stage)
+            .unwrap_or_else(|| plan.last().expect("non-empty plan"));
+        let expected_depth = if state.step > stage.start || state.stage == 0 {
+            stage.depth
+        } else {
+            plan[state.stage - 1].depth
+        };
+        if model_cfg.num_hidden_layers != expected_depth {
+            return Err(Error::Input(format!(
+                "--resume: checkpoint {} has {} layers, but stage {} of the schedule at step {} expects {}",
+                dir.display(),
+                model_cfg.num_hidden_layers,
+                state.stage,
+                state.step,
+                expected_depth
+            )));
+        }
         check_data_fits(&model_cfg, train)?;
         let w = load_safetensors(&files.weights, device)?;
-        let params = Params::from_tensors(&w.tensors)?;
         // Every parameter must be there (a checkpoint of ours has all heads).
-        BertForPreTraining::from_tensors(&model_cfg, &params.tensors(), &w.origin)?;
-        let mut opt = AdamW::new(params.named_vars(), cfg.adamw())?;
-        let (ost, ostep) = checkpoint::load_optimizer(&dir, device)?;
-        opt.load_state(&ost, ostep)?;
+        BertForPreTraining::from_tensors(&model_cfg, &w.tensors, &w.origin)?;
+        let params = Params::from_tensors(&w.tensors)?;
+        let optimizer = Some(checkpoint::load_optimizer(&dir, device)?);
         notes.push(format!(
-            "resumed from {} (step {})",
+            "resumed from {} (step {}, stage {})",
             dir.display(),
-            state.step
+            state.step,
+            state.stage
         ));
-        return Ok(Setup {
-            model_cfg,
-            params,
-            opt,
-            state,
-            notes,
-        });
+        return Ok((
+            Setup {
+                model_cfg,
+                params,
+                state,
+                optimizer,
+                notes,
+            },
+            target,
+            plan,
+        ));
     }
     if !checkpoint::list(&cfg.out).is_empty() {
         return Err(Error::Input(format!(
@@ -411,7 +559,7 @@ fn setup(cfg: &TrainConfig, resume: bool, train: &DataSet, device: &Device) -> R
         )));
     }
     let mut rng = Rng::new(step_seed(cfg.seed, 1, 0, 0));
-    let (model_cfg, tensors) = match &cfg.init_from {
+    let (target, model_cfg, tensors) = match &cfg.init_from {
         Some(spec) => {
             let files = ModelFiles::resolve(spec)?;
             let mc = files.load_config()?;
@@ -434,21 +582,34 @@ fn setup(cfg: &TrainConfig, resume: bool, train: &DataSet, device: &Device) -> R
                 ));
             }
             notes.push(format!("initialised from {spec}"));
-            (mc, w.tensors)
+            (target_config(cfg, Some(&mc))?, mc, w.tensors)
         }
         None => {
-            let mc = resolve_model_config(&cfg.model_config)?;
+            let target = target_config(cfg, None)?;
+            let plan = cfg.plan(target.num_hidden_layers)?;
+            let mut mc = target.clone();
+            mc.num_hidden_layers = plan[0].depth;
             notes.push(format!(
-                "initialised `{}` from scratch (BERT init, N(0, {}))",
-                cfg.model_config, mc.initializer_range
+                "initialised `{}` ({} of {} layers) from scratch (BERT init, N(0, {}))",
+                cfg.model_config,
+                mc.num_hidden_layers,
+                target.num_hidden_layers,
+                mc.initializer_range
             ));
-            (mc.clone(), init_all(&mc, &mut rng, device)?)
+            let t = init_all(&mc, &mut rng, device)?;
+            (target, mc, t)
         }
     };
+    let plan = cfg.plan(target.num_hidden_layers)?;
+    if model_cfg.num_hidden_layers != plan[0].depth {
+        return Err(Error::Input(format!(
+            "the initial model has {} layers but the first stage of the schedule has {}",
+            model_cfg.num_hidden_layers, plan[0].depth
+        )));
+    }
     check_data_fits(&model_cfg, train)?;
     BertForPreTraining::from_tensors(&model_cfg, &tensors, "init")?;
     let params = Params::from_tensors(&tensors)?;
-    let opt = AdamW::new(params.named_vars(), cfg.adamw())?;
     let state = TrainState {
         format: checkpoint::FORMAT.into(),
         step: 0,
@@ -457,27 +618,35 @@ fn setup(cfg: &TrainConfig, resume: bool, train: &DataSet, device: &Device) -> R
         elapsed_s: 0.0,
         skipped_steps: 0,
         data: fingerprint,
+        stage: 0,
         run: serde_json::to_value(cfg).expect("config serialises"),
     };
-    Ok(Setup {
-        model_cfg,
-        params,
-        opt,
-        state,
-        notes,
-    })
+    Ok((
+        Setup {
+            model_cfg,
+            params,
+            state,
+            optimizer: None,
+            notes,
+        },
+        target,
+        plan,
+    ))
 }
 
-/// Keeps metrics.jsonl consistent with a resumed step: drops lines past it.
+/// Keeps metrics.jsonl consistent with a resumed step: drops the lines past it, and the
+/// stage-start line of the stage being resumed into (it is written again).
 fn open_metrics(path: &Path, resume_step: Option<u64>) -> Result<std::fs::File> {
     let kept = match (resume_step, std::fs::read_to_string(path)) {
         (Some(step), Ok(text)) => text
             .lines()
             .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                    .is_some_and(|s| s <= step)
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+                    return false;
+                };
+                let s = v.get("step").and_then(|s| s.as_u64()).unwrap_or(u64::MAX);
+                let start = v.get("event").and_then(|e| e.as_str()) == Some("stage_start");
+                s < step || (s == step && !start)
             })
             .map(|l| format!("{l}\n"))
             .collect::<String>(),
@@ -493,6 +662,45 @@ fn open_metrics(path: &Path, resume_step: Option<u64>) -> Result<std::fs::File> 
 fn append(f: &mut std::fs::File, path: &Path, v: &impl Serialize) -> Result<()> {
     let line = serde_json::to_string(v).expect("record serialises");
     writeln!(f, "{line}").map_err(|e| Error::io(path, e))
+}
+
+/// The model of a stage and its trainable (name, var) list: trainable parameters as tracked
+/// tensors, frozen ones detached (no
+/// graph is recorded through them; they take the fused no-backward ops).
+pub fn stage_model(
+    cfg: &BertConfig,
+    params: &Params,
+    stage: &Stage,
+) -> Result<(BertForPreTraining, Vec<(String, Var)>)> {
+    let mut map = HashMap::new();
+    let mut trainable = Vec::new();
+    for (name, var) in &params.vars {
+        if stage.trains(name) {
+            map.insert(name.clone(), var.as_tensor().clone());
+            trainable.push((name.clone(), var.clone()));
+        } else {
+            map.insert(name.clone(), var.as_tensor().detach());
+        }
+    }
+    Ok((
+        BertForPreTraining::from_tensors(cfg, &map, "params")?,
+        trainable,
+    ))
+}
+
+/// A stage boundary or growth, as written to metrics.jsonl.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageRecord {
+    pub step: u64,
+    /// stage_start, stage_end, or stage_resume (a run resumed in the middle of the stage)
+    pub event: &'static str,
+    pub stage: usize,
+    pub depth: usize,
+    pub trainable_params: usize,
+    pub frozen_layers: usize,
+    pub train_embeddings: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<crate::growth::GrowthReport>,
 }
 
 /// Runs (or resumes) pre-training as configured.
@@ -515,16 +723,18 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
     }
     check_writable(&cfg.out)?;
     checkpoint::clean_partial(&cfg.out);
+    let (setup, target_cfg, plan) = setup(cfg, resume, &train, &device)?;
     let Setup {
-        model_cfg,
-        params,
-        mut opt,
+        mut model_cfg,
+        mut params,
         mut state,
+        optimizer: mut restored_opt,
         notes,
-    } = setup(cfg, resume, &train, &device)?;
+    } = setup;
     state.run = serde_json::to_value(cfg).expect("config serialises");
-    let run_json =
-        serde_json::json!({ "run": cfg, "model": model_cfg.to_hf_json(), "data": train.manifest });
+    let run_json = serde_json::json!({
+        "run": cfg, "model": target_cfg.to_hf_json(), "stages": plan, "data": train.manifest
+    });
     crate::data::shards::write_atomic(
         &cfg.out.join("config.json"),
         serde_json::to_string_pretty(&run_json)
@@ -534,11 +744,9 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
     let metrics_path = cfg.out.join("metrics.jsonl");
     let mut metrics = open_metrics(&metrics_path, resume.then_some(state.step))?;
     let tokenizer_file = cfg.data.join(&train.manifest.tokenizer_file);
-    let model = BertForPreTraining::from_tensors(&model_cfg, &params.tensors(), "params")?;
-    let named = params.named_vars();
     let masking = cfg.masking();
-    let schedule = cfg.schedule();
     let nsp = train.manifest.nsp;
+    let growth_op = crate::growth::operator(cfg.growth_init())?;
     let inject_nan: Vec<u64> = std::env::var("MSLT_TEST_INJECT_NAN")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -550,181 +758,257 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
         trainable_params: params.num_elements(),
         notes: &notes,
     });
-    let save = |state: &TrainState, opt: &AdamW| -> Result<PathBuf> {
-        let model_tensors: BTreeMap<String, Tensor> = params
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect();
-        checkpoint::save(checkpoint::SaveRequest {
-            run_dir: &cfg.out,
-            model: &model_tensors,
-            config: &model_cfg,
-            optimizer: opt.state(),
-            state,
-            tokenizer: tokenizer_file.is_file().then_some(tokenizer_file.as_path()),
-            keep_last: cfg.keep_last,
-        })
-    };
-    let run_eval = |step: u64| -> Result<Option<EvalRecord>> {
-        let Some(val) = &val else { return Ok(None) };
-        let frozen = BertForPreTraining::from_tensors(&model_cfg, &params.detached(), "params")?;
-        let r = eval::evaluate(
-            &frozen,
-            val,
-            &masking,
-            cfg.batch_size,
-            cfg.eval_batches,
-            cfg.seed,
-        )?;
-        Ok(Some(EvalRecord {
-            step,
-            eval_loss: r.loss,
-            eval_mlm_loss: r.mlm_loss,
-            eval_mlm_acc: r.mlm_acc,
-            eval_nsp_acc: r.nsp_acc,
-        }))
-    };
 
     let t0 = Instant::now();
     let elapsed_before = state.elapsed_s;
     let mut bad_run = 0u64;
     let mut last_ckpt = checkpoint::latest(&cfg.out);
     let mut final_eval = None;
-    while state.step < cfg.steps {
-        let step = state.step;
-        let lr = schedule.lr(step);
-        let mut grads: Vec<Option<Tensor>> = vec![None; named.len()];
-        let (mut loss_sum, mut mlm_sum, mut nsp_sum) = (0f64, 0f64, 0f64);
-        let mut tokens = 0u64;
-        for micro in 0..cfg.grad_accum as u64 {
-            let counter = (step * cfg.grad_accum as u64 + micro) * cfg.batch_size as u64;
-            let seqs = train.shuffled(counter, cfg.batch_size, cfg.seed);
-            let mut mrng = Rng::new(step_seed(cfg.seed, 2, step, micro));
-            let hb = train.mask(&seqs, &masking, &mut mrng);
-            tokens += hb.tokens as u64;
-            let input = BertInput::from_host(
+    // Moments handed from one stage to the next (keep_optimizer_state) or from a checkpoint.
+    let mut carried: Option<(HashMap<String, Tensor>, bool)> =
+        restored_opt.take().map(|o| (o, true));
+    while state.stage < plan.len() {
+        let stage = plan[state.stage].clone();
+        let at_boundary = state.step == stage.start;
+        if at_boundary && state.stage > 0 && !cfg.keep_optimizer_state {
+            carried = None; // a fresh optimizer for the new stage
+        } else if at_boundary && state.stage > 0 {
+            if let Some((_, all)) = &mut carried {
+                *all = false; // new parameters join with fresh moments
+            }
+        }
+        let mut growth = None;
+        if model_cfg.num_hidden_layers < stage.depth {
+            let mut grng = Rng::new(step_seed(cfg.seed, 4, stage.index as u64, 0));
+            let (c, t, r) = crate::growth::grow(
+                &params.tensors(),
                 &model_cfg,
-                (hb.b, hb.t),
-                &hb.input_ids,
-                Some(&hb.attention_mask),
-                Some(&hb.token_type_ids),
-                &device,
+                stage.depth,
+                growth_op.as_ref(),
+                &mut grng,
             )?;
-            let targets = MlmTargets::from_labels(&hb.mlm_labels, model_cfg.vocab_size, &device)?;
-            let nsp_labels = if nsp {
-                let v: Vec<u32> = hb.nsp_labels.iter().map(|&x| x as u32).collect();
-                Some(Tensor::from_vec(v, hb.b, &device)?)
-            } else {
-                None
-            };
-            let mut drng = Rng::new(step_seed(cfg.seed, 3, step, micro));
-            let l = model.pretraining_loss(
-                &input,
-                &targets,
-                nsp_labels.as_ref(),
-                &mut Mode::Train(&mut drng),
-            )?;
-            let mut loss = (&l.loss / cfg.grad_accum as f64)?;
-            if inject_nan.contains(&(step + 1)) {
-                loss = (loss * f64::NAN)?;
-            }
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            mlm_sum += l.mlm_loss.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
-            if let Some(n) = &l.nsp_loss {
-                nsp_sum += n.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
-            }
-            let store = loss.backward()?;
-            for (slot, (_, var)) in grads.iter_mut().zip(&named) {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
+            model_cfg = c;
+            params = Params::from_tensors(&t)?;
+            growth = Some(r);
         }
-        // Global gradient norm (one device sync).
-        let sq: Vec<Tensor> = grads
-            .iter()
-            .flatten()
-            .map(|g| g.sqr()?.sum_all())
-            .collect::<candle_core::Result<_>>()?;
-        let norm = Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
-        if !norm.is_finite() || !loss_sum.is_finite() {
-            bad_run += 1;
-            state.skipped_steps += 1;
-            let reason =
-                format!("non-finite loss ({loss_sum}) or gradient norm ({norm}): step skipped");
-            append(
-                &mut metrics,
-                &metrics_path,
-                &serde_json::json!({"step": step + 1, "skipped": reason}),
-            )?;
-            on_event(Event::Skipped {
-                step: step + 1,
-                reason: &reason,
-            });
-            if bad_run >= cfg.max_bad_steps {
-                return Err(Error::Input(format!(
-                    "stopped: {bad_run} consecutive steps with non-finite loss or gradients (at step {}); the last good checkpoint is {}",
-                    step + 1,
-                    last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-                )));
-            }
-            // The data and RNG of a step depend on the step index alone: move on.
-            state.step += 1;
-            continue;
+        let (model, named) = stage_model(&model_cfg, &params, &stage)?;
+        let mut opt = AdamW::new(named.clone(), cfg.adamw())?;
+        if let Some((map, require_all)) = carried.take() {
+            opt.load_state(&map, require_all)?;
         }
-        bad_run = 0;
-        if cfg.clip_norm > 0.0 && norm > cfg.clip_norm {
-            let s = cfg.clip_norm / (norm + 1e-6);
-            for g in grads.iter_mut().flatten() {
-                *g = (&*g * s)?;
-            }
-        }
-        opt.set_lr(lr);
-        opt.step_grads(&grads)?;
-        state.step += 1;
-        state.samples += (cfg.batch_size * cfg.grad_accum) as u64;
-        state.tokens += tokens;
-        state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64();
-        let rec = StepRecord {
+        let trainable_params: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
+        let rec = StageRecord {
             step: state.step,
-            loss: loss_sum,
-            mlm_loss: mlm_sum,
-            nsp_loss: nsp.then_some(nsp_sum),
-            lr,
-            grad_norm: norm,
-            tokens: state.tokens,
-            elapsed_s: state.elapsed_s,
-            tokens_per_s: state.tokens as f64 / state.elapsed_s.max(1e-9),
+            event: if at_boundary {
+                "stage_start"
+            } else {
+                "stage_resume"
+            },
+            stage: stage.index,
+            depth: stage.depth,
+            trainable_params,
+            frozen_layers: stage.train_from_layer,
+            train_embeddings: stage.train_embeddings,
+            growth,
         };
-        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
-            append(&mut metrics, &metrics_path, &rec)?;
-        }
-        on_event(Event::Step(&rec));
-        let last = state.step == cfg.steps;
-        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
-            if let Some(e) = run_eval(state.step)? {
-                append(&mut metrics, &metrics_path, &e)?;
-                on_event(Event::Eval(&e));
-                if last {
-                    final_eval = Some(e);
+        append(&mut metrics, &metrics_path, &rec)?;
+        on_event(Event::Stage(&rec));
+
+        let save = |state: &TrainState, opt: &AdamW| -> Result<PathBuf> {
+            let model_tensors: BTreeMap<String, Tensor> = params
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                .collect();
+            checkpoint::save(checkpoint::SaveRequest {
+                run_dir: &cfg.out,
+                model: &model_tensors,
+                config: &model_cfg,
+                optimizer: opt.state(),
+                state,
+                tokenizer: tokenizer_file.is_file().then_some(tokenizer_file.as_path()),
+                keep_last: cfg.keep_last,
+            })
+        };
+        let run_eval = |step: u64| -> Result<Option<EvalRecord>> {
+            let Some(val) = &val else { return Ok(None) };
+            let frozen =
+                BertForPreTraining::from_tensors(&model_cfg, &params.detached(), "params")?;
+            let r = eval::evaluate(
+                &frozen,
+                val,
+                &masking,
+                cfg.batch_size,
+                cfg.eval_batches,
+                cfg.seed,
+            )?;
+            Ok(Some(EvalRecord {
+                step,
+                stage: stage.index,
+                eval_loss: r.loss,
+                eval_mlm_loss: r.mlm_loss,
+                eval_mlm_acc: r.mlm_acc,
+                eval_nsp_acc: r.nsp_acc,
+            }))
+        };
+
+        while state.step < stage.end() {
+            let step = state.step;
+            let lr = cfg.lr_at(&stage, step);
+            let mut grads: Vec<Option<Tensor>> = vec![None; named.len()];
+            let (mut loss_sum, mut mlm_sum, mut nsp_sum) = (0f64, 0f64, 0f64);
+            let mut tokens = 0u64;
+            for micro in 0..cfg.grad_accum as u64 {
+                let counter = (step * cfg.grad_accum as u64 + micro) * cfg.batch_size as u64;
+                let seqs = train.shuffled(counter, cfg.batch_size, cfg.seed);
+                let mut mrng = Rng::new(step_seed(cfg.seed, 2, step, micro));
+                let hb = train.mask(&seqs, &masking, &mut mrng);
+                tokens += hb.tokens as u64;
+                let input = BertInput::from_host(
+                    &model_cfg,
+                    (hb.b, hb.t),
+                    &hb.input_ids,
+                    Some(&hb.attention_mask),
+                    Some(&hb.token_type_ids),
+                    &device,
+                )?;
+                let targets =
+                    MlmTargets::from_labels(&hb.mlm_labels, model_cfg.vocab_size, &device)?;
+                let nsp_labels = if nsp {
+                    let v: Vec<u32> = hb.nsp_labels.iter().map(|&x| x as u32).collect();
+                    Some(Tensor::from_vec(v, hb.b, &device)?)
+                } else {
+                    None
+                };
+                let mut drng = Rng::new(step_seed(cfg.seed, 3, step, micro));
+                let l = model.pretraining_loss(
+                    &input,
+                    &targets,
+                    nsp_labels.as_ref(),
+                    &mut Mode::Train(&mut drng),
+                )?;
+                let mut loss = (&l.loss / cfg.grad_accum as f64)?;
+                if inject_nan.contains(&(step + 1)) {
+                    loss = (loss * f64::NAN)?;
+                }
+                loss_sum += loss.to_scalar::<f32>()? as f64;
+                mlm_sum += l.mlm_loss.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
+                if let Some(n) = &l.nsp_loss {
+                    nsp_sum += n.to_scalar::<f32>()? as f64 / cfg.grad_accum as f64;
+                }
+                let store = loss.backward()?;
+                for (slot, (_, var)) in grads.iter_mut().zip(&named) {
+                    if let Some(g) = store.get(var.as_tensor()) {
+                        *slot = Some(match slot.take() {
+                            Some(acc) => (acc + g)?,
+                            None => g.clone(),
+                        });
+                    }
                 }
             }
-        }
-        if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || last {
+            // Global gradient norm (one device sync).
+            let sq: Vec<Tensor> = grads
+                .iter()
+                .flatten()
+                .map(|g| g.sqr()?.sum_all())
+                .collect::<candle_core::Result<_>>()?;
+            let norm = Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
+            if !norm.is_finite() || !loss_sum.is_finite() {
+                bad_run += 1;
+                state.skipped_steps += 1;
+                let reason =
+                    format!("non-finite loss ({loss_sum}) or gradient norm ({norm}): step skipped");
+                append(
+                    &mut metrics,
+                    &metrics_path,
+                    &serde_json::json!({"step": step + 1, "skipped": reason}),
+                )?;
+                on_event(Event::Skipped {
+                    step: step + 1,
+                    reason: &reason,
+                });
+                if bad_run >= cfg.max_bad_steps {
+                    return Err(Error::Input(format!(
+                        "stopped: {bad_run} consecutive steps with non-finite loss or gradients (at step {}); the last good checkpoint is {}",
+                        step + 1,
+                        last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+                    )));
+                }
+                // The data and RNG of a step depend on the step index alone: move on.
+                state.step += 1;
+                continue;
+            }
+            bad_run = 0;
+            if cfg.clip_norm > 0.0 && norm > cfg.clip_norm {
+                let s = cfg.clip_norm / (norm + 1e-6);
+                for g in grads.iter_mut().flatten() {
+                    *g = (&*g * s)?;
+                }
+            }
+            opt.set_lr(lr);
+            opt.step_grads(&grads)?;
+            state.step += 1;
+            state.samples += (cfg.batch_size * cfg.grad_accum) as u64;
+            state.tokens += tokens;
             state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64();
-            let p = save(&state, &opt)?;
-            on_event(Event::Saved(&p));
-            last_ckpt = Some(p);
+            let rec = StepRecord {
+                step: state.step,
+                stage: stage.index,
+                loss: loss_sum,
+                mlm_loss: mlm_sum,
+                nsp_loss: nsp.then_some(nsp_sum),
+                lr,
+                grad_norm: norm,
+                tokens: state.tokens,
+                elapsed_s: state.elapsed_s,
+                tokens_per_s: state.tokens as f64 / state.elapsed_s.max(1e-9),
+            };
+            if state.step % cfg.log_every == 0 || state.step == stage.end() {
+                append(&mut metrics, &metrics_path, &rec)?;
+            }
+            on_event(Event::Step(&rec));
+            let stage_end = state.step == stage.end();
+            let last = state.step == cfg.steps;
+            if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || stage_end {
+                if let Some(e) = run_eval(state.step)? {
+                    append(&mut metrics, &metrics_path, &e)?;
+                    on_event(Event::Eval(&e));
+                    if last {
+                        final_eval = Some(e);
+                    }
+                }
+            }
+            if stage_end {
+                let rec = StageRecord {
+                    event: "stage_end",
+                    step: state.step,
+                    stage: stage.index,
+                    depth: stage.depth,
+                    trainable_params,
+                    frozen_layers: stage.train_from_layer,
+                    train_embeddings: stage.train_embeddings,
+                    growth: None,
+                };
+                append(&mut metrics, &metrics_path, &rec)?;
+                on_event(Event::Stage(&rec));
+                state.stage += 1;
+            }
+            if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || stage_end {
+                state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64();
+                let p = save(&state, &opt)?;
+                on_event(Event::Saved(&p));
+                last_ckpt = Some(p);
+            }
+        }
+        if cfg.keep_optimizer_state {
+            carried = Some((opt.state(), false));
+        }
+        if state.step == stage.end() && state.stage == stage.index {
+            state.stage += 1; // an empty remainder (resumed exactly at the end of the stage)
         }
     }
-    let last_checkpoint = match last_ckpt {
-        Some(p) => p,
-        None => save(&state, &opt)?,
-    };
+    let last_checkpoint =
+        last_ckpt.ok_or_else(|| Error::Input("the run saved no checkpoint".into()))?;
     Ok(Summary {
         steps: state.step,
         last_checkpoint,

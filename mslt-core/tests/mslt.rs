@@ -1,0 +1,230 @@
+//! Multi-stage layerwise training: growth operators, frozen forward-only layers, trainable sets.
+
+use candle_core::{Device, Tensor};
+use mslt_core::growth::{grow, operator};
+use mslt_core::loss::MlmTargets;
+use mslt_core::train::stage_model;
+use mslt_core::train::stages::{plan, ScheduleKind, ScheduleSpec};
+use mslt_core::weights::{load_safetensors, ModelFiles, Params};
+use mslt_core::{BertConfig, BertForPreTraining, BertInput, Mode, Rng};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn fixture() -> (BertConfig, HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let files = ModelFiles::from_dir(&dir.join("model")).unwrap();
+    let cfg = files.load_config().unwrap();
+    let w = load_safetensors(&files.weights, &Device::Cpu)
+        .unwrap()
+        .tensors;
+    let r =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    (cfg, w, r)
+}
+
+fn i64s(t: &Tensor) -> Vec<i64> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn input(cfg: &BertConfig, r: &HashMap<String, Tensor>) -> BertInput {
+    let (b, t) = r["input_ids"].dims2().unwrap();
+    BertInput::from_host(
+        cfg,
+        (b, t),
+        &i64s(&r["input_ids"]),
+        Some(&i64s(&r["attention_mask"])),
+        Some(&i64s(&r["token_type_ids"])),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// Runs the embeddings and then the given layers of `m`, in order.
+fn run_layers(m: &BertForPreTraining, x: &BertInput, order: &[usize]) -> Tensor {
+    let mask = x.additive_mask().unwrap();
+    let mut h = m.embeddings.forward(x, &mut Mode::Eval).unwrap();
+    for &i in order {
+        h = m.layers[i].forward(&h, &mask, &mut Mode::Eval).unwrap();
+    }
+    h
+}
+
+#[test]
+fn growth_keeps_old_tensors_and_equals_the_documented_stack() {
+    let (cfg, w, r) = fixture();
+    let x = input(&cfg, &r);
+    let old = BertForPreTraining::from_tensors(&cfg, &w, "fixture").unwrap();
+    for (op, depth, order) in [
+        ("copy-stack", 4, vec![0, 1, 0, 1]), // PS 1.0: the stack repeated
+        ("copy-top", 3, vec![0, 1, 1]),      // the top layer repeated
+        ("copy-top", 4, vec![0, 1, 0, 1]),   // the top 2 layers repeated
+        ("copy-stack", 5, vec![0, 1, 0, 1, 0]),
+    ] {
+        let (c2, t2, rep) = grow(
+            &w,
+            &cfg,
+            depth,
+            operator(op).unwrap().as_ref(),
+            &mut Rng::new(0),
+        )
+        .unwrap();
+        assert_eq!(c2.num_hidden_layers, depth);
+        assert_eq!(rep.kept, w.len());
+        assert_eq!(rep.added.len(), 16 * (depth - 2));
+        for (k, t) in &w {
+            assert_eq!(bits(t), bits(&t2[k]), "{op}: `{k}` changed");
+        }
+        let grown = BertForPreTraining::from_tensors(&c2, &t2, "grown").unwrap();
+        let got = grown
+            .encode(&x, &mut Mode::Eval, false)
+            .unwrap()
+            .last_hidden_state;
+        let want = run_layers(&old, &x, &order);
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{op} to {depth}: output is not the documented stack {order:?}"
+        );
+    }
+    // copy-top cannot add more layers than exist; growth must add layers.
+    assert!(grow(
+        &w,
+        &cfg,
+        5,
+        operator("copy-top").unwrap().as_ref(),
+        &mut Rng::new(0)
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("copy-top cannot grow 2 -> 5"));
+    assert!(grow(
+        &w,
+        &cfg,
+        2,
+        operator("random").unwrap().as_ref(),
+        &mut Rng::new(0)
+    )
+    .is_err());
+    assert!(operator("interpolate").is_err());
+    // random: new layers follow BERT init (LayerNorm weight 1, biases 0).
+    let (_, t3, _) = grow(
+        &w,
+        &cfg,
+        3,
+        operator("random").unwrap().as_ref(),
+        &mut Rng::new(0),
+    )
+    .unwrap();
+    assert!(t3["bert.encoder.layer.2.output.LayerNorm.weight"]
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 1.0));
+    assert!(t3["bert.encoder.layer.2.intermediate.dense.bias"]
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
+}
+
+fn two_stage_plan(train_embeddings: bool) -> Vec<mslt_core::train::stages::Stage> {
+    plan(&ScheduleSpec {
+        kind: ScheduleKind::Mslt,
+        target_depth: 2,
+        steps: 10,
+        stages: &[1, 2],
+        stage_steps: &[],
+        final_joint_frac: 0.0,
+        train_embeddings,
+    })
+    .unwrap()
+}
+
+#[test]
+fn an_mslt_stage_trains_only_its_set_and_builds_no_graph_through_frozen_layers() {
+    let (cfg, w, r) = fixture();
+    let params = Params::from_tensors(&w).unwrap();
+    let stage = &two_stage_plan(false)[1]; // layer 0 and the embeddings frozen
+    let (model, trainable) = stage_model(&cfg, &params, stage).unwrap();
+    let x = input(&cfg, &r);
+
+    // No activations kept for backward: the frozen prefix's output records no graph.
+    let frozen_out = run_layers(&model, &x, &[0]);
+    assert!(
+        !frozen_out.track_op(),
+        "the frozen layer's output is on the autograd graph"
+    );
+    let top = model.layers[1]
+        .forward(&frozen_out, &x.additive_mask().unwrap(), &mut Mode::Eval)
+        .unwrap();
+    assert!(
+        top.track_op(),
+        "the trainable layer's output must be tracked"
+    );
+
+    // Trainable set: layer 1 + pooler + MLM head + NSP head; its size as documented.
+    let c = cfg.hidden_size;
+    let layer =
+        4 * (c * c + c) + 2 * (c * cfg.intermediate_size) + cfg.intermediate_size + c + 4 * c;
+    let heads = (c * c + c) + (c * c + c + 2 * c + cfg.vocab_size) + (2 * c + 2);
+    let n: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
+    assert_eq!(n, layer + heads);
+    assert!(trainable
+        .iter()
+        .all(|(k, _)| k.starts_with("bert.encoder.layer.1.")
+            || k.starts_with("cls.")
+            || k.starts_with("bert.pooler.")));
+
+    // Gradients reach exactly the trainable set, and every trainable parameter.
+    let mlm =
+        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
+    let nsp = Tensor::from_vec(
+        i64s(&r["nsp_labels"])
+            .iter()
+            .map(|&v| v as u32)
+            .collect::<Vec<_>>(),
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut rng = Rng::new(1);
+    let l = model
+        .pretraining_loss(&x, &mlm, Some(&nsp), &mut Mode::Train(&mut rng))
+        .unwrap();
+    let grads = l.loss.backward().unwrap();
+    for (name, var) in &params.vars {
+        let g = grads.get(var.as_tensor());
+        if stage.trains(name) {
+            let s = g
+                .unwrap_or_else(|| panic!("{name}: no gradient"))
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(s > 0.0, "{name}: zero gradient");
+        } else {
+            assert!(g.is_none(), "{name} is frozen but got a gradient");
+        }
+    }
+    // With --train-embeddings the embeddings (and the tied decoder) train, through the frozen layer.
+    let stage_e = &two_stage_plan(true)[1];
+    let (_, tr) = stage_model(&cfg, &params, stage_e).unwrap();
+    assert!(tr
+        .iter()
+        .any(|(k, _)| k == "bert.embeddings.word_embeddings.weight"));
+    assert!(!tr
+        .iter()
+        .any(|(k, _)| k.starts_with("bert.encoder.layer.0.")));
+}
