@@ -41,6 +41,8 @@ enum Command {
     Prepare(commands::prepare::PrepareArgs),
     /// MLM (+NSP) pre-training with checkpoints and exact resume.
     Train(Box<commands::train::TrainArgs>),
+    /// Time the training step of every stage of a schedule against the full model.
+    Bench(commands::bench::BenchArgs),
     /// MLM loss and accuracy of a checkpoint on prepared data.
     Eval(commands::eval::EvalArgs),
     /// Show a model directory, safetensors file or config.json: config, parameters, tensors.
@@ -77,5 +79,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prepare(a) => commands::prepare::run(a),
         Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Bench(a) => commands::bench::run_cmd(a),
     }
 }

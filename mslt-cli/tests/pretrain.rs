@@ -756,3 +756,62 @@ fn bad_schedules_give_clear_errors() {
         assert!(e.contains(want), "{extra:?}: {e}");
     }
 }
+
+#[test]
+fn bench_reports_every_stage_against_the_cost_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("b.json");
+    let o = run_ok(&[
+        "bench",
+        "--model-config",
+        "tiny",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--stages",
+        "1,2",
+        "--steps",
+        "100",
+        "--final-joint-frac",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("stage 1") && out.contains("speedup"), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["name"], "full");
+    assert_eq!(
+        (
+            rows[1]["depth"].as_u64(),
+            rows[2]["trainable_layers"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    // Cost model: tiny = 2 x 128, intermediate 512, vocab 30522; B=2, T=16, M masked rows.
+    let (c, i, v, b, t) = (128f64, 512f64, 30522f64, 2f64, 16f64);
+    let m = r["masked_rows"].as_f64().unwrap();
+    let layer = 2.0 * b * t * (4.0 * c * c + 2.0 * c * i) + 4.0 * b * t * t * c;
+    let transform = 2.0 * m * c * c + 2.0 * b * c * c;
+    let dec = 2.0 * m * c * v;
+    let full = 3.0 * (2.0 * layer + transform + dec);
+    let stage1 = layer + 3.0 * (layer + transform) + 2.0 * dec; // layer 0 and embeddings frozen
+    let got = rows[2]["ideal_speedup"].as_f64().unwrap();
+    assert!(
+        (got - full / stage1).abs() < 1e-9,
+        "{got} vs {}",
+        full / stage1
+    );
+    for row in rows {
+        assert!(row["step"]["median_ms"].as_f64().unwrap() > 0.0);
+        assert!(row["mfu"].as_f64().unwrap() > 0.0);
+    }
+}

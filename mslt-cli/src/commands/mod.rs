@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod encode;
 pub mod eval;
 pub mod inspect;

@@ -1,0 +1,96 @@
+//! `mslt-cli bench`: step time of every stage of a schedule and of the full model.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mslt_core::bench::{run, table, BenchConfig};
+use mslt_core::train::resolve_model_config;
+use mslt_core::train::stages::{plan, ScheduleSpec};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Preset (tiny, mini, small, medium, base, large) or config.json.
+    #[arg(long, default_value = "mini")]
+    model_config: String,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Schedule whose stages are measured: mslt or stack (full is always measured).
+    #[arg(long, default_value = "mslt")]
+    schedule: String,
+    /// Model depth after each stage (default: the schedule's).
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<usize>>,
+    /// Steps per stage, to weight the schedule's speedup (default: equal shares of --steps).
+    #[arg(long, value_delimiter = ',')]
+    stage_steps: Option<Vec<u64>>,
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    #[arg(long, default_value_t = 0.1)]
+    final_joint_frac: f64,
+    #[arg(long)]
+    train_embeddings: bool,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps (median and min-max reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run_cmd(a: BenchArgs) -> Result<()> {
+    let device = mslt_core::device(&a.device)?;
+    let model = resolve_model_config(&a.model_config)?;
+    anyhow::ensure!(
+        a.seq_len <= model.max_position_embeddings,
+        "--seq-len {} is beyond the model's max_position_embeddings {}",
+        a.seq_len,
+        model.max_position_embeddings
+    );
+    anyhow::ensure!(
+        a.batch_size > 0 && a.seq_len >= 2,
+        "--batch-size must be >= 1 and --seq-len >= 2"
+    );
+    let kind = a
+        .schedule
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--schedule {e}"))?;
+    let stages = plan(&ScheduleSpec {
+        kind,
+        target_depth: model.num_hidden_layers,
+        steps: a.steps,
+        stages: a.stages.as_deref().unwrap_or(&[]),
+        stage_steps: a.stage_steps.as_deref().unwrap_or(&[]),
+        final_joint_frac: a.final_joint_frac,
+        train_embeddings: a.train_embeddings,
+    })?;
+    let report = run(&BenchConfig {
+        model: &model,
+        stages: &stages,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        warmup: a.warmup,
+        repeats: a.repeats,
+        device: &device,
+    })?;
+    println!(
+        "bench: {} ({} layers x {}), schedule {} {:?}",
+        a.model_config,
+        model.num_hidden_layers,
+        model.hidden_size,
+        a.schedule,
+        stages.iter().map(|s| s.depth).collect::<Vec<_>>()
+    );
+    print!("{}", table(&report));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Where a training step's time goes, per stage of a schedule and for the full model: forward,
+//! backward and optimizer time (median and spread over repeats after warm-up), tokens/s, peak
+//! memory, FLOPs from a cost model, MFU against a measured matmul rate, and the measured speedup
+//! over `full` beside the cost model's ideal one.
+//!
+//! Cost model (forward FLOPs; backward = 2x forward for the layers and heads that train; frozen
+//! layers run forward only):
+//! - one encoder layer on B x T tokens: `2 B T (4 C^2 + 2 C I) + 4 B T^2 C` (projections, FFN,
+//!   QK^T and PV);
+//! - the MLM head on M masked rows: `2 M C^2 + 2 M C V` (transform + tied decoder), NSP/pooler
+//!   `2 B C^2` (negligible); the heads always train (3x), except that the tied decoder's weight
+//!   gradient (`2 M C V`) is needed only when the word embeddings train;
+//! - embeddings, LayerNorm, softmax, GELU and the optimizer are not counted (memory-bound).
+
+use crate::config::BertConfig;
+use crate::error::Result;
+use crate::loss::MlmTargets;
+use crate::nn::Mode;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::train::stage_model;
+use crate::train::stages::Stage;
+use crate::weights::{init_all, Params};
+use crate::BertInput;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Timing {
+    fn from(mut xs: Vec<f64>) -> Self {
+        xs.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        let n = xs.len();
+        let median = if n % 2 == 1 {
+            xs[n / 2]
+        } else {
+            0.5 * (xs[n / 2 - 1] + xs[n / 2])
+        };
+        Self {
+            median_ms: median * 1e3,
+            min_ms: xs[0] * 1e3,
+            max_ms: xs[n - 1] * 1e3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub name: String,
+    pub depth: usize,
+    pub trainable_layers: usize,
+    pub train_embeddings: bool,
+    /// steps of this stage in the schedule (0 for the `full` reference row)
+    pub schedule_steps: u64,
+    pub forward: Timing,
+    pub backward: Timing,
+    pub optimizer: Timing,
+    pub step: Timing,
+    pub tokens_per_s: f64,
+    /// cost-model FLOPs of one training step
+    pub flops: f64,
+    /// flops / median step time / matmul rate
+    pub mfu: f64,
+    /// peak resident memory while timing this row (CPU; bytes), when the OS reports it
+    pub peak_rss_bytes: Option<u64>,
+    /// full step time / this step time (measured)
+    pub speedup: f64,
+    /// full step FLOPs / this step FLOPs (cost model)
+    pub ideal_speedup: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub masked_rows: usize,
+    /// measured f32 matmul rate, GFLOP/s (the MFU denominator)
+    pub matmul_gflops: f64,
+    pub rows: Vec<BenchRow>,
+    /// sum over stages of steps x step time, vs the same steps at the full model's step time
+    pub schedule_speedup: f64,
+    pub schedule_ideal_speedup: f64,
+    pub communication: &'static str,
+}
+
+pub struct BenchConfig<'a> {
+    pub model: &'a BertConfig,
+    pub stages: &'a [Stage],
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub warmup: usize,
+    pub repeats: usize,
+    pub device: &'a Device,
+}
+
+fn layer_flops(c: f64, i: f64, b: f64, t: f64) -> f64 {
+    2.0 * b * t * (4.0 * c * c + 2.0 * c * i) + 4.0 * b * t * t * c
+}
+
+/// Cost-model FLOPs of one training step of `stage`.
+pub fn step_flops(cfg: &BertConfig, stage: &Stage, b: usize, t: usize, m: usize) -> f64 {
+    let (c, i, v) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.vocab_size as f64,
+    );
+    let l = layer_flops(c, i, b as f64, t as f64);
+    let frozen = stage.train_from_layer as f64;
+    let trained = (stage.depth - stage.train_from_layer) as f64;
+    let (m, b) = (m as f64, b as f64);
+    let transform = 2.0 * m * c * c + 2.0 * b * c * c;
+    let decoder = 2.0 * m * c * v;
+    let decoder_passes = if stage.train_embeddings { 3.0 } else { 2.0 };
+    frozen * l + 3.0 * (trained * l + transform) + decoder_passes * decoder
+}
+
+fn sync(d: &Device) -> Result<()> {
+    Ok(d.synchronize()?)
+}
+
+/// Measured f32 matmul rate (GFLOP/s) on `device`: median of 5 products of 1024^3.
+pub fn matmul_gflops(device: &Device) -> Result<f64> {
+    let n = 1024;
+    let mut rng = Rng::new(9);
+    let a = Tensor::from_vec(rng.normal_vec(n * n, 0.0, 1.0), (n, n), device)?;
+    let b = Tensor::from_vec(rng.normal_vec(n * n, 0.0, 1.0), (n, n), device)?;
+    let _ = a.matmul(&b)?;
+    sync(device)?;
+    let mut ts = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let _ = a.matmul(&b)?;
+        sync(device)?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    ts.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+    Ok(2.0 * (n as f64).powi(3) / ts[2] / 1e9)
+}
+
+fn peak_rss_reset() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A random batch: full-length sequences, 15% of the positions predicted, NSP labels.
+fn batch(
+    cfg: &BertConfig,
+    b: usize,
+    t: usize,
+    device: &Device,
+) -> Result<(BertInput, MlmTargets, Tensor)> {
+    let mut rng = Rng::new(3);
+    let ids: Vec<i64> = (0..b * t)
+        .map(|_| 1000 + rng.below(cfg.vocab_size as u64 - 1000) as i64)
+        .collect();
+    let tt: Vec<i64> = (0..b * t).map(|k| ((k % t) >= t / 2) as i64).collect();
+    let labels: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(k, &id)| {
+            if k % t != 0 && rng.uniform_f64() < 0.15 {
+                id
+            } else {
+                -100
+            }
+        })
+        .collect();
+    let input = BertInput::from_host(cfg, (b, t), &ids, None, Some(&tt), device)?;
+    let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, device)?;
+    let nsp = Tensor::from_vec((0..b as u32).map(|i| i % 2).collect::<Vec<_>>(), b, device)?;
+    Ok((input, mlm, nsp))
+}
+
+fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow, usize)> {
+    let mut cfg = bc.model.clone();
+    cfg.num_hidden_layers = stage.depth;
+    let mut rng = Rng::new(1);
+    let params = Params::from_tensors(&init_all(&cfg, &mut rng, bc.device)?)?;
+    let (model, named) = stage_model(&cfg, &params, stage)?;
+    let mut opt = AdamW::new(named.clone(), AdamWConfig::default())?;
+    let (input, mlm, nsp) = batch(&cfg, bc.batch_size, bc.seq_len, bc.device)?;
+    let (mut f, mut bw, mut o, mut st) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    peak_rss_reset();
+    for it in 0..bc.warmup + bc.repeats {
+        let mut drng = Rng::new(it as u64);
+        sync(bc.device)?;
+        let t0 = Instant::now();
+        let l = model.pretraining_loss(&input, &mlm, Some(&nsp), &mut Mode::Train(&mut drng))?;
+        let _ = l.loss.to_scalar::<f32>()?; // forces the forward on lazy devices
+        sync(bc.device)?;
+        let t1 = Instant::now();
+        let store = l.loss.backward()?;
+        let grads: Vec<Option<Tensor>> = named
+            .iter()
+            .map(|(_, v)| store.get(v.as_tensor()).cloned())
+            .collect();
+        drop(store);
+        sync(bc.device)?;
+        let t2 = Instant::now();
+        opt.step_grads(&grads)?;
+        sync(bc.device)?;
+        let t3 = Instant::now();
+        if it >= bc.warmup {
+            f.push((t1 - t0).as_secs_f64());
+            bw.push((t2 - t1).as_secs_f64());
+            o.push((t3 - t2).as_secs_f64());
+            st.push((t3 - t0).as_secs_f64());
+        }
+    }
+    let rss = peak_rss();
+    let step = Timing::from(st);
+    let tokens = (bc.batch_size * bc.seq_len) as f64;
+    let flops = step_flops(bc.model, stage, bc.batch_size, bc.seq_len, mlm.len());
+    Ok((
+        BenchRow {
+            name: name.into(),
+            depth: stage.depth,
+            trainable_layers: stage.depth - stage.train_from_layer,
+            train_embeddings: stage.train_embeddings,
+            schedule_steps: 0,
+            forward: Timing::from(f),
+            backward: Timing::from(bw),
+            optimizer: Timing::from(o),
+            tokens_per_s: tokens / (step.median_ms / 1e3),
+            flops,
+            mfu: 0.0,
+            peak_rss_bytes: rss.filter(|_| bc.device.is_cpu()),
+            step,
+            speedup: 1.0,
+            ideal_speedup: 1.0,
+        },
+        mlm.len(),
+    ))
+}
+
+/// Benchmarks the full model and every stage of `stages`.
+pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
+    if bc.repeats == 0 {
+        return Err(crate::Error::Input("--repeats must be at least 1".into()));
+    }
+    let rate = matmul_gflops(bc.device)?;
+    let full = Stage {
+        index: 0,
+        depth: bc.model.num_hidden_layers,
+        start: 0,
+        steps: 0,
+        train_from_layer: 0,
+        train_embeddings: true,
+        joint: false,
+    };
+    let (mut full_row, m) = bench_stage(bc, &full, "full")?;
+    let mut rows = Vec::new();
+    for s in bc.stages {
+        let name = if s.joint {
+            format!("stage {} (joint)", s.index)
+        } else {
+            format!("stage {}", s.index)
+        };
+        let (mut r, _) = bench_stage(bc, s, &name)?;
+        r.schedule_steps = s.steps;
+        rows.push(r);
+    }
+    let fstep = full_row.step.median_ms;
+    let fflops = full_row.flops;
+    full_row.mfu = fflops / (fstep / 1e3) / (rate * 1e9);
+    for r in &mut rows {
+        r.speedup = fstep / r.step.median_ms;
+        r.ideal_speedup = fflops / r.flops;
+        r.mfu = r.flops / (r.step.median_ms / 1e3) / (rate * 1e9);
+    }
+    let total: u64 = rows.iter().map(|r| r.schedule_steps).sum();
+    let sched_time: f64 = rows
+        .iter()
+        .map(|r| r.schedule_steps as f64 * r.step.median_ms)
+        .sum();
+    let sched_flops: f64 = rows.iter().map(|r| r.schedule_steps as f64 * r.flops).sum();
+    let mut all = vec![full_row];
+    all.extend(rows);
+    Ok(BenchReport {
+        device: format!("{:?}", bc.device),
+        threads: candle_core::utils::get_num_threads(),
+        batch_size: bc.batch_size,
+        seq_len: bc.seq_len,
+        masked_rows: m,
+        matmul_gflops: rate,
+        schedule_speedup: total as f64 * fstep / sched_time.max(1e-12),
+        schedule_ideal_speedup: total as f64 * fflops / sched_flops.max(1e-12),
+        rows: all,
+        communication: "none: single process (data-parallel all-reduce is not implemented)",
+    })
+}
+
+/// The report as a text table.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "device {} | threads {} | batch {} x seq {} | {} masked rows | matmul {:.1} GFLOP/s\n",
+        r.device, r.threads, r.batch_size, r.seq_len, r.masked_rows, r.matmul_gflops
+    );
+    s.push_str(&format!(
+        "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9} {:>9} {:>8} {:>20} {:>8} {:>7} {:>5} {:>8} {:>7} {:>8}\n",
+        "config", "depth", "train", "emb", "steps", "fwd ms", "bwd ms", "opt ms", "step ms (min-max)", "tok/s", "GFLOP", "MFU", "peak MB", "speedup", "ideal"
+    ));
+    for x in &r.rows {
+        s.push_str(&format!(
+            "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9.1} {:>9.1} {:>8.1} {:>8.1} ({:>5.0}-{:>5.0}) {:>8.0} {:>7.1} {:>5.2} {:>8} {:>7.2} {:>8.2}\n",
+            x.name,
+            x.depth,
+            x.trainable_layers,
+            if x.train_embeddings { "yes" } else { "no" },
+            x.schedule_steps,
+            x.forward.median_ms,
+            x.backward.median_ms,
+            x.optimizer.median_ms,
+            x.step.median_ms,
+            x.step.min_ms,
+            x.step.max_ms,
+            x.tokens_per_s,
+            x.flops / 1e9,
+            x.mfu,
+            x.peak_rss_bytes.map(|b| format!("{:.0}", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into()),
+            x.speedup,
+            x.ideal_speedup
+        ));
+    }
+    s.push_str(&format!(
+        "schedule (stages weighted by their steps) vs full at equal steps: speedup {:.2} measured, {:.2} ideal (cost model)\n",
+        r.schedule_speedup, r.schedule_ideal_speedup
+    ));
+    s.push_str(&format!("communication: {}\n", r.communication));
+    s
+}
