@@ -41,6 +41,8 @@ enum Command {
     Prepare(commands::prepare::PrepareArgs),
     /// MLM (+NSP) pre-training with checkpoints and exact resume.
     Train(Box<commands::train::TrainArgs>),
+    /// Run a plan of named runs (full / stack / mslt ...) and summarise them with plots.
+    Ablate(commands::ablate::AblateArgs),
     /// Time the training step of every stage of a schedule against the full model.
     Bench(commands::bench::BenchArgs),
     /// MLM loss and accuracy of a checkpoint on prepared data.
@@ -80,5 +82,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Bench(a) => commands::bench::run_cmd(a),
+        Command::Ablate(a) => commands::ablate::run(a),
     }
 }

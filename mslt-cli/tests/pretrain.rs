@@ -815,3 +815,82 @@ fn bench_reports_every_stage_against_the_cost_model() {
         assert!(row["mfu"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn ablate_runs_a_plan_and_summarises_it() {
+    let env = setup();
+    let plan = format!(
+        r#"out = "{out}"
+baseline = "full"
+[base]
+data = "{data}"
+model_config = "{bert}"
+steps = 8
+batch_size = 8
+lr = 1e-3
+eval_every = 4
+eval_batches = 2
+[[run]]
+name = "full"
+schedule = "full"
+[[run]]
+name = "stack"
+schedule = "stack"
+stages = [1, 2]
+[[run]]
+name = "mslt"
+schedule = "mslt"
+stages = [1, 2]
+final_joint_frac = 0.0
+"#,
+        out = env.s("abl"),
+        data = env.s("data"),
+        bert = env.s("bert.json")
+    );
+    std::fs::write(env.p("plan.toml"), plan).unwrap();
+    let o = run_ok(&["ablate", "--plan", &env.s("plan.toml")]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| full | full | 8 |") && table.contains("| mslt | mslt | 8 |"),
+        "{table}"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.p("abl/summary.json")).unwrap()).unwrap();
+    assert_eq!(s[0]["speedup"].as_f64(), Some(1.0));
+    assert_eq!(s[0]["mlm_loss_gap"].as_f64(), Some(0.0));
+    assert!(s[2]["speedup"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        s[2]["evals"].as_array().unwrap().len(),
+        2,
+        "one eval at step 4 (every 4 = stage end), one at 8"
+    );
+    for f in [
+        "summary.md",
+        "eval_loss_vs_step.svg",
+        "eval_loss_vs_time.svg",
+    ] {
+        let t = std::fs::read_to_string(env.p("abl").join(f)).unwrap();
+        assert!(!t.is_empty());
+    }
+    let svg = std::fs::read_to_string(env.p("abl/eval_loss_vs_step.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3);
+    // Running the plan again skips the finished runs.
+    let o = run_ok(&["ablate", "--plan", &env.s("plan.toml")]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr)
+            .matches("already finished")
+            .count(),
+        3
+    );
+    // A plan with a bad key names it.
+    std::fs::write(
+        env.p("bad.toml"),
+        format!(
+            "out = \"{}\"\n[[run]]\nname = \"x\"\nschedul = \"mslt\"\n",
+            env.s("abl2")
+        ),
+    )
+    .unwrap();
+    let e = run_err(&["ablate", "--plan", &env.s("bad.toml")]);
+    assert!(e.contains("schedul"), "{e}");
+}

@@ -19,6 +19,7 @@
 //! `layer_norm`, `softmax_last_dim`) are used only when none of their inputs is tracked, i.e. on
 //! frozen / inference paths; see [`nn::LayerNorm::forward`].
 
+pub mod ablate;
 pub mod bench;
 pub mod config;
 pub mod data;

@@ -1,3 +1,4 @@
+pub mod ablate;
 pub mod bench;
 pub mod encode;
 pub mod eval;

@@ -302,6 +302,8 @@ pub struct StepRecord {
 pub struct EvalRecord {
     pub step: u64,
     pub stage: usize,
+    /// training wall-clock at this evaluation (evaluation time excluded)
+    pub elapsed_s: f64,
     pub eval_loss: f64,
     pub eval_mlm_loss: f64,
     pub eval_mlm_acc: f64,
@@ -761,6 +763,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
 
     let t0 = Instant::now();
     let elapsed_before = state.elapsed_s;
+    let mut overhead_s = 0f64;
     let mut bad_run = 0u64;
     let mut last_ckpt = checkpoint::latest(&cfg.out);
     let mut final_eval = None;
@@ -830,7 +833,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                 keep_last: cfg.keep_last,
             })
         };
-        let run_eval = |step: u64| -> Result<Option<EvalRecord>> {
+        let run_eval = |step: u64, elapsed_s: f64| -> Result<Option<EvalRecord>> {
             let Some(val) = &val else { return Ok(None) };
             let frozen =
                 BertForPreTraining::from_tensors(&model_cfg, &params.detached(), "params")?;
@@ -845,6 +848,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             Ok(Some(EvalRecord {
                 step,
                 stage: stage.index,
+                elapsed_s,
                 eval_loss: r.loss,
                 eval_mlm_loss: r.mlm_loss,
                 eval_mlm_acc: r.mlm_acc,
@@ -950,7 +954,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             state.step += 1;
             state.samples += (cfg.batch_size * cfg.grad_accum) as u64;
             state.tokens += tokens;
-            state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64();
+            state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64() - overhead_s;
             let rec = StepRecord {
                 step: state.step,
                 stage: stage.index,
@@ -970,7 +974,12 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             let stage_end = state.step == stage.end();
             let last = state.step == cfg.steps;
             if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || stage_end {
-                if let Some(e) = run_eval(state.step)? {
+                let eval_t0 = Instant::now();
+                let e = run_eval(state.step, state.elapsed_s)?;
+                // Evaluation and checkpoint writing are not training time: they are kept out of
+                // elapsed_s and tokens/s (schedules with more stages save more often).
+                overhead_s += eval_t0.elapsed().as_secs_f64();
+                if let Some(e) = e {
                     append(&mut metrics, &metrics_path, &e)?;
                     on_event(Event::Eval(&e));
                     if last {
@@ -994,8 +1003,9 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                 state.stage += 1;
             }
             if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || stage_end {
-                state.elapsed_s = elapsed_before + t0.elapsed().as_secs_f64();
+                let save_t0 = Instant::now();
                 let p = save(&state, &opt)?;
+                overhead_s += save_t0.elapsed().as_secs_f64();
                 on_event(Event::Saved(&p));
                 last_ckpt = Some(p);
             }

@@ -1,0 +1,330 @@
+//! Ablation plans: several named runs (schedules and knobs) on the same data and budget, then a
+//! summary (final eval loss, wall time, tokens/s, speedup vs the baseline, time to reach the
+//! baseline's final loss) and SVG plots of eval loss vs step and vs wall-clock.
+//!
+//! Plan file (TOML):
+//! ```toml
+//! out = "runs/ablation"        # one sub-directory per run
+//! baseline = "full"             # the run others are compared with (default: the first)
+//! [base]                        # TrainConfig keys shared by every run
+//! data = "data/sotu-128"
+//! model_config = "mini"
+//! steps = 600
+//! [[run]]
+//! name = "full"
+//! schedule = "full"
+//! [[run]]
+//! name = "mslt"
+//! schedule = "mslt"
+//! stages = [1, 2, 3, 4]
+//! ```
+
+use crate::error::{Error, Result};
+use crate::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub out: PathBuf,
+    #[serde(default)]
+    pub baseline: Option<String>,
+    #[serde(default)]
+    pub base: serde_json::Map<String, Value>,
+    #[serde(rename = "run")]
+    pub runs: Vec<serde_json::Map<String, Value>>,
+}
+
+impl Plan {
+    /// The named run configs: `base` overridden by each run's keys, `out` = plan.out/name.
+    pub fn configs(&self) -> Result<Vec<(String, TrainConfig)>> {
+        if self.runs.is_empty() {
+            return Err(Error::Input("the plan has no [[run]]".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        self.runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let name = r
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .ok_or_else(|| Error::Input(format!("run {i}: needs a `name`")))?
+                    .to_string();
+                if !names.insert(name.clone()) || name.contains('/') || name.is_empty() {
+                    return Err(Error::Input(format!(
+                        "run `{name}`: names must be unique, non-empty, without `/`"
+                    )));
+                }
+                let mut m = self.base.clone();
+                for (k, v) in r {
+                    if k != "name" {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+                m.insert(
+                    "out".into(),
+                    Value::String(self.out.join(&name).display().to_string()),
+                );
+                let cfg: TrainConfig =
+                    serde_json::from_value(Value::Object(m)).map_err(|e| Error::Config {
+                        origin: format!("plan run `{name}`"),
+                        field: "<run>".into(),
+                        msg: e.to_string(),
+                    })?;
+                cfg.validate()?;
+                Ok((name, cfg))
+            })
+            .collect()
+    }
+
+    pub fn baseline_name(&self) -> Result<String> {
+        let cfgs = self.configs()?;
+        match &self.baseline {
+            Some(b) if cfgs.iter().any(|(n, _)| n == b) => Ok(b.clone()),
+            Some(b) => Err(Error::Input(format!(
+                "baseline `{b}` is not a run of the plan"
+            ))),
+            None => Ok(cfgs[0].0.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub name: String,
+    pub schedule: String,
+    pub steps: u64,
+    pub final_eval_loss: Option<f64>,
+    pub final_eval_mlm_loss: Option<f64>,
+    pub final_eval_mlm_acc: Option<f64>,
+    /// training wall-clock (evaluation and checkpoint writing excluded)
+    pub wall_s: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    /// baseline wall time / this run's wall time (equal steps and tokens)
+    pub speedup: Option<f64>,
+    /// this run's final eval MLM loss minus the baseline's
+    pub mlm_loss_gap: Option<f64>,
+    /// wall-clock at the first evaluation at or below the baseline's final eval MLM loss
+    pub time_to_baseline_loss_s: Option<f64>,
+    /// (step, elapsed_s, eval_mlm_loss) of every evaluation
+    pub evals: Vec<(u64, f64, f64)>,
+}
+
+/// Reads a run's metrics.jsonl.
+pub fn summarize_run(name: &str, cfg: &TrainConfig) -> Result<RunSummary> {
+    let p = cfg.out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let mut last_step: Option<Value> = None;
+    let mut evals = Vec::new();
+    let mut last_eval: Option<Value> = None;
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
+        if v.get("eval_loss").is_some() {
+            evals.push((
+                v["step"].as_u64().unwrap_or(0),
+                v["elapsed_s"].as_f64().unwrap_or(0.0),
+                v["eval_mlm_loss"].as_f64().unwrap_or(f64::NAN),
+            ));
+            last_eval = Some(v);
+        } else if v.get("loss").is_some() {
+            last_step = Some(v);
+        }
+    }
+    let ls = last_step
+        .ok_or_else(|| Error::Input(format!("{}: no training step logged", p.display())))?;
+    let f = |v: &Option<Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64());
+    let wall = ls["elapsed_s"].as_f64().unwrap_or(0.0);
+    let tokens = ls["tokens"].as_u64().unwrap_or(0);
+    Ok(RunSummary {
+        name: name.into(),
+        schedule: format!("{:?}", cfg.schedule).to_lowercase(),
+        steps: ls["step"].as_u64().unwrap_or(0),
+        final_eval_loss: f(&last_eval, "eval_loss"),
+        final_eval_mlm_loss: f(&last_eval, "eval_mlm_loss"),
+        final_eval_mlm_acc: f(&last_eval, "eval_mlm_acc"),
+        wall_s: wall,
+        tokens,
+        tokens_per_s: tokens as f64 / wall.max(1e-9),
+        speedup: None,
+        mlm_loss_gap: None,
+        time_to_baseline_loss_s: None,
+        evals,
+    })
+}
+
+/// Fills the comparisons with the baseline.
+pub fn compare(runs: &mut [RunSummary], baseline: &str) {
+    let Some(b) = runs.iter().find(|r| r.name == baseline).cloned() else {
+        return;
+    };
+    for r in runs.iter_mut() {
+        r.speedup = Some(b.wall_s / r.wall_s.max(1e-9));
+        if let (Some(x), Some(y)) = (r.final_eval_mlm_loss, b.final_eval_mlm_loss) {
+            r.mlm_loss_gap = Some(x - y);
+            r.time_to_baseline_loss_s = r.evals.iter().find(|e| e.2 <= y).map(|e| e.1);
+        }
+    }
+}
+
+fn opt(x: Option<f64>, prec: usize) -> String {
+    x.map(|v| format!("{v:.prec$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The summary as a Markdown table.
+pub fn markdown(runs: &[RunSummary], baseline: &str) -> String {
+    let mut s = format!(
+        "| run | schedule | steps | final eval MLM loss | gap vs {baseline} | MLM acc | wall s | tokens/s | speedup vs {baseline} | time to {baseline}'s final loss (s) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in runs {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |\n",
+            r.name,
+            r.schedule,
+            r.steps,
+            opt(r.final_eval_mlm_loss, 3),
+            opt(r.mlm_loss_gap, 3),
+            opt(r.final_eval_mlm_acc, 3),
+            r.wall_s,
+            r.tokens_per_s,
+            opt(r.speedup, 2),
+            opt(r.time_to_baseline_loss_s, 0)
+        ));
+    }
+    s
+}
+
+/// A line chart as SVG: one polyline per series, axes with ticks, a legend.
+pub fn svg_plot(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> String {
+    let (w, h, ml, mr, mt, mb) = (720.0, 440.0, 70.0, 150.0, 40.0, 50.0);
+    let pts = series
+        .iter()
+        .flat_map(|s| s.1.iter())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let (y0, y1) = (y0 - pad, y1 + pad);
+    let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
+    let py = |y: f64| mt + (1.0 - (y - y0) / (y1 - y0)) * (h - mt - mb);
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    ];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{title}</text>\n",
+        (ml + w - mr) / 2.0
+    );
+    s.push_str(&format!(
+        "<line x1=\"{ml}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{ml}\" y1=\"{mt}\" x2=\"{ml}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - mb, w - mr, h - mb, h - mb
+    ));
+    for k in 0..=5 {
+        let xv = x0 + (x1 - x0) * k as f64 / 5.0;
+        let yv = y0 + (y1 - y0) * k as f64 / 5.0;
+        s.push_str(&format!(
+            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/><text x=\"{0}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
+            px(xv), h - mb, h - mb + 5.0, h - mb + 18.0, trim(xv)
+        ));
+        s.push_str(&format!(
+            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#ddd\"/><text x=\"{3}\" y=\"{4}\" text-anchor=\"end\">{5:.2}</text>\n",
+            ml, py(yv), w - mr, ml - 6.0, py(yv) + 4.0, yv
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel}</text>\n<text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{ylabel}</text>\n",
+        (ml + w - mr) / 2.0, h - 12.0, (mt + h - mb) / 2.0, (mt + h - mb) / 2.0
+    ));
+    for (i, (name, p)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let line: Vec<String> = p
+            .iter()
+            .filter(|q| q.0.is_finite() && q.1.is_finite())
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            line.join(" ")
+        ));
+        let ly = mt + 10.0 + 20.0 * i as f64;
+        s.push_str(&format!(
+            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"{c}\" stroke-width=\"3\"/><text x=\"{3}\" y=\"{4}\">{name}</text>\n",
+            w - mr + 10.0, ly, w - mr + 34.0, w - mr + 40.0, ly + 4.0
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn trim(x: f64) -> String {
+    if x.abs() >= 100.0 || x == x.round() {
+        format!("{:.0}", x)
+    } else {
+        format!("{:.2}", x)
+    }
+}
+
+/// Writes summary.md, summary.json, eval_loss_vs_step.svg and eval_loss_vs_time.svg to `out`.
+pub fn write_summary(out: &Path, runs: &[RunSummary], baseline: &str, note: &str) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let md = format!("# Ablation summary\n\n{note}\n\n{}\n![eval loss vs step](eval_loss_vs_step.svg)\n![eval loss vs wall-clock](eval_loss_vs_time.svg)\n", markdown(runs, baseline));
+    let w = |f: &str, s: &str| crate::data::shards::write_atomic(&out.join(f), s.as_bytes());
+    w("summary.md", &md)?;
+    w(
+        "summary.json",
+        &serde_json::to_string_pretty(runs).expect("json"),
+    )?;
+    let by_step: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.evals.iter().map(|e| (e.0 as f64, e.2)).collect(),
+            )
+        })
+        .collect();
+    let by_time: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|r| (r.name.clone(), r.evals.iter().map(|e| (e.1, e.2)).collect()))
+        .collect();
+    w(
+        "eval_loss_vs_step.svg",
+        &svg_plot("eval MLM loss vs step", "step", "eval MLM loss", &by_step),
+    )?;
+    w(
+        "eval_loss_vs_time.svg",
+        &svg_plot(
+            "eval MLM loss vs training wall-clock",
+            "seconds",
+            "eval MLM loss",
+            &by_time,
+        ),
+    )?;
+    Ok(())
+}
