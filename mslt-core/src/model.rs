@@ -502,8 +502,8 @@ impl BertForPreTraining {
         let c = *dims.last().expect("rank >= 1");
         let t2 = t.reshape(((), c))?; // (N, C)
                                       // Decoder tied to the word embeddings: (N, C) x (C, V)
-        let logits = t2
-            .matmul(&self.embeddings.word_embeddings.t()?)?
+                                      // Frozen embeddings (an MSLT stage): no decoder weight gradient is computed.
+        let logits = crate::ops::matmul_wt(&t2, &self.embeddings.word_embeddings)?
             .broadcast_add(&head.bias)?;
         let mut out = dims;
         *out.last_mut().expect("rank >= 1") = self.config.vocab_size;

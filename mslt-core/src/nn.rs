@@ -45,9 +45,10 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("rank >= 1");
         let out_dim = self.weight.dim(0)?;
-        // Flatten to 2-D so the matmul takes gemm's fast path: (N, in) x (in, out).
+        // Flatten to 2-D so the matmul takes gemm's fast path: (N, in) x (in, out). The backward
+        // computes no gradient for a frozen operand (see `ops::matmul_wt`).
         let x2 = x.reshape(((), in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let y = crate::ops::matmul_wt(&x2, &self.weight)?.broadcast_add(&self.bias)?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = out_dim;
         y.reshape(out_dims)

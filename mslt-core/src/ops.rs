@@ -6,7 +6,13 @@
 //!   for the MLM head (N = masked rows, K = 30522) those dominate the step on CPU. The fused op
 //!   makes one pass forward and writes `softmax - onehot` once backward. CPU only; other devices
 //!   use the composed reference.
+//! - [`matmul_wt`]: `x W^T` whose backward computes only the gradients that are needed. Candle's
+//!   matmul backward always computes both operand gradients, so a frozen weight (the tied MLM
+//!   decoder when the embeddings are frozen: `2 M C V` FLOPs per step) or a frozen input (the
+//!   first trainable layer above frozen ones) costs a full extra product. Forward calls the
+//!   backend's own matmul (CPU gemm / cuBLAS), so results are identical to `x.matmul(&w.t())`.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -115,6 +121,78 @@ impl CustomOp3 for CrossEntropyRowsBwd {
     }
 }
 
+struct MatmulWt;
+
+impl MatmulWt {
+    fn dims(l1: &Layout, l2: &Layout) -> Result<((usize, usize, usize, usize), Layout)> {
+        let (n, k) = l1.shape().dims2()?;
+        let (m, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("mslt-matmul-wt: x is ({n}, {k}) but w is ({m}, {k2})");
+        }
+        Ok(((1, n, m, k), l2.transpose(0, 1)?))
+    }
+}
+
+impl CustomOp2 for MatmulWt {
+    fn name(&self) -> &'static str {
+        "mslt-matmul-wt"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bmnk, wt) = Self::dims(l1, l2)?;
+        Ok((s1.matmul(s2, bmnk, l1, &wt)?, Shape::from((bmnk.1, bmnk.2))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (bmnk, wt) = Self::dims(l1, l2)?;
+        Ok((s1.matmul(s2, bmnk, l1, &wt)?, Shape::from((bmnk.1, bmnk.2))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // y = x W^T: dx = g W (N, M) x (M, K); dW = g^T x (M, N) x (N, K). Only for tracked operands.
+        let dx = if x.track_op() {
+            Some(g.matmul(w)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(g.t()?.matmul(x)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// `x W^T` for x (N, K) and W (M, K) -> (N, M), with a backward that skips frozen operands.
+/// When neither operand is tracked it is a plain matmul (no graph).
+pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !x.track_op() && !w.track_op() {
+        return x.matmul(&w.t()?);
+    }
+    x.apply_op2(w, MatmulWt)
+}
+
 /// Per-row negative log-likelihood: logits (N, K) f32, labels (N,) U32 -> (N,). Differentiable
 /// in the logits. Fused on CPU, composed elsewhere (and for non-f32 logits).
 pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -137,6 +215,59 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn matmul_wt_matches_matmul_and_skips_frozen_operands() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(8);
+        let xv = Var::from_tensor(&Tensor::from_vec(
+            rng.normal_vec(13 * 24, 0.0, 1.0),
+            (13, 24),
+            &dev,
+        )?)?;
+        let wv = Var::from_tensor(&Tensor::from_vec(
+            rng.normal_vec(7 * 24, 0.0, 1.0),
+            (7, 24),
+            &dev,
+        )?)?;
+        let c = Tensor::from_vec(rng.normal_vec(13 * 7, 0.0, 1.0), (13, 7), &dev)?;
+        let (x, w) = (xv.as_tensor(), wv.as_tensor());
+        let fused = matmul_wt(x, w)?;
+        let plain = x.matmul(&w.t()?)?;
+        assert_eq!(
+            fused.to_vec2::<f32>()?,
+            plain.to_vec2::<f32>()?,
+            "forward is the same product"
+        );
+        let gf = (fused * &c)?.sum_all()?.backward()?;
+        let gp = (plain * &c)?.sum_all()?.backward()?;
+        for v in [x, w] {
+            let d = (gf.get(v).unwrap() - gp.get(v).unwrap())?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{d}");
+        }
+        // Frozen weight: no gradient computed for it; the input's is unchanged.
+        let wd = w.detach();
+        let g = (matmul_wt(x, &wd)? * &c)?.sum_all()?.backward()?;
+        assert!(g.get(&wd).is_none());
+        let d = (g.get(x).unwrap() - gp.get(x).unwrap())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5);
+        // Frozen input: only the weight's gradient.
+        let xd = x.detach();
+        let g = (matmul_wt(&xd, w)? * &c)?.sum_all()?.backward()?;
+        assert!(g.get(&xd).is_none());
+        let d = (g.get(w).unwrap() - gp.get(w).unwrap())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5);
+        Ok(())
+    }
 
     #[test]
     fn fused_cross_entropy_matches_reference_value_and_gradient() -> Result<()> {
