@@ -80,7 +80,11 @@ impl CustomOp2 for CrossEntropyRows {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = logits.apply_op3_no_bwd(labels, &grad.contiguous()?, &CrossEntropyRowsBwd)?;
+        let g = logits.detach().apply_op3_no_bwd(
+            labels,
+            &grad.detach().contiguous()?,
+            &CrossEntropyRowsBwd,
+        )?;
         Ok((Some(g), None))
     }
 }
@@ -169,14 +173,16 @@ impl CustomOp2 for MatmulWt {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // y = x W^T: dx = g W (N, M) x (M, K); dW = g^T x (M, N) x (N, K). Only for tracked operands.
+        // y = x W^T: dx = g W (N, M) x (M, K); dW = g^T x (M, N) x (N, K). Only for tracked operands,
+        // and from detached operands: a gradient must not carry an autograd graph (it would chain
+        // every step's graph into the optimizer state and grow without bound).
         let dx = if x.track_op() {
-            Some(g.matmul(w)?)
+            Some(g.matmul(&w.detach())?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(g.t()?.matmul(x)?)
+            Some(g.t()?.matmul(&x.detach())?)
         } else {
             None
         };
@@ -247,6 +253,12 @@ mod tests {
                 .max_all()?
                 .to_scalar::<f32>()?;
             assert!(d < 1e-5, "{d}");
+        }
+        for v in [x, w] {
+            assert!(
+                !gf.get(v).unwrap().track_op(),
+                "a gradient must not carry a graph"
+            );
         }
         // Frozen weight: no gradient computed for it; the input's is unchanged.
         let wd = w.detach();

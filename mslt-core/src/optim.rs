@@ -118,8 +118,9 @@ impl AdamW {
             let bc1 = 1.0 - c.beta1.powi(t);
             let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
             let step_size = c.lr / bc1;
-            let g = g.to_dtype(DType::F32)?;
-            let mut p = s.var.as_tensor().to_dtype(DType::F32)?;
+            // Detached: the optimizer state must never hold an autograd graph.
+            let g = g.detach().to_dtype(DType::F32)?;
+            let mut p = s.var.as_tensor().detach().to_dtype(DType::F32)?;
             if s.decay && c.weight_decay != 0.0 {
                 p = (p * (1.0 - c.lr * c.weight_decay))?;
             }

@@ -182,6 +182,7 @@ fn every_gradient_matches_transformers() {
         let got = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert!(!got.track_op(), "grad {name} carries an autograd graph");
         let (gn, wn) = (norm(got), norm(want));
         let rel = norm_rel(got, want) * wn.max(1e-30) / wn.max(1e-6 * global);
         println!("grad {name:<58} rel {rel:.3e}  |ours| {gn:.3e} |ref| {wn:.3e}");
