@@ -9,17 +9,37 @@ fn tiny() -> String {
     fixture("tiny/model").to_str().unwrap().to_string()
 }
 
-#[test]
-fn missing_input_file() {
-    let e = run_err(&[
+/// Writes `input_ids` to `dir/ids.safetensors`.
+fn ids_file(dir: &std::path::Path, ids: Tensor) -> std::path::PathBuf {
+    let p = dir.join("ids.safetensors");
+    let mut m = HashMap::new();
+    m.insert("input_ids".to_string(), ids);
+    save(&m, &p);
+    p
+}
+
+/// `mslt-cli encode --model MODEL --input INPUT` expected to fail; its one-line error.
+fn encode_err(model: &str, input: &std::path::Path, extra: &[&str]) -> String {
+    let mut args = vec![
         "encode",
         "--model",
-        &tiny(),
+        model,
         "--input",
-        "/no/such/ids.safetensors",
+        input.to_str().unwrap(),
         "--output",
-        "/tmp/x.st",
-    ]);
+        "/tmp/o.st",
+    ];
+    args.extend_from_slice(extra);
+    run_err(&args)
+}
+
+#[test]
+fn missing_input_file() {
+    let e = encode_err(
+        &tiny(),
+        std::path::Path::new("/no/such/ids.safetensors"),
+        &[],
+    );
     assert!(
         e.contains("/no/such/ids.safetensors") && e.contains("no such file"),
         "{e}"
@@ -28,15 +48,7 @@ fn missing_input_file() {
 
 #[test]
 fn missing_model_directory() {
-    let e = run_err(&[
-        "encode",
-        "--model",
-        "/no/such/model",
-        "--input",
-        "x",
-        "--output",
-        "y",
-    ]);
+    let e = encode_err("/no/such/model", std::path::Path::new("x"), &[]);
     assert!(
         e.contains("/no/such/model") && e.contains("no such directory"),
         "{e}"
@@ -52,22 +64,11 @@ fn corrupt_safetensors_weights() {
     )
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let ids = tmp.path().join("ids.safetensors");
-    let mut m = HashMap::new();
-    m.insert(
-        "input_ids".to_string(),
+    let ids = ids_file(
+        tmp.path(),
         Tensor::new(&[[2i64, 7, 9]], &Device::Cpu).unwrap(),
     );
-    save(&m, &ids);
-    let e = run_err(&[
-        "encode",
-        "--model",
-        d.path().to_str().unwrap(),
-        "--input",
-        ids.to_str().unwrap(),
-        "--output",
-        tmp.path().join("o.st").to_str().unwrap(),
-    ]);
+    let e = encode_err(d.path().to_str().unwrap(), &ids, &[]);
     assert!(
         e.contains("model.safetensors") && e.contains("not a valid safetensors file"),
         "{e}"
@@ -79,15 +80,7 @@ fn corrupt_safetensors_input() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.safetensors");
     std::fs::write(&ids, b"garbage").unwrap();
-    let e = run_err(&[
-        "encode",
-        "--model",
-        &tiny(),
-        "--input",
-        ids.to_str().unwrap(),
-        "--output",
-        "/tmp/o.st",
-    ]);
+    let e = encode_err(&tiny(), &ids, &[]);
     assert!(
         e.contains("ids.safetensors") && e.contains("not a valid safetensors file"),
         "{e}"
@@ -134,22 +127,11 @@ fn model_directory_without_tokenizer() {
 #[test]
 fn ids_beyond_the_vocabulary() {
     let tmp = tempfile::tempdir().unwrap();
-    let ids = tmp.path().join("ids.safetensors");
-    let mut m = HashMap::new();
-    m.insert(
-        "input_ids".to_string(),
+    let ids = ids_file(
+        tmp.path(),
         Tensor::new(&[[2i64, 7, 9], [2, 600, 3]], &Device::Cpu).unwrap(),
     );
-    save(&m, &ids);
-    let e = run_err(&[
-        "encode",
-        "--model",
-        &tiny(),
-        "--input",
-        ids.to_str().unwrap(),
-        "--output",
-        "/tmp/o.st",
-    ]);
+    let e = encode_err(&tiny(), &ids, &[]);
     assert!(
         e.contains("input_ids[1][1] = 600") && e.contains("[0, 512)"),
         "{e}"
@@ -164,22 +146,8 @@ fn missing_tensor_is_named_with_its_shape() {
     w.remove("bert.encoder.layer.1.output.dense.weight");
     save(&w, &p);
     let tmp = tempfile::tempdir().unwrap();
-    let ids = tmp.path().join("ids.safetensors");
-    let mut m = HashMap::new();
-    m.insert(
-        "input_ids".to_string(),
-        Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap(),
-    );
-    save(&m, &ids);
-    let e = run_err(&[
-        "encode",
-        "--model",
-        d.path().to_str().unwrap(),
-        "--input",
-        ids.to_str().unwrap(),
-        "--output",
-        "/tmp/o.st",
-    ]);
+    let ids = ids_file(tmp.path(), Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap());
+    let e = encode_err(d.path().to_str().unwrap(), &ids, &[]);
     assert!(
         e.contains("`bert.encoder.layer.1.output.dense.weight` is missing")
             && e.contains("[64, 256]"),
@@ -192,67 +160,27 @@ fn mis_shaped_tensor_names_expected_and_found() {
     let d = tiny_model_copy();
     let p = d.path().join("model.safetensors");
     let mut w = load(&p);
-    w.insert(
-        "bert.encoder.layer.0.attention.self.key.weight".into(),
-        Tensor::zeros((64, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
-    );
+    let bad = Tensor::zeros((64, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+    w.insert("bert.encoder.layer.0.attention.self.key.weight".into(), bad);
     save(&w, &p);
     let tmp = tempfile::tempdir().unwrap();
-    let ids = tmp.path().join("ids.safetensors");
-    let mut m = HashMap::new();
-    m.insert(
-        "input_ids".to_string(),
-        Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap(),
-    );
-    save(&m, &ids);
-    let e = run_err(&[
-        "encode",
-        "--model",
-        d.path().to_str().unwrap(),
-        "--input",
-        ids.to_str().unwrap(),
-        "--output",
-        "/tmp/o.st",
-    ]);
-    assert!(
-        e.contains("`bert.encoder.layer.0.attention.self.key.weight` has shape [64, 32], expected [64, 64]"),
-        "{e}"
-    );
+    let ids = ids_file(tmp.path(), Tensor::new(&[[2i64, 7]], &Device::Cpu).unwrap());
+    let e = encode_err(d.path().to_str().unwrap(), &ids, &[]);
+    assert!(e.contains("`bert.encoder.layer.0.attention.self.key.weight` has shape [64, 32], expected [64, 64]"), "{e}");
 }
 
 #[test]
 fn float_ids_and_unknown_device() {
     let tmp = tempfile::tempdir().unwrap();
-    let ids = tmp.path().join("ids.safetensors");
-    let mut m = HashMap::new();
-    m.insert(
-        "input_ids".to_string(),
+    let ids = ids_file(
+        tmp.path(),
         Tensor::new(&[[2f32, 7.]], &Device::Cpu).unwrap(),
     );
-    save(&m, &ids);
-    let e = run_err(&[
-        "encode",
-        "--model",
-        &tiny(),
-        "--input",
-        ids.to_str().unwrap(),
-        "--output",
-        "/tmp/o.st",
-    ]);
+    let e = encode_err(&tiny(), &ids, &[]);
     assert!(
         e.contains("`input_ids` has dtype F32, expected an integer type"),
         "{e}"
     );
-    let e = run_err(&[
-        "encode",
-        "--model",
-        &tiny(),
-        "--input",
-        ids.to_str().unwrap(),
-        "--output",
-        "/tmp/o.st",
-        "--device",
-        "tpu",
-    ]);
+    let e = encode_err(&tiny(), &ids, &["--device", "tpu"]);
     assert!(e.contains("device `tpu`"), "{e}");
 }

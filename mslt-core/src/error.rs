@@ -71,3 +71,27 @@ impl Error {
         }
     }
 }
+
+/// Reads a JSON file of ours into `T` and checks its `format` tag (`format_of(&t)`) is `expected`:
+/// errors name the file and the field.
+pub(crate) fn read_versioned_json<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    expected: &str,
+    format_of: impl Fn(&T) -> &str,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let t: T = serde_json::from_str(&text).map_err(|e| Error::Config {
+        origin: path.display().to_string(),
+        field: "<document>".into(),
+        msg: e.to_string(),
+    })?;
+    let found = format_of(&t);
+    if found != expected {
+        return Err(Error::Config {
+            origin: path.display().to_string(),
+            field: "format".into(),
+            msg: format!("`{found}` is not supported (expected `{expected}`)"),
+        });
+    }
+    Ok(t)
+}

@@ -104,20 +104,7 @@ impl Manifest {
                 dir.display()
             )));
         }
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::Config {
-            origin: p.display().to_string(),
-            field: "<document>".into(),
-            msg: e.to_string(),
-        })?;
-        if m.format != FORMAT {
-            return Err(Error::Config {
-                origin: p.display().to_string(),
-                field: "format".into(),
-                msg: format!("`{}` is not supported (expected `{FORMAT}`)", m.format),
-            });
-        }
-        Ok(m)
+        crate::error::read_versioned_json(&p, FORMAT, |m: &Manifest| &m.format)
     }
 }
 

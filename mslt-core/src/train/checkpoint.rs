@@ -150,21 +150,7 @@ pub fn save(req: SaveRequest) -> Result<PathBuf> {
 }
 
 pub fn load_state(dir: &Path) -> Result<TrainState> {
-    let p = dir.join("state.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let s: TrainState = serde_json::from_str(&text).map_err(|e| Error::Config {
-        origin: p.display().to_string(),
-        field: "<document>".into(),
-        msg: e.to_string(),
-    })?;
-    if s.format != FORMAT {
-        return Err(Error::Config {
-            origin: p.display().to_string(),
-            field: "format".into(),
-            msg: format!("`{}` is not supported (expected `{FORMAT}`)", s.format),
-        });
-    }
-    Ok(s)
+    crate::error::read_versioned_json(&dir.join("state.json"), FORMAT, |s: &TrainState| &s.format)
 }
 
 /// Reads `optimizer.safetensors` (AdamW moments and per-parameter step counts).
