@@ -67,8 +67,10 @@ pub struct BenchRow {
     pub flops: f64,
     /// flops / median step time / matmul rate
     pub mfu: f64,
-    /// peak resident memory while timing this row (CPU; bytes), when the OS reports it
-    pub peak_rss_bytes: Option<u64>,
+    /// host heap a training step needs beyond the model and optimizer state: peak allocated
+    /// bytes during the timed steps minus the bytes allocated before them (CPU with a heap
+    /// probe; None otherwise)
+    pub step_peak_bytes: Option<u64>,
     /// full step time / this step time (measured)
     pub speedup: f64,
     /// full step FLOPs / this step FLOPs (cost model)
@@ -91,7 +93,18 @@ pub struct BenchReport {
     pub communication: &'static str,
 }
 
+/// Counts the host heap (the binary's global allocator implements it).
+pub trait HeapProbe {
+    /// Bytes allocated now.
+    fn current(&self) -> u64;
+    /// Highest `current()` since the last `reset_peak`.
+    fn peak(&self) -> u64;
+    fn reset_peak(&self);
+}
+
 pub struct BenchConfig<'a> {
+    /// Heap accounting for the memory column (CPU only).
+    pub heap: Option<&'a dyn HeapProbe>,
     pub model: &'a BertConfig,
     pub stages: &'a [Stage],
     pub batch_size: usize,
@@ -145,17 +158,6 @@ pub fn matmul_gflops(device: &Device) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / ts[2] / 1e9)
 }
 
-fn peak_rss_reset() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// A random batch: full-length sequences, 15% of the positions predicted, NSP labels.
 fn batch(
     cfg: &BertConfig,
@@ -194,7 +196,11 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     let mut opt = AdamW::new(named.clone(), AdamWConfig::default())?;
     let (input, mlm, nsp) = batch(&cfg, bc.batch_size, bc.seq_len, bc.device)?;
     let (mut f, mut bw, mut o, mut st) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    peak_rss_reset();
+    let heap = bc.heap.filter(|_| bc.device.is_cpu());
+    let base = heap.map(|h| {
+        h.reset_peak();
+        h.current()
+    });
     for it in 0..bc.warmup + bc.repeats {
         let mut drng = Rng::new(it as u64);
         sync(bc.device)?;
@@ -221,7 +227,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
             st.push((t3 - t0).as_secs_f64());
         }
     }
-    let rss = peak_rss();
+    let step_peak = heap.zip(base).map(|(h, b)| h.peak().saturating_sub(b));
     let step = Timing::from(st);
     let tokens = (bc.batch_size * bc.seq_len) as f64;
     let flops = step_flops(bc.model, stage, bc.batch_size, bc.seq_len, mlm.len());
@@ -238,7 +244,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
             tokens_per_s: tokens / (step.median_ms / 1e3),
             flops,
             mfu: 0.0,
-            peak_rss_bytes: rss.filter(|_| bc.device.is_cpu()),
+            step_peak_bytes: step_peak,
             step,
             speedup: 1.0,
             ideal_speedup: 1.0,
@@ -312,7 +318,7 @@ pub fn table(r: &BenchReport) -> String {
     );
     s.push_str(&format!(
         "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9} {:>9} {:>8} {:>20} {:>8} {:>7} {:>5} {:>8} {:>7} {:>8}\n",
-        "config", "depth", "train", "emb", "steps", "fwd ms", "bwd ms", "opt ms", "step ms (min-max)", "tok/s", "GFLOP", "MFU", "peak MB", "speedup", "ideal"
+        "config", "depth", "train", "emb", "steps", "fwd ms", "bwd ms", "opt ms", "step ms (min-max)", "tok/s", "GFLOP", "MFU", "step MB", "speedup", "ideal"
     ));
     for x in &r.rows {
         s.push_str(&format!(
@@ -331,7 +337,7 @@ pub fn table(r: &BenchReport) -> String {
             x.tokens_per_s,
             x.flops / 1e9,
             x.mfu,
-            x.peak_rss_bytes.map(|b| format!("{:.0}", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into()),
+            x.step_peak_bytes.map(|b| format!("{:.0}", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into()),
             x.speedup,
             x.ideal_speedup
         ));

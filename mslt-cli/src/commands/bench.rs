@@ -71,6 +71,7 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         train_embeddings: a.train_embeddings,
     })?;
     let report = run(&BenchConfig {
+        heap: Some(&crate::heap::Probe),
         model: &model,
         stages: &stages,
         batch_size: a.batch_size,
