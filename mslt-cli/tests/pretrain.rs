@@ -813,7 +813,11 @@ fn bench_reports_every_stage_against_the_cost_model() {
     for row in rows {
         assert!(row["step"]["median_ms"].as_f64().unwrap() > 0.0);
         assert!(row["mfu"].as_f64().unwrap() > 0.0);
+        assert!(row["step_peak_bytes"].as_u64().unwrap() > 0);
     }
+    // The frozen stage (layer 0 and embeddings frozen) needs less step memory than a full step.
+    let mem = |i: usize| rows[i]["step_peak_bytes"].as_u64().unwrap();
+    assert!(mem(2) < mem(0), "stage 1 {} vs full {}", mem(2), mem(0));
 }
 
 #[test]
