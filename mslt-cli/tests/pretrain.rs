@@ -305,91 +305,68 @@ fn nan_steps_are_skipped_and_repeated_ones_stop_the_run() {
     ]);
 }
 
+/// `mslt-cli train --data DATA --model-config MODEL --out OUT --steps STEPS [extra]`, expected to
+/// fail; its one-line error.
+fn train_err(data: &str, model: &str, out: &str, steps: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--data",
+        data,
+        "--model-config",
+        model,
+        "--out",
+        out,
+        "--steps",
+        steps,
+    ];
+    args.extend_from_slice(extra);
+    run_err(&args)
+}
+
 #[test]
 fn bad_input_gives_clear_errors() {
     let env = setup();
     let data = env.s("data");
     let bert = env.s("bert.json");
     // --steps 0
-    let e = run_err(&[
-        "train",
-        "--data",
-        &data,
-        "--model-config",
-        &bert,
-        "--out",
-        &env.s("r0"),
-        "--steps",
-        "0",
-    ]);
+    let e = train_err(&data, &bert, &env.s("r0"), "0", &[]);
     assert!(e.contains("field `steps`: must be at least 1"), "{e}");
     // a batch larger than the data
-    let e = run_err(&[
-        "train",
-        "--data",
-        &data,
-        "--model-config",
-        &bert,
-        "--out",
-        &env.s("r1"),
-        "--steps",
-        "2",
-        "--batch-size",
-        "100000",
-    ]);
+    let e = train_err(&data, &bert, &env.s("r1"), "2", &["--batch-size", "100000"]);
     assert!(e.contains("batch size 100000 is larger than the"), "{e}");
     // not a data directory
-    let e = run_err(&[
-        "train",
-        "--data",
-        &env.s("corpus"),
-        "--model-config",
-        &bert,
-        "--out",
-        &env.s("r2"),
-        "--steps",
-        "2",
-    ]);
+    let e = train_err(&env.s("corpus"), &bert, &env.s("r2"), "2", &[]);
     assert!(e.contains("not a prepared data directory"), "{e}");
     // output directory that cannot be created (its parent is a file)
-    let e = run_err(&[
-        "train",
-        "--data",
+    let e = train_err(
         &data,
-        "--model-config",
         &bert,
-        "--out",
         &env.s("vocab.txt/run"),
-        "--steps",
         "2",
-        "--batch-size",
-        "4",
-    ]);
+        &["--batch-size", "4"],
+    );
     assert!(e.contains("vocab.txt/run"), "{e}");
     // data with a longer seq len than the model's positions
-    run_ok(&[
-        "prepare",
-        "--tokenizer",
-        &env.s("vocab.txt"),
-        "--seq-len",
-        "80",
-        "--out",
+    let prepare = |tok: &str, seq: &str, out: &str| {
+        run_ok(&[
+            "prepare",
+            "--tokenizer",
+            &env.s(tok),
+            "--seq-len",
+            seq,
+            "--out",
+            &env.s(out),
+            &env.s("corpus"),
+        ]);
+    };
+    prepare("vocab.txt", "80", "data80");
+    let e = train_err(
         &env.s("data80"),
-        &env.s("corpus"),
-    ]);
-    let e = run_err(&[
-        "train",
-        "--data",
-        &env.s("data80"),
-        "--model-config",
         &bert,
-        "--out",
         &env.s("r3"),
-        "--steps",
         "2",
-        "--batch-size",
-        "4",
-    ]);
+        &["--batch-size", "4"],
+    );
     assert!(
         e.contains("seq len 80 is beyond the model's max_position_embeddings 64"),
         "{e}"
@@ -398,66 +375,25 @@ fn bad_input_gives_clear_errors() {
     let r = env.s("r4");
     let o = run_train(&train_args(&env, &r, "2", &[]), &[]);
     assert!(o.status.success());
-    let e = run_err(&[
-        "train",
-        "--data",
-        &data,
-        "--model-config",
-        "tiny",
-        "--out",
-        &r,
-        "--steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--resume",
-    ]);
+    let e = train_err(&data, "tiny", &r, "4", &["--batch-size", "8", "--resume"]);
     assert!(e.contains("different model config"), "{e}");
     let mut v = std::fs::read_to_string(env.p("vocab.txt")).unwrap();
     v.push_str("extra\n");
     std::fs::write(env.p("vocab2.txt"), v).unwrap();
-    run_ok(&[
-        "prepare",
-        "--tokenizer",
-        &env.s("vocab2.txt"),
-        "--seq-len",
-        "32",
-        "--out",
+    prepare("vocab2.txt", "32", "data_v2");
+    let e = train_err(
         &env.s("data_v2"),
-        &env.s("corpus"),
-    ]);
-    let e = run_err(&[
-        "train",
-        "--data",
-        &env.s("data_v2"),
-        "--model-config",
         &bert,
-        "--out",
         &r,
-        "--steps",
         "4",
-        "--batch-size",
-        "8",
-        "--resume",
-    ]);
+        &["--batch-size", "8", "--resume"],
+    );
     assert!(
         e.contains("another tokenizer, seq len or NSP setting"),
         "{e}"
     );
     // a run directory with checkpoints, without --resume
-    let e = run_err(&[
-        "train",
-        "--data",
-        &data,
-        "--model-config",
-        &bert,
-        "--out",
-        &r,
-        "--steps",
-        "4",
-        "--batch-size",
-        "8",
-    ]);
+    let e = train_err(&data, &bert, &r, "4", &["--batch-size", "8"]);
     assert!(e.contains("already has checkpoints"), "{e}");
     // TOML config with an unknown key
     std::fs::write(env.p("run.toml"), "steps = 3\nbatchsize = 4\n").unwrap();

@@ -16,22 +16,13 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("{what}: expected f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
-fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
-    let v = match s {
-        CpuStorage::U32(v) => v,
-        _ => candle_core::bail!("{what}: expected u32 labels"),
-    };
+/// The contiguous elements of a CPU tensor of dtype `T`.
+fn cpu_slice<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let v = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what}: expected a contiguous tensor"),
@@ -60,8 +51,8 @@ impl CustomOp2 for CrossEntropyRows {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, k) = l1.shape().dims2()?;
-        let x = f32_slice(s1, l1, self.name())?;
-        let y = u32_slice(s2, l2, self.name())?;
+        let x = cpu_slice::<f32>(s1, l1, self.name())?;
+        let y = cpu_slice::<u32>(s2, l2, self.name())?;
         if y.len() != n {
             candle_core::bail!("{}: {} labels for {n} rows", self.name(), y.len());
         }
@@ -107,9 +98,9 @@ impl CustomOp3 for CrossEntropyRowsBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, k) = l1.shape().dims2()?;
-        let x = f32_slice(s1, l1, self.name())?;
-        let y = u32_slice(s2, l2, self.name())?;
-        let g = f32_slice(s3, l3, self.name())?;
+        let x = cpu_slice::<f32>(s1, l1, self.name())?;
+        let y = cpu_slice::<u32>(s2, l2, self.name())?;
+        let g = cpu_slice::<f32>(s3, l3, self.name())?;
         let mut out = vec![0f32; n * k];
         out.par_chunks_mut(k)
             .zip(x.par_chunks(k))

@@ -238,33 +238,18 @@ mod tests {
     fn masking_is_seeded() {
         let mut r = Rng::new(1);
         let s = seqs(8, &mut r);
-        let a = mask_batch(
-            &s,
-            128,
-            &SP,
-            30522,
-            &[],
-            &MaskingConfig::default(),
-            &mut Rng::new(9),
-        );
-        let b = mask_batch(
-            &s,
-            128,
-            &SP,
-            30522,
-            &[],
-            &MaskingConfig::default(),
-            &mut Rng::new(9),
-        );
-        let c = mask_batch(
-            &s,
-            128,
-            &SP,
-            30522,
-            &[],
-            &MaskingConfig::default(),
-            &mut Rng::new(10),
-        );
+        let mask = |seed| {
+            mask_batch(
+                &s,
+                128,
+                &SP,
+                30522,
+                &[],
+                &MaskingConfig::default(),
+                &mut Rng::new(seed),
+            )
+        };
+        let (a, b, c) = (mask(9), mask(9), mask(10));
         assert_eq!(a, b);
         assert_ne!(a.mlm_labels, c.mlm_labels);
     }
