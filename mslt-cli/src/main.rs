@@ -106,6 +106,8 @@ enum Command {
     Ablate(commands::ablate::AblateArgs),
     /// Time the training step of every stage of a schedule against the full model.
     Bench(commands::bench::BenchArgs),
+    /// Fused CUDA kernels: NVRTC compile check, correctness check, timings.
+    Kernels(commands::kernels::KernelsArgs),
     /// MLM loss and accuracy of a checkpoint on prepared data.
     Eval(commands::eval::EvalArgs),
     /// Show a model directory, safetensors file or config.json: config, parameters, tensors.
@@ -142,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prepare(a) => commands::prepare::run(a),
         Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Kernels(a) => commands::kernels::run(a),
         Command::Bench(a) => commands::bench::run_cmd(a),
         Command::Ablate(a) => commands::ablate::run(a),
     }

@@ -53,6 +53,8 @@ impl Timing {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
     pub name: String,
+    /// Frozen layers that ran on the fused kernels.
+    pub fused_layers: usize,
     pub depth: usize,
     pub trainable_layers: usize,
     pub train_embeddings: bool,
@@ -91,6 +93,8 @@ pub struct BenchReport {
     pub schedule_speedup: f64,
     pub schedule_ideal_speedup: f64,
     pub communication: &'static str,
+    /// Frozen-layer settings: kernels, dtype, dropout.
+    pub frozen: String,
 }
 
 /// Counts the host heap (the binary's global allocator implements it).
@@ -112,6 +116,10 @@ pub struct BenchConfig<'a> {
     pub warmup: usize,
     pub repeats: usize,
     pub device: &'a Device,
+    /// Dropout in the frozen layers (off lets them run the fused kernels).
+    pub frozen_dropout: bool,
+    pub kernels: crate::Kernels,
+    pub frozen_dtype: candle_core::DType,
 }
 
 fn layer_flops(c: f64, i: f64, b: f64, t: f64) -> f64 {
@@ -192,7 +200,16 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     cfg.num_hidden_layers = stage.depth;
     let mut rng = Rng::new(1);
     let params = Params::from_tensors(&init_all(&cfg, &mut rng, bc.device)?)?;
-    let (model, named) = stage_model(&cfg, &params, stage)?;
+    let (mut model, named) = stage_model(&cfg, &params, stage)?;
+    model.frozen_dropout = bc.frozen_dropout;
+    let fused = if bc.kernels == crate::Kernels::Fused && !bc.frozen_dropout {
+        model.use_fused_kernels(crate::model::FusedOptions {
+            dtype: bc.frozen_dtype,
+            allow_cpu: false,
+        })?
+    } else {
+        0
+    };
     let mut opt = AdamW::new(named.clone(), AdamWConfig::default())?;
     let (input, mlm, nsp) = batch(&cfg, bc.batch_size, bc.seq_len, bc.device)?;
     let (mut f, mut bw, mut o, mut st) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -203,6 +220,9 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     });
     for it in 0..bc.warmup + bc.repeats {
         let mut drng = Rng::new(it as u64);
+        if !bc.device.is_cpu() {
+            bc.device.set_seed(it as u64)?;
+        }
         sync(bc.device)?;
         let t0 = Instant::now();
         let l = model.pretraining_loss(&input, &mlm, Some(&nsp), &mut Mode::Train(&mut drng))?;
@@ -234,6 +254,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     Ok((
         BenchRow {
             name: name.into(),
+            fused_layers: fused,
             depth: stage.depth,
             trainable_layers: stage.depth - stage.train_from_layer,
             train_embeddings: stage.train_embeddings,
@@ -307,6 +328,12 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
         schedule_ideal_speedup: total as f64 * fflops / sched_flops.max(1e-12),
         rows: all,
         communication: "none: single process (data-parallel all-reduce is not implemented)",
+        frozen: format!(
+            "kernels {}, frozen dtype {:?}, frozen dropout {}",
+            bc.kernels,
+            bc.frozen_dtype,
+            if bc.frozen_dropout { "on" } else { "off" }
+        ),
     })
 }
 
@@ -347,5 +374,10 @@ pub fn table(r: &BenchReport) -> String {
         r.schedule_speedup, r.schedule_ideal_speedup
     ));
     s.push_str(&format!("communication: {}\n", r.communication));
+    s.push_str(&format!(
+        "frozen layers: {} (fused layers per row: {:?})\n",
+        r.frozen,
+        r.rows.iter().map(|x| x.fused_layers).collect::<Vec<_>>()
+    ));
     s
 }

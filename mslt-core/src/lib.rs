@@ -60,3 +60,5 @@ pub fn device(spec: &str) -> Result<candle_core::Device> {
         _ => Err(Error::Input(format!("device `{spec}`: expected cpu, cuda or cuda:N"))),
     }
 }
+
+pub use mslt_kernels::Kernels;

@@ -320,6 +320,9 @@ pub struct BertLayer {
     pub output_layer_norm: LayerNorm,
     pub activation: Activation,
     pub dropout: f64,
+    /// Weights prepared for the fused kernels (frozen layers, see
+    /// [`BertForPreTraining::use_fused_kernels`]).
+    pub fused: Option<FusedLayer>,
 }
 
 impl BertLayer {
@@ -345,7 +348,13 @@ impl BertLayer {
             output_layer_norm: src.layer_norm(&format!("{p}.output.LayerNorm"), c, eps)?,
             activation: cfg.hidden_act,
             dropout: cfg.hidden_dropout_prob,
+            fused: None,
         })
+    }
+
+    /// True when the layer's parameters are tracked by autograd (it trains in this stage).
+    pub fn trains(&self) -> bool {
+        nn::tracked(&self.attention.query.weight)
     }
 
     /// (B, T, C) -> (B, T, C); `mask` is the additive mask (B, 1, 1, T).
@@ -357,6 +366,82 @@ impl BertLayer {
         let f = dropout(&self.output.forward(&f)?, self.dropout, mode)?; // (B, T, C)
         Ok(self.output_layer_norm.forward(&(f + h)?)?)
     }
+}
+
+/// A frozen layer's weights laid out for the fused kernels of `mslt-kernels`: one Q|K|V
+/// projection, LayerNorm weight and bias stacked, all in the kernels' dtype (f32 or bf16).
+#[derive(Clone, Debug)]
+pub struct FusedLayer {
+    pub dtype: DType,
+    /// (3C, C) and (3C,): query, key, value stacked
+    qkv_weight: Tensor,
+    qkv_bias: Tensor,
+    /// attention.output.dense (C, C), (C,)
+    attn_out: (Tensor, Tensor),
+    /// (2, C) = [gamma; beta]
+    attn_ln: Tensor,
+    /// intermediate.dense (I, C), (I,)
+    intermediate: (Tensor, Tensor),
+    /// output.dense (C, I), (C,)
+    output: (Tensor, Tensor),
+    out_ln: Tensor,
+    heads: usize,
+    eps: f64,
+    activation: Activation,
+}
+
+impl FusedLayer {
+    fn new(l: &BertLayer, dtype: DType) -> Result<Self> {
+        let d = |t: &Tensor| -> Result<Tensor> { Ok(t.detach().to_dtype(dtype)?.contiguous()?) };
+        let a = &l.attention;
+        let cat = |ts: &[&Tensor]| -> Result<Tensor> { d(&Tensor::cat(ts, 0)?) };
+        let ln = |n: &LayerNorm| -> Result<Tensor> { d(&Tensor::stack(&[&n.weight, &n.bias], 0)?) };
+        Ok(Self {
+            dtype,
+            qkv_weight: cat(&[&a.query.weight, &a.key.weight, &a.value.weight])?,
+            qkv_bias: cat(&[&a.query.bias, &a.key.bias, &a.value.bias])?,
+            attn_out: (d(&l.attention_output.weight)?, d(&l.attention_output.bias)?),
+            attn_ln: ln(&l.attention_layer_norm)?,
+            intermediate: (d(&l.intermediate.weight)?, d(&l.intermediate.bias)?),
+            output: (d(&l.output.weight)?, d(&l.output.bias)?),
+            out_ln: ln(&l.output_layer_norm)?,
+            heads: a.num_heads,
+            eps: l.attention_layer_norm.eps,
+            activation: l.activation,
+        })
+    }
+
+    /// Forward only, no dropout: x (B, T, C) in `self.dtype`, mask (B, T) additive f32.
+    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let x2 = x.reshape((b * t, c))?; // (BT, C)
+        let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| -> Result<Tensor> {
+            Ok(x.matmul(&w.t()?)?.broadcast_add(bias)?)
+        };
+        let qkv = x2
+            .matmul(&self.qkv_weight.t()?)?
+            .broadcast_add(&self.qkv_bias)?; // (BT, 3C)
+        let ctx = mslt_kernels::attention(&qkv.reshape((b, t, 3 * c))?, mask, self.heads)?; // (B, T, C)
+        let a = lin(&ctx.reshape((b * t, c))?, &self.attn_out)?; // (BT, C)
+        let h = mslt_kernels::add_layer_norm(&a, Some(&x2), &self.attn_ln, self.eps)?; // (BT, C)
+        let f = h.matmul(&self.intermediate.0.t()?)?; // (BT, I)
+        let f = match self.activation {
+            Activation::GeluErf => mslt_kernels::bias_gelu(&f, &self.intermediate.1)?,
+            act => nn::activation(&f.broadcast_add(&self.intermediate.1)?, act)?,
+        };
+        let o = lin(&f, &self.output)?; // (BT, C)
+        let y = mslt_kernels::add_layer_norm(&o, Some(&h), &self.out_ln, self.eps)?;
+        Ok(y.reshape((b, t, c))?)
+    }
+}
+
+/// How the frozen layers run: see [`BertForPreTraining::use_fused_kernels`].
+#[derive(Clone, Copy, Debug)]
+pub struct FusedOptions {
+    /// f32, or bf16 for the frozen layers while the trainable ones stay f32.
+    pub dtype: DType,
+    /// Also on CPU (through the ops' plain CPU references: slow, for tests of the wiring).
+    pub allow_cpu: bool,
 }
 
 /// MLM head (BertLMPredictionHead): transform (dense, act, LN), decoder tied to the word
@@ -389,6 +474,9 @@ pub struct BertForPreTraining {
     pub mlm: Option<MlmHead>,
     /// cls.seq_relationship (2, C)
     pub nsp: Option<Linear>,
+    /// Dropout in the frozen layers during training (default on, as the reference). Off makes
+    /// the frozen forward deterministic and lets it use the fused (dropout-free) kernels.
+    pub frozen_dropout: bool,
 }
 
 impl BertForPreTraining {
@@ -439,7 +527,38 @@ impl BertForPreTraining {
             pooler,
             mlm,
             nsp,
+            frozen_dropout: true,
         })
+    }
+
+    /// Prepares every frozen layer (parameters not tracked) for the fused kernels of
+    /// `mslt-kernels`, on CUDA (or anywhere with `allow_cpu`). A prepared layer runs fused when
+    /// its input is not tracked and it applies no dropout (eval mode, or `frozen_dropout` off);
+    /// otherwise the plain Candle path. Layers whose head dim the attention kernel lacks stay
+    /// on Candle. Returns how many layers were prepared.
+    pub fn use_fused_kernels(&mut self, opts: FusedOptions) -> Result<usize> {
+        if !(mslt_kernels::CUDA_ENABLED && self.device().is_cuda() || opts.allow_cpu) {
+            return Ok(0);
+        }
+        let heads = self.config.num_attention_heads;
+        if !mslt_kernels::supported_head_dim(self.config.hidden_size / heads) {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for l in self.layers.iter_mut() {
+            l.fused = if l.trains() {
+                None
+            } else {
+                n += 1;
+                Some(FusedLayer::new(l, opts.dtype)?)
+            };
+        }
+        Ok(n)
+    }
+
+    /// Number of layers prepared for the fused kernels.
+    pub fn fused_layers(&self) -> usize {
+        self.layers.iter().filter(|l| l.fused.is_some()).count()
     }
 
     pub fn heads(&self) -> Heads {
@@ -462,19 +581,43 @@ impl BertForPreTraining {
         keep_all: bool,
     ) -> Result<EncoderOutput> {
         let mask = input.additive_mask()?; // (B, 1, 1, T)
-        let mut x = self.embeddings.forward(input, mode)?; // (B, T, C)
+        let mut x = if !self.frozen_dropout && !nn::tracked(&self.embeddings.word_embeddings) {
+            self.embeddings.forward(input, &mut Mode::Eval)? // frozen embeddings, no dropout
+        } else {
+            self.embeddings.forward(input, mode)?
+        }; // (B, T, C)
         let mut hidden_states = Vec::new();
         if keep_all {
             hidden_states.push(x.clone());
         }
+        let dtype = x.dtype();
+        let mask2d = if self.fused_layers() > 0 {
+            Some(input.additive_mask()?.flatten_from(1)?) // (B, T)
+        } else {
+            None
+        };
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, mode)?;
+            let frozen = !layer.trains() && !nn::tracked(&x);
+            let no_dropout = !mode.is_train() || (frozen && !self.frozen_dropout);
+            match (&layer.fused, &mask2d) {
+                (Some(f), Some(m)) if frozen && no_dropout => {
+                    x = f.forward(&x.to_dtype(f.dtype)?, m)?;
+                }
+                _ => {
+                    let x_in = x.to_dtype(dtype)?;
+                    x = if frozen && !self.frozen_dropout {
+                        layer.forward(&x_in, &mask, &mut Mode::Eval)?
+                    } else {
+                        layer.forward(&x_in, &mask, mode)?
+                    };
+                }
+            }
             if keep_all {
-                hidden_states.push(x.clone());
+                hidden_states.push(x.to_dtype(dtype)?);
             }
         }
         Ok(EncoderOutput {
-            last_hidden_state: x,
+            last_hidden_state: x.to_dtype(dtype)?,
             hidden_states,
         })
     }

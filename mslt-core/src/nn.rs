@@ -118,8 +118,16 @@ pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
         Mode::Train(rng) if p > 0.0 => rng,
         _ => return Ok(x.clone()),
     };
-    let n = x.elem_count();
     let scale = (1.0 / (1.0 - p)) as f32;
+    if !x.device().is_cpu() {
+        // On a GPU the mask is drawn on the device (the training loop seeds the device's
+        // generator per step, so runs stay reproducible); drawing it on the host and copying it
+        // over would cost more than the layer.
+        let _ = rng;
+        let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(p)?;
+        return x.mul(&(keep.to_dtype(x.dtype())? * scale as f64)?);
+    }
+    let n = x.elem_count();
     let p32 = p as f32;
     let mask: Vec<f32> = (0..n)
         .map(|_| if rng.uniform_f32() < p32 { 0.0 } else { scale })

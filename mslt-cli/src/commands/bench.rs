@@ -39,6 +39,15 @@ pub struct BenchArgs {
     repeats: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Dropout in the frozen layers: on (default, as training) or off (needed for fused).
+    #[arg(long, default_value = "on")]
+    frozen_dropout: String,
+    /// Frozen layers on a GPU: fused (mslt-kernels) or candle.
+    #[arg(long, default_value = "fused")]
+    kernels: String,
+    /// dtype of the fused frozen layers: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    frozen_dtype: String,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -79,6 +88,14 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         repeats: a.repeats,
         device: &device,
+        frozen_dropout: super::on_off("--frozen-dropout", &a.frozen_dropout)?,
+        kernels: a
+            .kernels
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--kernels {e}"))?,
+        frozen_dtype: mslt_core::train::frozen_dtype(&a.frozen_dtype).map_err(|_| {
+            anyhow::anyhow!("--frozen-dtype {:?}: expected f32 or bf16", a.frozen_dtype)
+        })?,
     })?;
     println!(
         "bench: {} ({} layers x {}), schedule {} {:?}",

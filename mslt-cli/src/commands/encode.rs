@@ -29,6 +29,12 @@ pub struct EncodeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// fused (mslt-kernels on a GPU) or candle (plain Candle ops everywhere).
+    #[arg(long, default_value = "fused")]
+    kernels: String,
+    /// dtype of the fused layers on a GPU: f32 or bf16 (outputs are f32 either way).
+    #[arg(long, default_value = "f32")]
+    kernels_dtype: String,
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -69,7 +75,24 @@ pub fn run(a: EncodeArgs) -> Result<()> {
 
     let weights = load_safetensors(&files.weights, &device)?;
     // Plain tensors: nothing is tracked, the whole forward runs on no-backward ops.
-    let model = BertForPreTraining::from_tensors(&cfg, &weights.tensors, &weights.origin)?;
+    let mut model = BertForPreTraining::from_tensors(&cfg, &weights.tensors, &weights.origin)?;
+    let kernels: mslt_core::Kernels = a
+        .kernels
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--kernels {e}"))?;
+    if kernels == mslt_core::Kernels::Fused {
+        let dtype = mslt_core::train::frozen_dtype(&a.kernels_dtype).map_err(|_| {
+            anyhow::anyhow!(
+                "--kernels-dtype {:?}: expected f32 or bf16",
+                a.kernels_dtype
+            )
+        })?;
+        let n = model.use_fused_kernels(mslt_core::model::FusedOptions {
+            dtype,
+            allow_cpu: false,
+        })?;
+        tracing::info!("{n} of {} layers on the fused kernels", model.layers.len());
+    }
     let heads = model.heads();
 
     let mut outs: BTreeMap<&str, Vec<Tensor>> = BTreeMap::new();

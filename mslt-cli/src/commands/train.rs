@@ -89,6 +89,15 @@ pub struct TrainArgs {
     /// mslt: share of the steps for a final stage where all layers train (0 disables it).
     #[arg(long)]
     final_joint_frac: Option<f64>,
+    /// Dropout in the frozen layers: on (default) or off (deterministic; fused kernels on GPU).
+    #[arg(long)]
+    frozen_dropout: Option<String>,
+    /// Frozen layers on a GPU: fused (mslt-kernels; needs --frozen-dropout off) or candle.
+    #[arg(long)]
+    kernels: Option<String>,
+    /// dtype of the fused frozen layers: f32 or bf16.
+    #[arg(long)]
+    frozen_dtype: Option<String>,
     /// Continue from the newest complete checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -155,6 +164,15 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.schedule = s.parse().map_err(|e| anyhow::anyhow!("--schedule {e}"))?;
     }
     cfg.train_embeddings |= a.train_embeddings;
+    if let Some(v) = &a.frozen_dropout {
+        cfg.frozen_dropout = super::on_off("--frozen-dropout", v)?;
+    }
+    if let Some(k) = &a.kernels {
+        cfg.kernels = k.parse().map_err(|e| anyhow::anyhow!("--kernels {e}"))?;
+    }
+    if let Some(d) = &a.frozen_dtype {
+        cfg.frozen_dtype = d.clone();
+    }
     cfg.keep_optimizer_state |= a.keep_optimizer_state;
     cfg.global_lr_schedule |= a.global_lr_schedule;
     if a.init_from.is_some() {

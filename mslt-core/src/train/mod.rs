@@ -102,6 +102,13 @@ pub struct TrainConfig {
     pub global_lr_schedule: bool,
     /// mslt: share of the steps for a final stage where every layer trains (0 disables it).
     pub final_joint_frac: f64,
+    /// Dropout in the frozen layers (default on). Off: a deterministic frozen forward that can
+    /// run the fused kernels.
+    pub frozen_dropout: bool,
+    /// Frozen layers on a GPU: fused (mslt-kernels, when frozen dropout is off) or candle.
+    pub kernels: mslt_kernels::Kernels,
+    /// dtype of the fused frozen layers: f32 or bf16 (the trainable layers stay f32).
+    pub frozen_dtype: String,
 }
 
 impl Default for TrainConfig {
@@ -142,12 +149,16 @@ impl Default for TrainConfig {
             keep_optimizer_state: false,
             global_lr_schedule: false,
             final_joint_frac: 0.1,
+            frozen_dropout: true,
+            kernels: mslt_kernels::Kernels::Fused,
+            frozen_dtype: "f32".into(),
         }
     }
 }
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
+        frozen_dtype(&self.frozen_dtype)?;
         let bad = |f: &str, m: String| {
             Err(Error::Config {
                 origin: "train config".into(),
@@ -666,6 +677,30 @@ fn append(f: &mut std::fs::File, path: &Path, v: &impl Serialize) -> Result<()> 
     writeln!(f, "{line}").map_err(|e| Error::io(path, e))
 }
 
+/// The frozen-layer settings of `cfg` applied to a stage model: frozen dropout, and the fused
+/// kernels where they apply (CUDA, frozen dropout off). Returns the number of fused layers.
+pub fn prepare_frozen(model: &mut BertForPreTraining, cfg: &TrainConfig) -> Result<usize> {
+    model.frozen_dropout = cfg.frozen_dropout;
+    if cfg.kernels != mslt_kernels::Kernels::Fused || cfg.frozen_dropout {
+        return Ok(0);
+    }
+    model.use_fused_kernels(crate::model::FusedOptions {
+        dtype: frozen_dtype(&cfg.frozen_dtype)?,
+        allow_cpu: false,
+    })
+}
+
+/// Parses a frozen-layer dtype: f32 or bf16.
+pub fn frozen_dtype(s: &str) -> Result<candle_core::DType> {
+    match s {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        o => Err(Error::Input(format!(
+            "frozen_dtype {o:?}: expected f32 or bf16"
+        ))),
+    }
+}
+
 /// The model of a stage and its trainable (name, var) list: trainable parameters as tracked
 /// tensors, frozen ones detached (no
 /// graph is recorded through them; they take the fused no-backward ops).
@@ -794,7 +829,15 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             params = Params::from_tensors(&t)?;
             growth = Some(r);
         }
-        let (model, named) = stage_model(&model_cfg, &params, &stage)?;
+        let (mut model, named) = stage_model(&model_cfg, &params, &stage)?;
+        let fused = prepare_frozen(&mut model, cfg)?;
+        if fused > 0 {
+            tracing::info!(
+                "stage {}: {fused} frozen layers on the fused kernels ({})",
+                stage.index,
+                cfg.frozen_dtype
+            );
+        }
         let mut opt = AdamW::new(named.clone(), cfg.adamw())?;
         if let Some((map, require_all)) = carried.take() {
             opt.load_state(&map, require_all)?;
@@ -835,8 +878,14 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
         };
         let run_eval = |step: u64, elapsed_s: f64| -> Result<Option<EvalRecord>> {
             let Some(val) = &val else { return Ok(None) };
-            let frozen =
+            let mut frozen =
                 BertForPreTraining::from_tensors(&model_cfg, &params.detached(), "params")?;
+            if cfg.kernels == mslt_kernels::Kernels::Fused {
+                frozen.use_fused_kernels(crate::model::FusedOptions {
+                    dtype: frozen_dtype(&cfg.frozen_dtype)?,
+                    allow_cpu: false,
+                })?;
+            }
             let r = eval::evaluate(
                 &frozen,
                 val,
@@ -884,7 +933,11 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                 } else {
                     None
                 };
-                let mut drng = Rng::new(step_seed(cfg.seed, 3, step, micro));
+                let dseed = step_seed(cfg.seed, 3, step, micro);
+                if !device.is_cpu() {
+                    device.set_seed(dseed)?; // device-side dropout masks (see nn::dropout)
+                }
+                let mut drng = Rng::new(dseed);
                 let l = model.pretraining_loss(
                     &input,
                     &targets,

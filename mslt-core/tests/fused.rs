@@ -1,0 +1,169 @@
+//! The model-level switch to the fused kernels of mslt-kernels, tested on CPU through the ops'
+//! plain CPU references (`allow_cpu`): the same wiring (Q|K|V stacking, mask layout, LayerNorm
+//! packing, dtype hand-off) that runs the CUDA kernels on a GPU.
+
+use candle_core::{DType, Device, Tensor};
+use mslt_core::loss::MlmTargets;
+use mslt_core::model::FusedOptions;
+use mslt_core::train::stages::{plan, ScheduleKind, ScheduleSpec};
+use mslt_core::train::{resolve_model_config, stage_model};
+use mslt_core::weights::{init_all, Params};
+use mslt_core::{BertConfig, BertForPreTraining, BertInput, Mode, Rng};
+
+fn config() -> BertConfig {
+    let mut cfg = resolve_model_config("mini").unwrap(); // 256 wide, 4 heads of 64
+    cfg.num_hidden_layers = 3;
+    cfg.vocab_size = 500;
+    cfg
+}
+
+/// Two sequences, the second padded after 9 tokens.
+fn input(cfg: &BertConfig) -> BertInput {
+    let (b, t) = (2, 16);
+    let ids: Vec<i64> = (0..b * t).map(|k| 5 + (k as i64 * 37) % 490).collect();
+    let mask: Vec<i64> = (0..b * t).map(|k| (k < t || k % t < 9) as i64).collect();
+    let tt: Vec<i64> = (0..b * t).map(|k| (k % t >= 8) as i64).collect();
+    BertInput::from_host(cfg, (b, t), &ids, Some(&mask), Some(&tt), &Device::Cpu).unwrap()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let m = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn fused_frozen_layers_match_the_candle_path() {
+    let cfg = config();
+    let w = init_all(&cfg, &mut Rng::new(4), &Device::Cpu).unwrap();
+    let x = input(&cfg);
+    let plain = BertForPreTraining::from_tensors(&cfg, &w, "init").unwrap();
+    let want = plain.encode(&x, &mut Mode::Eval, true).unwrap();
+
+    // Without allow_cpu nothing is prepared on CPU: the frozen path stays on Candle.
+    let mut m = plain.clone();
+    let opts = FusedOptions {
+        dtype: DType::F32,
+        allow_cpu: false,
+    };
+    assert_eq!(m.use_fused_kernels(opts).unwrap(), 0);
+
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 3e-2)] {
+        let mut m = plain.clone();
+        let n = m
+            .use_fused_kernels(FusedOptions {
+                dtype,
+                allow_cpu: true,
+            })
+            .unwrap();
+        assert_eq!(n, 3);
+        let got = m.encode(&x, &mut Mode::Eval, true).unwrap();
+        assert_eq!(got.last_hidden_state.dtype(), DType::F32);
+        for (i, (g, r)) in got
+            .hidden_states
+            .iter()
+            .zip(&want.hidden_states)
+            .enumerate()
+        {
+            let e = max_rel(g, r);
+            assert!(
+                e <= tol,
+                "{dtype:?} hidden state {i}: rel err {e:e} > {tol:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_mslt_stage_with_fused_frozen_layers_trains_the_same() {
+    let cfg = config();
+    let w = init_all(&cfg, &mut Rng::new(5), &Device::Cpu).unwrap();
+    let params = Params::from_tensors(&w).unwrap();
+    let stages = plan(&ScheduleSpec {
+        kind: ScheduleKind::Mslt,
+        target_depth: 3,
+        steps: 10,
+        stages: &[2, 3],
+        stage_steps: &[],
+        final_joint_frac: 0.0,
+        train_embeddings: false,
+    })
+    .unwrap();
+    let stage = &stages[1]; // layers 0-1 and the embeddings frozen, layer 2 + heads train
+    let x = input(&cfg);
+    let labels: Vec<i64> = (0..32)
+        .map(|k| if k % 5 == 1 { 7 + k } else { -100 })
+        .collect();
+    let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, &Device::Cpu).unwrap();
+    let nsp = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+    let loss_and_grads = |fused: bool| {
+        let (mut model, named) = stage_model(&cfg, &params, stage).unwrap();
+        model.frozen_dropout = false;
+        if fused {
+            let opts = FusedOptions {
+                dtype: DType::F32,
+                allow_cpu: true,
+            };
+            assert_eq!(
+                model.use_fused_kernels(opts).unwrap(),
+                2,
+                "only the frozen layers"
+            );
+        }
+        let mut rng = Rng::new(9);
+        let l = model
+            .pretraining_loss(&x, &mlm, Some(&nsp), &mut Mode::Train(&mut rng))
+            .unwrap();
+        let g = l.loss.backward().unwrap();
+        let grads: Vec<(String, Tensor)> = named
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    g.get(v.as_tensor())
+                        .unwrap_or_else(|| panic!("{k}: no gradient"))
+                        .clone(),
+                )
+            })
+            .collect();
+        (l.loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (l_plain, g_plain) = loss_and_grads(false);
+    let (l_fused, g_fused) = loss_and_grads(true);
+    assert!(l_fused.is_finite());
+    assert!(
+        (l_fused - l_plain).abs() <= 1e-5 * l_plain.abs(),
+        "{l_fused} vs {l_plain}"
+    );
+    assert_eq!(g_plain.len(), g_fused.len());
+    // Attention key biases have an analytically zero gradient (float noise on both sides), so
+    // errors are measured against the largest gradient entry where a tensor's own is tiny.
+    let amax = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let global = g_plain.iter().map(|(_, g)| amax(g)).fold(0f32, f32::max);
+    for ((k, a), (_, b)) in g_fused.iter().zip(&g_plain) {
+        let e = amax(&(a - b).unwrap()) / amax(b).max(1e-3 * global);
+        assert!(e <= 1e-4, "{k}: gradient rel err {e:e}");
+        assert!(
+            k.starts_with("bert.encoder.layer.2.")
+                || k.starts_with("cls.")
+                || k.starts_with("bert.pooler."),
+            "{k}"
+        );
+    }
+}

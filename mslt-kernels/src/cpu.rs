@@ -1,0 +1,142 @@
+//! Plain CPU references of the fused kernels (the `cpu_fwd` of each custom op): straightforward
+//! loops with the same arithmetic contract as the `.cu` sources (f32 accumulation, one rounding
+//! at the store for bf16). Written for clarity, not speed: on CPU the model's frozen layers use
+//! Candle's own ops; these exist so the custom ops run everywhere and the wiring is testable.
+
+/// An element type the kernels read and write.
+pub trait Elem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+    fn of(v: f32) -> Self;
+}
+
+impl Elem for f32 {
+    fn f32(self) -> f32 {
+        self
+    }
+    fn of(v: f32) -> Self {
+        v
+    }
+}
+
+impl Elem for half::bf16 {
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    fn of(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+}
+
+/// `out[r] = LN(x[r] + res[r]) * gamma + beta` for rows of `c`; `res` None skips the add.
+/// `wb` is `[gamma; beta]` (2 * c).
+pub fn add_layer_norm<T: Elem>(x: &[T], res: Option<&[T]>, wb: &[T], c: usize, eps: f32) -> Vec<T> {
+    let rows = x.len() / c;
+    let mut out = Vec::with_capacity(x.len());
+    let mut a = vec![0f32; c];
+    for r in 0..rows {
+        for (k, ak) in a.iter_mut().enumerate() {
+            *ak = x[r * c + k].f32() + res.map_or(0.0, |s| s[r * c + k].f32());
+        }
+        let mean = a.iter().sum::<f32>() / c as f32;
+        let var = a.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (k, ak) in a.iter().enumerate() {
+            out.push(T::of((ak - mean) * rstd * wb[k].f32() + wb[c + k].f32()));
+        }
+    }
+    out
+}
+
+/// GELU, erf form.
+pub fn gelu_erf(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `out[r, k] = gelu(x[r, k] + bias[k])` for rows of `c = bias.len()`.
+pub fn bias_gelu<T: Elem>(x: &[T], bias: &[T]) -> Vec<T> {
+    let c = bias.len();
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| T::of(gelu_erf(v.f32() + bias[i % c].f32())))
+        .collect()
+}
+
+/// Self-attention from a fused projection: qkv (B, T, 3C), mask (B, T) additive -> (B, T, C),
+/// C = heads * d, scale 1/sqrt(d). Softmax with the max subtracted, f32 throughout.
+pub fn attention<T: Elem>(
+    qkv: &[T],
+    mask: &[f32],
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+) -> Vec<T> {
+    let c = heads * d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let at = |bi: usize, ti: usize, col: usize| qkv[(bi * t + ti) * 3 * c + col].f32();
+    let mut out = vec![T::of(0.0); b * t * c];
+    let mut s = vec![0f32; t];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let mut dot = 0f32;
+                    for e in 0..d {
+                        dot += at(bi, i, h * d + e) * at(bi, j, c + h * d + e);
+                    }
+                    *sj = dot * scale + mask[bi * t + j];
+                }
+                let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut l = 0f32;
+                for sj in s.iter_mut() {
+                    *sj = (*sj - m).exp();
+                    l += *sj;
+                }
+                for e in 0..d {
+                    let mut acc = 0f32;
+                    for (j, p) in s.iter().enumerate() {
+                        acc += p * at(bi, j, 2 * c + h * d + e);
+                    }
+                    out[(bi * t + i) * c + h * d + e] = T::of(acc / l);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// erf through the C math library's double-precision `erf` (Rust's std has none).
+pub fn erf(x: f32) -> f32 {
+    extern "C" {
+        fn erf(x: f64) -> f64;
+    }
+    // SAFETY: `erf` from the C math library is a pure function of a double.
+    unsafe { erf(x as f64) as f32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        // erf(0.5) = 0.5204998778, erf(1) = 0.8427007929, erf(-2) = -0.9953222650
+        assert!((erf(0.5) - 0.520_499_9).abs() < 1e-6);
+        assert!((erf(1.0) - 0.842_700_8).abs() < 1e-6);
+        assert!((erf(-2.0) + 0.995_322_3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_rows_have_zero_mean_unit_variance() {
+        let c = 5;
+        let x: Vec<f32> = (0..15).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+        let mut wb = vec![1f32; c];
+        wb.extend(vec![0f32; c]);
+        let y = add_layer_norm(&x, None, &wb, c, 0.0);
+        for r in y.chunks(c) {
+            let m = r.iter().sum::<f32>() / c as f32;
+            let v = r.iter().map(|a| (a - m) * (a - m)).sum::<f32>() / c as f32;
+            assert!(m.abs() < 1e-6 && (v - 1.0).abs() < 1e-5, "{m} {v}");
+        }
+    }
+}

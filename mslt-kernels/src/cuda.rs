@@ -1,0 +1,290 @@
+//! NVRTC compilation (once per source and architecture, cached), module loading (once per
+//! device, through Candle's custom-module cache) and the launches of the fused kernels.
+
+use crate::ops::{span, AddLayerNorm, Attention};
+use crate::{KernelError, Source, ATTENTION, BIAS_GELU, LAYER_NORM};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::{DType, Layout, Result, Shape};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+/// PTX per (file, arch).
+static PTX: OnceLock<Mutex<HashMap<(&'static str, String), String>>> = OnceLock::new();
+
+/// CUDA include directories to hand NVRTC (the sources need none; kept for user edits).
+fn include_paths() -> Vec<String> {
+    let mut v = Vec::new();
+    for d in [
+        std::env::var("CUDA_ROOT")
+            .ok()
+            .map(|r| format!("{r}/include")),
+        Some("/usr/local/cuda/include".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if std::path::Path::new(&d).is_dir() {
+            v.push(d);
+        }
+    }
+    v
+}
+
+/// The architecture of `dev`, as NVRTC's `--gpu-architecture` wants it (e.g. `sm_90`).
+pub fn arch(dev: &CudaDevice) -> Result<String> {
+    let (major, minor) = dev
+        .cuda_stream()
+        .context()
+        .compute_capability()
+        .map_err(|e| KernelError::Cuda {
+            kernel: "(device query)".into(),
+            what: format!("compute capability: {e}"),
+        })?;
+    Ok(format!("sm_{major}{minor}"))
+}
+
+/// Compiles `src` for `arch` with NVRTC (cached per process).
+pub fn ptx(src: &Source, arch: &str) -> std::result::Result<String, KernelError> {
+    let cache = PTX.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = (src.file, arch.to_string());
+    if let Some(p) = cache.lock().expect("ptx cache").get(&key) {
+        return Ok(p.clone());
+    }
+    let options = vec![format!("--gpu-architecture={arch}")];
+    let opts = CompileOptions {
+        options: options.clone(),
+        include_paths: include_paths(),
+        name: Some(src.file.to_string()),
+        ..Default::default()
+    };
+    let p = compile_ptx_with_opts(src.code, opts)
+        .map_err(|e| KernelError::Compile {
+            kernel: src.file.to_string(),
+            options,
+            log: format!("{e:?}"),
+        })?
+        .to_src();
+    cache.lock().expect("ptx cache").insert(key, p.clone());
+    Ok(p)
+}
+
+fn func(dev: &CudaDevice, src: &Source, entry: &str) -> Result<CudaFunction> {
+    let p = ptx(src, &arch(dev)?)?;
+    dev.get_or_load_custom_func(entry, src.module, &p)
+        .map(|f| f.into_cuda_function())
+        .map_err(|e| {
+            KernelError::Cuda {
+                kernel: entry.to_string(),
+                what: format!("loading the module: {e}"),
+            }
+            .into()
+        })
+}
+
+fn view<'a, T: CudaDType>(
+    kernel: &'static str,
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let (a, b) = span(kernel, l)?;
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+fn launch_err(entry: &str, e: impl std::fmt::Display) -> candle_core::Error {
+    KernelError::Cuda {
+        kernel: entry.to_string(),
+        what: format!("launch: {e}"),
+    }
+    .into()
+}
+
+fn i32_of(kernel: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        KernelError::Input {
+            kernel,
+            what: format!("{what} = {v} does not fit the kernel's i32"),
+        }
+        .into()
+    })
+}
+
+fn dtype_suffix(kernel: &'static str, d: DType) -> Result<&'static str> {
+    match d {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        d => Err(KernelError::Input {
+            kernel,
+            what: format!("dtype {d:?}: expected f32 or bf16"),
+        }
+        .into()),
+    }
+}
+
+fn wrap<T: CudaDType + DeviceRepr>(out: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(out, dev.clone())
+}
+
+pub fn add_layer_norm(
+    op: &AddLayerNorm,
+    x: (&CudaStorage, &Layout),
+    r: (&CudaStorage, &Layout),
+    wb: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    const K: &str = "add_layer_norm";
+    let dev = x.0.device().clone();
+    let c = *x.1.dims().last().expect("rank checked");
+    let n = x.1.shape().elem_count();
+    let rows = n / c;
+    let entry = format!("{K}_{}", dtype_suffix(K, x.0.dtype())?);
+    let f = func(&dev, &LAYER_NORM, &entry)?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(8) as u32, 1, 1), // 8 warps = 8 rows per block
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (rows_i, c_i, has) = (
+        i32_of(K, "rows", rows)?,
+        i32_of(K, "C", c)?,
+        op.has_res as i32,
+    );
+    macro_rules! go {
+        ($t:ty) => {{
+            let (xv, rv, wv) = (
+                view::<$t>(K, x.0, x.1)?,
+                view::<$t>(K, r.0, r.1)?,
+                view::<$t>(K, wb.0, wb.1)?,
+            );
+            // SAFETY: every element of `out` is written by the kernel (one warp per row, all C).
+            let mut out = unsafe { dev.alloc::<$t>(n)? };
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&xv);
+            b.arg(&rv);
+            b.arg(&wv);
+            b.arg(&mut out);
+            b.arg(&rows_i);
+            b.arg(&c_i);
+            b.arg(&op.eps);
+            b.arg(&has);
+            // SAFETY: argument types and order match `add_layer_norm_*` in layer_norm.cu.
+            unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
+            wrap(out, &dev)
+        }};
+    }
+    let s = match x.0.dtype() {
+        DType::F32 => go!(f32),
+        _ => go!(half::bf16),
+    };
+    Ok((s, x.1.shape().clone()))
+}
+
+pub fn bias_gelu(
+    x: (&CudaStorage, &Layout),
+    bias: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    const K: &str = "bias_gelu";
+    let dev = x.0.device().clone();
+    let c = *x.1.dims().last().expect("rank checked");
+    let n = x.1.shape().elem_count();
+    let rows = n / c;
+    let entry = format!("{K}_{}", dtype_suffix(K, x.0.dtype())?);
+    let f = func(&dev, &BIAS_GELU, &entry)?;
+    let cfg = LaunchConfig {
+        grid_dim: (i32_of(K, "rows", rows)? as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (rows_i, c_i) = (i32_of(K, "rows", rows)?, i32_of(K, "C", c)?);
+    macro_rules! go {
+        ($t:ty) => {{
+            let (xv, bv) = (view::<$t>(K, x.0, x.1)?, view::<$t>(K, bias.0, bias.1)?);
+            // SAFETY: one block per row writes all C columns of `out`.
+            let mut out = unsafe { dev.alloc::<$t>(n)? };
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&xv);
+            b.arg(&bv);
+            b.arg(&mut out);
+            b.arg(&rows_i);
+            b.arg(&c_i);
+            // SAFETY: argument types and order match `bias_gelu_*` in bias_gelu.cu.
+            unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
+            wrap(out, &dev)
+        }};
+    }
+    let s = match x.0.dtype() {
+        DType::F32 => go!(f32),
+        _ => go!(half::bf16),
+    };
+    Ok((s, x.1.shape().clone()))
+}
+
+pub fn attention(
+    op: &Attention,
+    qkv: (&CudaStorage, &Layout),
+    mask: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    const K: &str = "attention";
+    let dev = qkv.0.device().clone();
+    let (b, t, c3) = qkv.1.shape().dims3()?;
+    let c = c3 / 3;
+    let d = c / op.heads;
+    let entry = format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?);
+    let f = func(&dev, &ATTENTION, &entry)?;
+    let rows_per_warp = if d == 128 { 4 } else { 8 };
+    let bq = 4 * rows_per_warp;
+    let cfg = LaunchConfig {
+        grid_dim: (t.div_ceil(bq) as u32, op.heads as u32, b as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (t_i, h_i) = (i32_of(K, "T", t)?, i32_of(K, "heads", op.heads)?);
+    if b > 65535 || op.heads > 65535 {
+        return Err(KernelError::Input {
+            kernel: K,
+            what: format!("batch {b} / heads {} beyond the grid limit 65535", op.heads),
+        }
+        .into());
+    }
+    let scale = 1.0f32 / (d as f32).sqrt();
+    let mv = view::<f32>(K, mask.0, mask.1)?;
+    let n = b * t * c;
+    macro_rules! go {
+        ($t:ty) => {{
+            let qv = view::<$t>(K, qkv.0, qkv.1)?;
+            // SAFETY: every (b, query, column) of `out` is written (T covered by the grid).
+            let mut out = unsafe { dev.alloc::<$t>(n)? };
+            let stream = dev.cuda_stream();
+            let mut bu = stream.launch_builder(&f);
+            bu.arg(&qv);
+            bu.arg(&mv);
+            bu.arg(&mut out);
+            bu.arg(&t_i);
+            bu.arg(&h_i);
+            bu.arg(&scale);
+            // SAFETY: argument types and order match `attention_fwd_*` in attention.cu.
+            unsafe { bu.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
+            wrap(out, &dev)
+        }};
+    }
+    let s = match qkv.0.dtype() {
+        DType::F32 => go!(f32),
+        _ => go!(half::bf16),
+    };
+    Ok((s, Shape::from((b, t, c))))
+}
+
+/// Compiles and loads every kernel on `dev` now (so a compile error surfaces before training).
+pub fn warm_up(dev: &CudaDevice) -> Result<()> {
+    for src in crate::SOURCES {
+        for e in src.entries {
+            func(dev, src, e)?;
+        }
+    }
+    Ok(())
+}

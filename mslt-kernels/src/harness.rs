@@ -1,0 +1,509 @@
+//! Checks every fused kernel against its Candle reference on fresh random inputs, and times it
+//! beside the plain Candle path the model would otherwise run. Used by `mslt-cli kernels` (and
+//! `scripts/gpu-check.sh` on a GPU) and by the CPU tests.
+
+use crate::{ops, reference, Kernels};
+use candle_core::{DType, Device, Result, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+
+/// One comparison of a kernel with its reference.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckRow {
+    pub kernel: String,
+    pub dtype: String,
+    pub shape: String,
+    /// What it was compared with: the Candle reference on the same device, or the CPU op.
+    pub against: String,
+    pub max_abs_err: f64,
+    pub max_abs_ref: f64,
+    /// max |kernel - ref| / max |ref|
+    pub rel_err: f64,
+    pub tol: f64,
+    /// Non-finite outputs (a missed write shows up here or in the error).
+    pub nonfinite: usize,
+    pub pass: bool,
+}
+
+fn dname(d: DType) -> &'static str {
+    if d == DType::BF16 {
+        "bf16"
+    } else {
+        "f32"
+    }
+}
+
+fn compare(
+    kernel: &str,
+    dtype: DType,
+    shape: String,
+    against: &str,
+    got: &Tensor,
+    want: &Tensor,
+) -> Result<CheckRow> {
+    let g = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let w = want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if g.len() != w.len() {
+        candle_core::bail!(
+            "{kernel}: output has {} elements, reference {}",
+            g.len(),
+            w.len()
+        );
+    }
+    let nonfinite = g.iter().filter(|v| !v.is_finite()).count();
+    let max_abs_ref = w.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let max_abs_err = g
+        .iter()
+        .zip(&w)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    let rel_err = max_abs_err / max_abs_ref.max(1e-30);
+    // f32: accumulation-order differences only. bf16: the kernel rounds its output to bf16
+    // (2^-9 relative) and the comparison is with the f32 result on the same bf16 inputs.
+    let tol = if dtype == DType::BF16 { 1e-2 } else { 1e-5 };
+    Ok(CheckRow {
+        kernel: kernel.into(),
+        dtype: dname(dtype).into(),
+        shape,
+        against: against.into(),
+        max_abs_err,
+        max_abs_ref,
+        rel_err,
+        tol,
+        nonfinite,
+        pass: nonfinite == 0 && rel_err <= tol,
+    })
+}
+
+fn randn(shape: &[usize], std: f64, mean: f64, dev: &Device) -> Result<Tensor> {
+    Tensor::randn(0f32, 1f32, shape, dev)?.affine(std, mean)
+}
+
+/// Additive padding mask (B, T): batch 0 unpadded, batch 1 of length 1, others random lengths.
+pub fn padding_mask(b: usize, t: usize, seed: u64, dev: &Device) -> Result<Tensor> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(b * t);
+    for bi in 0..b {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let len = match bi {
+            0 => t,
+            1 => 1,
+            _ => 1 + (s % t as u64) as usize,
+        };
+        v.extend((0..t).map(|j| if j < len { 0f32 } else { -1e9 }));
+    }
+    Tensor::from_vec(v, (b, t), dev)
+}
+
+/// Shapes for the checks. `large` adds BERT-base-sized cases (for a GPU).
+pub struct CheckShapes {
+    pub ln: Vec<(usize, usize)>,
+    pub gelu: Vec<(usize, usize)>,
+    /// (B, T, H, D)
+    pub attn: Vec<(usize, usize, usize, usize)>,
+}
+
+impl CheckShapes {
+    pub fn small() -> Self {
+        Self {
+            ln: vec![
+                (3, 1),
+                (5, 100),
+                (37, 768),
+                (16, 257),
+                (64, 1024),
+                (8, 1536),
+                (4, 4096),
+            ],
+            gelu: vec![(5, 7), (33, 1024), (17, 3072), (4, 5000)],
+            attn: vec![
+                (1, 1, 1, 64),
+                (2, 7, 2, 32),
+                (3, 33, 2, 64),
+                (2, 40, 3, 128),
+                (4, 128, 4, 64),
+            ],
+        }
+    }
+
+    pub fn large() -> Self {
+        let mut s = Self::small();
+        s.ln.extend([(4096, 768), (65536, 1024), (1000, 12288)]);
+        s.gelu.extend([(4096, 3072), (65536, 4096)]);
+        s.attn.extend([
+            (2, 512, 12, 64),
+            (4, 200, 4, 128),
+            (32, 128, 12, 64),
+            (8, 512, 12, 64),
+            (16, 384, 16, 64),
+            (4, 512, 8, 128),
+            (8, 256, 16, 32),
+        ]);
+        s
+    }
+}
+
+/// Compares every kernel (f32 and bf16) with the reference on `dev`; on a non-CPU device the
+/// small cases are also compared with the CPU op on the same inputs.
+pub fn check(dev: &Device, shapes: &CheckShapes) -> Result<Vec<CheckRow>> {
+    let mut rows = Vec::new();
+    let cpu = Device::Cpu;
+    let small = |n: usize| !dev.is_cpu() && n <= 1 << 20;
+    for dtype in [DType::F32, DType::BF16] {
+        for &(r, c) in &shapes.ln {
+            for has_res in [true, false] {
+                let x = randn(&[r, c], 2.0, 0.5, dev)?.to_dtype(dtype)?;
+                let res = randn(&[r, c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
+                let wb = Tensor::cat(
+                    &[
+                        randn(&[1, c], 0.5, 1.0, dev)?,
+                        randn(&[1, c], 0.1, 0.0, dev)?,
+                    ],
+                    0,
+                )?
+                .to_dtype(dtype)?;
+                let res_opt = has_res.then_some(&res);
+                let got = ops::add_layer_norm(&x, res_opt, &wb, 1e-12)?;
+                let want = reference::add_layer_norm(&x, res_opt, &wb, 1e-12)?;
+                let name = if has_res {
+                    "add_layer_norm"
+                } else {
+                    "layer_norm"
+                };
+                let shape = format!("{r}x{c}");
+                rows.push(compare(
+                    name,
+                    dtype,
+                    shape.clone(),
+                    "candle reference",
+                    &got,
+                    &want,
+                )?);
+                if small(r * c) {
+                    let (xc, rc, wc) = (
+                        x.to_device(&cpu)?,
+                        res.to_device(&cpu)?,
+                        wb.to_device(&cpu)?,
+                    );
+                    let on_cpu = ops::add_layer_norm(&xc, has_res.then_some(&rc), &wc, 1e-12)?;
+                    rows.push(compare(name, dtype, shape, "cpu op", &got, &on_cpu)?);
+                }
+            }
+        }
+        for &(r, c) in &shapes.gelu {
+            let x = randn(&[r, c], 2.0, 0.0, dev)?.to_dtype(dtype)?;
+            let b = randn(&[c], 0.5, 0.0, dev)?.to_dtype(dtype)?;
+            let got = ops::bias_gelu(&x, &b)?;
+            let want = reference::bias_gelu(&x, &b)?;
+            let shape = format!("{r}x{c}");
+            rows.push(compare(
+                "bias_gelu",
+                dtype,
+                shape.clone(),
+                "candle reference",
+                &got,
+                &want,
+            )?);
+            if small(r * c) {
+                let on_cpu = ops::bias_gelu(&x.to_device(&cpu)?, &b.to_device(&cpu)?)?;
+                rows.push(compare("bias_gelu", dtype, shape, "cpu op", &got, &on_cpu)?);
+            }
+        }
+        for (i, &(b, t, h, d)) in shapes.attn.iter().enumerate() {
+            let c = h * d;
+            let qkv = randn(&[b, t, 3 * c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
+            let mask = padding_mask(b, t, i as u64 + 1, dev)?;
+            let got = ops::attention(&qkv, &mask, h)?;
+            let want = reference::attention(&qkv, &mask, h)?;
+            let shape = format!("B{b} T{t} H{h} D{d}");
+            rows.push(compare(
+                "attention",
+                dtype,
+                shape.clone(),
+                "candle reference",
+                &got,
+                &want,
+            )?);
+            if small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
+                let on_cpu = ops::attention(&qkv.to_device(&cpu)?, &mask.to_device(&cpu)?, h)?;
+                rows.push(compare("attention", dtype, shape, "cpu op", &got, &on_cpu)?);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Median and spread of one timed operation.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimeRow {
+    pub op: String,
+    /// fused (this crate's kernel) or candle (the plain path)
+    pub implementation: String,
+    pub dtype: String,
+    pub shape: String,
+    pub median_us: f64,
+    pub min_us: f64,
+    pub max_us: f64,
+    /// Logical bytes moved / time (memory-bound ops).
+    pub gb_per_s: Option<f64>,
+    /// Model FLOPs / time (attention).
+    pub tflop_per_s: Option<f64>,
+}
+
+/// Times `f`: warm-up, then the median over `trials` of the mean of `inner` back-to-back calls
+/// (inner sized to ~5 ms), with the device synchronised before each clock read.
+fn time<F: FnMut() -> Result<Tensor>>(
+    dev: &Device,
+    trials: usize,
+    mut f: F,
+) -> Result<(f64, f64, f64)> {
+    for _ in 0..2 {
+        drop(f()?);
+    }
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    drop(f()?);
+    dev.synchronize()?;
+    let one = t0.elapsed().as_secs_f64();
+    let inner = ((5e-3 / one.max(1e-7)).ceil() as usize).clamp(1, 100);
+    let mut ts = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        dev.synchronize()?;
+        let t0 = Instant::now();
+        for _ in 0..inner {
+            drop(f()?);
+        }
+        dev.synchronize()?;
+        ts.push(t0.elapsed().as_secs_f64() / inner as f64 * 1e6);
+    }
+    ts.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    Ok((ts[ts.len() / 2], ts[0], ts[ts.len() - 1]))
+}
+
+/// Shapes for the timings.
+pub struct BenchShapes {
+    /// rows for LayerNorm (C = 768 and 1024) and GELU (C = 3072)
+    pub rows: Vec<usize>,
+    /// (B, T) at 12 heads x 64
+    pub attn: Vec<(usize, usize)>,
+    pub copy_mib: usize,
+    pub trials: usize,
+}
+
+impl BenchShapes {
+    pub fn gpu() -> Self {
+        Self {
+            rows: vec![4096, 32768, 131072],
+            attn: vec![
+                (32, 128),
+                (128, 128),
+                (256, 128),
+                (32, 512),
+                (128, 512),
+                (256, 512),
+            ],
+            copy_mib: 512,
+            trials: 7,
+        }
+    }
+    pub fn tiny() -> Self {
+        Self {
+            rows: vec![64],
+            attn: vec![(2, 32)],
+            copy_mib: 4,
+            trials: 3,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    op: &str,
+    k: Kernels,
+    dtype: DType,
+    shape: String,
+    t: (f64, f64, f64),
+    bytes: Option<f64>,
+    flops: Option<f64>,
+) -> TimeRow {
+    TimeRow {
+        op: op.into(),
+        implementation: k.to_string(),
+        dtype: dname(dtype).into(),
+        shape,
+        median_us: t.0,
+        min_us: t.1,
+        max_us: t.2,
+        gb_per_s: bytes.map(|b| b / (t.0 * 1e-6) / 1e9),
+        tflop_per_s: flops.map(|f| f / (t.0 * 1e-6) / 1e12),
+    }
+}
+
+/// The plain Candle attention path of a frozen layer (what `--kernels candle` runs), from the
+/// same fused projection: split heads, QK^T, scale, mask, Candle's softmax, PV, merge heads.
+pub fn candle_attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let (q, k, v) = reference::split_heads(qkv, heads)?;
+    let scale = 1.0 / ((c / heads) as f64).sqrt();
+    let s = (q.matmul(&k.t()?)? * scale)?
+        .broadcast_add(&mask.to_dtype(qkv.dtype())?.reshape((b, 1, 1, t))?)?;
+    let p = candle_nn::ops::softmax_last_dim(&s)?;
+    p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))
+}
+
+/// Times every kernel beside the plain Candle path (f32 and bf16), and a device copy (the
+/// bandwidth reference).
+pub fn bench(dev: &Device, s: &BenchShapes) -> Result<Vec<TimeRow>> {
+    let mut out = Vec::new();
+    let n = s.copy_mib * 1024 * 1024 / 4;
+    let big = randn(&[n], 1.0, 0.0, dev)?;
+    let t = time(dev, s.trials, || big.copy())?;
+    out.push(row(
+        "copy",
+        Kernels::Candle,
+        DType::F32,
+        format!("{} MiB", s.copy_mib),
+        t,
+        Some(2.0 * (n * 4) as f64),
+        None,
+    ));
+    drop(big);
+    for dtype in [DType::F32, DType::BF16] {
+        let es = dtype.size_in_bytes() as f64;
+        for &r in &s.rows {
+            for c in [768usize, 1024] {
+                let x = randn(&[r, c], 2.0, 0.5, dev)?.to_dtype(dtype)?;
+                let res = randn(&[r, c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
+                let w = randn(&[c], 0.5, 1.0, dev)?.to_dtype(dtype)?;
+                let b = randn(&[c], 0.1, 0.0, dev)?.to_dtype(dtype)?;
+                let wb = Tensor::stack(&[&w, &b], 0)?;
+                let bytes = Some(3.0 * (r * c) as f64 * es);
+                let shape = format!("{r}x{c}");
+                let t = time(dev, s.trials, || {
+                    ops::add_layer_norm(&x, Some(&res), &wb, 1e-12)
+                })?;
+                out.push(row(
+                    "add_layer_norm",
+                    Kernels::Fused,
+                    dtype,
+                    shape.clone(),
+                    t,
+                    bytes,
+                    None,
+                ));
+                let t = time(dev, s.trials, || {
+                    candle_nn::ops::layer_norm(&(&x + &res)?, &w, &b, 1e-12)
+                })?;
+                out.push(row(
+                    "add_layer_norm",
+                    Kernels::Candle,
+                    dtype,
+                    shape,
+                    t,
+                    bytes,
+                    None,
+                ));
+            }
+            let c = 3072;
+            let x = randn(&[r, c], 2.0, 0.0, dev)?.to_dtype(dtype)?;
+            let b = randn(&[c], 0.5, 0.0, dev)?.to_dtype(dtype)?;
+            let bytes = Some(2.0 * (r * c) as f64 * es);
+            let shape = format!("{r}x{c}");
+            let t = time(dev, s.trials, || ops::bias_gelu(&x, &b))?;
+            out.push(row(
+                "bias_gelu",
+                Kernels::Fused,
+                dtype,
+                shape.clone(),
+                t,
+                bytes,
+                None,
+            ));
+            let t = time(dev, s.trials, || x.broadcast_add(&b)?.gelu_erf())?;
+            out.push(row(
+                "bias_gelu",
+                Kernels::Candle,
+                dtype,
+                shape,
+                t,
+                bytes,
+                None,
+            ));
+        }
+        for (i, &(b, t_)) in s.attn.iter().enumerate() {
+            let (h, d) = (12, 64);
+            let qkv = randn(&[b, t_, 3 * h * d], 1.0, 0.0, dev)?.to_dtype(dtype)?;
+            let mask = padding_mask(b, t_, i as u64 + 7, dev)?;
+            let flops = Some(4.0 * (b * h * t_ * t_ * d) as f64);
+            let shape = format!("B{b} T{t_} H{h} D{d}");
+            let t = time(dev, s.trials, || ops::attention(&qkv, &mask, h))?;
+            out.push(row(
+                "attention",
+                Kernels::Fused,
+                dtype,
+                shape.clone(),
+                t,
+                None,
+                flops,
+            ));
+            let t = time(dev, s.trials, || candle_attention(&qkv, &mask, h))?;
+            out.push(row(
+                "attention",
+                Kernels::Candle,
+                dtype,
+                shape,
+                t,
+                None,
+                flops,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Check rows as a text table.
+pub fn check_table(rows: &[CheckRow]) -> String {
+    let mut s = format!(
+        "{:<15} {:<5} {:<20} {:<17} {:>10} {:>10} {:>8} {:>4} {}\n",
+        "kernel", "dtype", "shape", "against", "max|err|", "rel err", "tol", "nan", "result"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<15} {:<5} {:<20} {:<17} {:>10.2e} {:>10.2e} {:>8.0e} {:>4} {}\n",
+            r.kernel,
+            r.dtype,
+            r.shape,
+            r.against,
+            r.max_abs_err,
+            r.rel_err,
+            r.tol,
+            r.nonfinite,
+            if r.pass { "ok" } else { "FAIL" }
+        ));
+    }
+    s
+}
+
+/// Time rows as a text table, each fused row followed by its Candle row and the ratio.
+pub fn bench_table(rows: &[TimeRow]) -> String {
+    let mut s = format!(
+        "{:<15} {:<7} {:<5} {:<20} {:>11} {:>21} {:>9} {:>9}\n",
+        "op", "impl", "dtype", "shape", "median us", "(min-max)", "GB/s", "TFLOP/s"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<15} {:<7} {:<5} {:<20} {:>11.1} {:>21} {:>9} {:>9}\n",
+            r.op,
+            r.implementation,
+            r.dtype,
+            r.shape,
+            r.median_us,
+            format!("({:.1}-{:.1})", r.min_us, r.max_us),
+            r.gb_per_s.map(|v| format!("{v:.0}")).unwrap_or_default(),
+            r.tflop_per_s.map(|v| format!("{v:.2}")).unwrap_or_default(),
+        ));
+    }
+    s
+}

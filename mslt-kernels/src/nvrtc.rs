@@ -1,0 +1,174 @@
+//! NVRTC through `dlopen`, for the compile check of `kernels-cu/` on machines without a GPU or
+//! the `cuda` feature (CI fetches the library from the `nvidia-cuda-nvrtc` wheel; see
+//! `scripts/nvrtc-check.sh`). The `cuda` build compiles through cudarc instead ([`crate::cuda`]).
+//!
+//! The library is found through `MSLT_NVRTC_LIB` (a path) or the loader's search path
+//! (`libnvrtc.so.13`, `libnvrtc.so`).
+
+use crate::{KernelError, Source};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+
+type Prog = *mut c_void;
+type CreateFn = unsafe extern "C" fn(
+    *mut Prog,
+    *const c_char,
+    *const c_char,
+    c_int,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+type CompileFn = unsafe extern "C" fn(Prog, c_int, *const *const c_char) -> c_int;
+type SizeFn = unsafe extern "C" fn(Prog, *mut usize) -> c_int;
+type GetFn = unsafe extern "C" fn(Prog, *mut c_char) -> c_int;
+type DestroyFn = unsafe extern "C" fn(*mut Prog) -> c_int;
+type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
+type ErrStrFn = unsafe extern "C" fn(c_int) -> *const c_char;
+
+/// A loaded NVRTC library.
+pub struct Nvrtc {
+    lib: libloading::Library,
+    /// Where it was loaded from.
+    pub origin: String,
+}
+
+impl Nvrtc {
+    /// Loads NVRTC from `MSLT_NVRTC_LIB` or the default library names.
+    pub fn load() -> Result<Self, KernelError> {
+        let candidates: Vec<String> = match std::env::var("MSLT_NVRTC_LIB") {
+            Ok(p) => vec![p],
+            Err(_) => vec!["libnvrtc.so.13".into(), "libnvrtc.so".into()],
+        };
+        let mut errs = Vec::new();
+        for c in &candidates {
+            // SAFETY: loading NVRTC runs its (trusted, side-effect free) initialisers.
+            match unsafe { libloading::Library::new(c) } {
+                Ok(lib) => {
+                    return Ok(Self {
+                        lib,
+                        origin: c.clone(),
+                    })
+                }
+                Err(e) => errs.push(format!("{c}: {e}")),
+            }
+        }
+        Err(KernelError::NvrtcMissing(format!(
+            "{} (set MSLT_NVRTC_LIB to libnvrtc.so.13; scripts/nvrtc-check.sh fetches it)",
+            errs.join("; ")
+        )))
+    }
+
+    fn sym<T: Copy>(&self, name: &[u8]) -> Result<T, KernelError> {
+        // SAFETY: the symbol types above are NVRTC's documented C signatures.
+        unsafe { self.lib.get::<T>(name) }
+            .map(|s| *s)
+            .map_err(|e| KernelError::NvrtcMissing(format!("{}: {e}", self.origin)))
+    }
+
+    /// NVRTC's (major, minor) version.
+    pub fn version(&self) -> Result<(i32, i32), KernelError> {
+        let f: VersionFn = self.sym(b"nvrtcVersion\0")?;
+        let (mut a, mut b) = (0, 0);
+        // SAFETY: two valid out-pointers.
+        unsafe { f(&mut a, &mut b) };
+        Ok((a, b))
+    }
+
+    /// Compiles one source to PTX for `arch` (e.g. `sm_90`); the error carries NVRTC's log.
+    pub fn compile_ptx(&self, src: &Source, arch: &str) -> Result<String, KernelError> {
+        let create: CreateFn = self.sym(b"nvrtcCreateProgram\0")?;
+        let compile: CompileFn = self.sym(b"nvrtcCompileProgram\0")?;
+        let log_size: SizeFn = self.sym(b"nvrtcGetProgramLogSize\0")?;
+        let get_log: GetFn = self.sym(b"nvrtcGetProgramLog\0")?;
+        let ptx_size: SizeFn = self.sym(b"nvrtcGetPTXSize\0")?;
+        let get_ptx: GetFn = self.sym(b"nvrtcGetPTX\0")?;
+        let destroy: DestroyFn = self.sym(b"nvrtcDestroyProgram\0")?;
+        let err_str: ErrStrFn = self.sym(b"nvrtcGetErrorString\0")?;
+        let fail = |what: String, options: &[String]| KernelError::Compile {
+            kernel: src.file.to_string(),
+            options: options.to_vec(),
+            log: what,
+        };
+        let options = vec![format!("--gpu-architecture={arch}")];
+        let code = CString::new(src.code).map_err(|e| fail(e.to_string(), &options))?;
+        let name = CString::new(src.file).expect("file names have no NUL");
+        let mut prog: Prog = std::ptr::null_mut();
+        // SAFETY: valid C strings; no headers.
+        let rc = unsafe {
+            create(
+                &mut prog,
+                code.as_ptr(),
+                name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            // SAFETY: NVRTC returns a static string for every result code.
+            let msg = unsafe { CStr::from_ptr(err_str(rc)) }
+                .to_string_lossy()
+                .into_owned();
+            return Err(fail(format!("nvrtcCreateProgram: {msg}"), &options));
+        }
+        let c_opts: Vec<CString> = options
+            .iter()
+            .map(|o| CString::new(o.as_str()).expect("options have no NUL"))
+            .collect();
+        let ptrs: Vec<*const c_char> = c_opts.iter().map(|o| o.as_ptr()).collect();
+        // SAFETY: `prog` was created above; `ptrs` outlives the call.
+        let rc = unsafe { compile(prog, ptrs.len() as c_int, ptrs.as_ptr()) };
+        let result = if rc != 0 {
+            let mut n = 0usize;
+            // SAFETY: valid program and out-pointers; the buffer has the size NVRTC reported.
+            let log = unsafe {
+                log_size(prog, &mut n);
+                let mut buf = vec![0u8; n.max(1)];
+                get_log(prog, buf.as_mut_ptr() as *mut c_char);
+                String::from_utf8_lossy(&buf[..n.saturating_sub(1)]).into_owned()
+            };
+            // SAFETY: as above.
+            let msg = unsafe { CStr::from_ptr(err_str(rc)) }
+                .to_string_lossy()
+                .into_owned();
+            let hint = if msg.contains("BUILTIN") {
+                " (NVRTC could not load libnvrtc-builtins: put NVRTC's lib directory on LD_LIBRARY_PATH)"
+            } else {
+                ""
+            };
+            Err(fail(format!("{msg}{hint}\n{log}"), &options))
+        } else {
+            let mut n = 0usize;
+            // SAFETY: as above.
+            let ptx = unsafe {
+                ptx_size(prog, &mut n);
+                let mut buf = vec![0u8; n.max(1)];
+                get_ptx(prog, buf.as_mut_ptr() as *mut c_char);
+                String::from_utf8_lossy(&buf[..n.saturating_sub(1)]).into_owned()
+            };
+            Ok(ptx)
+        };
+        // SAFETY: destroys the program created above exactly once.
+        unsafe { destroy(&mut prog) };
+        result
+    }
+}
+
+/// Compiles every source for `arch` and checks that each entry point is in the PTX.
+/// Returns (file, entries, PTX bytes) per source.
+pub fn check_all(nv: &Nvrtc, arch: &str) -> Result<Vec<(String, usize, usize)>, KernelError> {
+    let mut out = Vec::new();
+    for src in crate::SOURCES {
+        let ptx = nv.compile_ptx(src, arch)?;
+        for e in src.entries {
+            if !ptx.contains(&format!(".entry {e}(")) {
+                return Err(KernelError::Compile {
+                    kernel: e.to_string(),
+                    options: vec![],
+                    log: format!("entry point {e} missing from the PTX of {}", src.file),
+                });
+            }
+        }
+        out.push((src.file.to_string(), src.entries.len(), ptx.len()));
+    }
+    Ok(out)
+}

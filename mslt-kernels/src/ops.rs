@@ -1,0 +1,319 @@
+//! The fused kernels as Candle custom ops (forward only) and the public functions that validate
+//! their inputs and apply them.
+
+use crate::cpu::{self, Elem};
+use crate::KernelError;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+/// Head dims the fused attention kernel is compiled for.
+pub fn supported_head_dim(d: usize) -> bool {
+    matches!(d, 32 | 64 | 128)
+}
+
+fn input_err(kernel: &'static str, what: String) -> candle_core::Error {
+    KernelError::Input { kernel, what }.into()
+}
+
+/// The contiguous `[start, end)` of a layout, or an error naming the kernel.
+pub(crate) fn span(kernel: &'static str, l: &Layout) -> Result<(usize, usize)> {
+    l.contiguous_offsets()
+        .ok_or_else(|| input_err(kernel, format!("input is not contiguous (layout {l:?})")))
+}
+
+fn cpu_slice<'a, T: candle_core::WithDType>(
+    kernel: &'static str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> Result<&'a [T]> {
+    let (a, b) = span(kernel, l)?;
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+/// Fused residual-add + LayerNorm: (x, res, wb) -> LN(x + res), wb = [gamma; beta] (2, C).
+pub struct AddLayerNorm {
+    pub eps: f32,
+    /// When false, `res` is ignored (plain LayerNorm).
+    pub has_res: bool,
+}
+
+impl CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "mslt-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l3.dims()[1];
+        fn go<T: Elem + candle_core::WithDType>(
+            op: &AddLayerNorm,
+            s: [(&CpuStorage, &Layout); 3],
+            c: usize,
+        ) -> Result<Vec<T>> {
+            let k = "add_layer_norm";
+            let x = cpu_slice::<T>(k, s[0].0, s[0].1)?;
+            let r = cpu_slice::<T>(k, s[1].0, s[1].1)?;
+            let wb = cpu_slice::<T>(k, s[2].0, s[2].1)?;
+            Ok(cpu::add_layer_norm(
+                x,
+                op.has_res.then_some(r),
+                wb,
+                c,
+                op.eps,
+            ))
+        }
+        let s = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(go::<f32>(self, s, c)?),
+            DType::BF16 => CpuStorage::BF16(go::<half::bf16>(self, s, c)?),
+            d => {
+                return Err(input_err(
+                    "add_layer_norm",
+                    format!("dtype {d:?}: expected f32 or bf16"),
+                ))
+            }
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::add_layer_norm(self, (s1, l1), (s2, l2), (s3, l3))
+    }
+}
+
+/// Fused bias + GELU (erf): (x, bias) -> gelu(x + bias).
+pub struct BiasGelu;
+
+impl CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "mslt-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let k = "bias_gelu";
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(cpu::bias_gelu(
+                cpu_slice::<f32>(k, s1, l1)?,
+                cpu_slice::<f32>(k, s2, l2)?,
+            )),
+            DType::BF16 => CpuStorage::BF16(cpu::bias_gelu(
+                cpu_slice::<half::bf16>(k, s1, l1)?,
+                cpu_slice::<half::bf16>(k, s2, l2)?,
+            )),
+            d => return Err(input_err(k, format!("dtype {d:?}: expected f32 or bf16"))),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::bias_gelu((s1, l1), (s2, l2))
+    }
+}
+
+/// Fused self-attention from a Q|K|V projection: (qkv (B, T, 3C), mask (B, T) f32) -> (B, T, C).
+pub struct Attention {
+    pub heads: usize,
+}
+
+impl CustomOp2 for Attention {
+    fn name(&self) -> &'static str {
+        "mslt-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let k = "attention";
+        let (b, t, c3) = l1.shape().dims3()?;
+        let d = c3 / 3 / self.heads;
+        let mask = cpu_slice::<f32>(k, s2, l2)?;
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(cpu::attention(
+                cpu_slice::<f32>(k, s1, l1)?,
+                mask,
+                b,
+                t,
+                self.heads,
+                d,
+            )),
+            DType::BF16 => CpuStorage::BF16(cpu::attention(
+                cpu_slice::<half::bf16>(k, s1, l1)?,
+                mask,
+                b,
+                t,
+                self.heads,
+                d,
+            )),
+            d => return Err(input_err(k, format!("dtype {d:?}: expected f32 or bf16"))),
+        };
+        Ok((out, Shape::from((b, t, c3 / 3))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention(self, (s1, l1), (s2, l2))
+    }
+}
+
+fn check_dtype(kernel: &'static str, t: &Tensor, want: Option<DType>) -> Result<()> {
+    if t.track_op() {
+        // These ops record no backward: refusing a tracked input keeps a gradient from being
+        // silently cut.
+        return Err(input_err(
+            kernel,
+            "an input is tracked by autograd; the fused kernels are forward-only (frozen layers)"
+                .into(),
+        ));
+    }
+    let d = t.dtype();
+    if !matches!(d, DType::F32 | DType::BF16) {
+        return Err(input_err(
+            kernel,
+            format!("dtype {d:?}: expected f32 or bf16"),
+        ));
+    }
+    if let Some(w) = want {
+        if d != w {
+            return Err(input_err(kernel, format!("mixed dtypes: {d:?} and {w:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// `LN(x + res) * gamma + beta` over the last dim; x, res (..., C); wb (2, C) = [gamma; beta],
+/// all of one dtype (f32 or bf16). Forward only.
+pub fn add_layer_norm(x: &Tensor, res: Option<&Tensor>, wb: &Tensor, eps: f64) -> Result<Tensor> {
+    let k = "add_layer_norm";
+    check_dtype(k, x, None)?;
+    check_dtype(k, wb, Some(x.dtype()))?;
+    let c = *x
+        .dims()
+        .last()
+        .ok_or_else(|| input_err(k, "x is a scalar".into()))?;
+    if wb.dims() != [2, c] {
+        return Err(input_err(
+            k,
+            format!("wb has shape {:?}, expected [2, {c}]", wb.dims()),
+        ));
+    }
+    if let Some(r) = res {
+        check_dtype(k, r, Some(x.dtype()))?;
+        if r.dims() != x.dims() {
+            return Err(input_err(
+                k,
+                format!("residual shape {:?} != x shape {:?}", r.dims(), x.dims()),
+            ));
+        }
+    }
+    let x = x.contiguous()?;
+    let r = match res {
+        Some(r) => r.contiguous()?,
+        None => x.clone(),
+    };
+    x.apply_op3_no_bwd(
+        &r,
+        &wb.contiguous()?,
+        &AddLayerNorm {
+            eps: eps as f32,
+            has_res: res.is_some(),
+        },
+    )
+}
+
+/// `gelu_erf(x + bias)`; x (..., C), bias (C,), one dtype. Forward only.
+pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let k = "bias_gelu";
+    check_dtype(k, x, None)?;
+    check_dtype(k, bias, Some(x.dtype()))?;
+    let c = *x
+        .dims()
+        .last()
+        .ok_or_else(|| input_err(k, "x is a scalar".into()))?;
+    if bias.dims() != [c] {
+        return Err(input_err(
+            k,
+            format!("bias has shape {:?}, expected [{c}]", bias.dims()),
+        ));
+    }
+    x.contiguous()?
+        .apply_op2_no_bwd(&bias.contiguous()?, &BiasGelu)
+}
+
+/// Multi-head self-attention from a fused projection: qkv (B, T, 3C) f32/bf16 with Q | K | V
+/// column blocks (heads contiguous inside each), mask (B, T) f32 additive -> (B, T, C).
+/// Scale 1/sqrt(C / heads). Head dims 32, 64, 128. Forward only.
+pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
+    let k = "attention";
+    check_dtype(k, qkv, None)?;
+    let (b, t, c3) = qkv.dims3().map_err(|_| {
+        input_err(
+            k,
+            format!("qkv has shape {:?}, expected (B, T, 3C)", qkv.dims()),
+        )
+    })?;
+    if heads == 0 || c3 % (3 * heads) != 0 {
+        return Err(input_err(
+            k,
+            format!("qkv width {c3} is not 3 x heads ({heads}) x head dim"),
+        ));
+    }
+    let d = c3 / 3 / heads;
+    if !supported_head_dim(d) {
+        return Err(input_err(
+            k,
+            format!("head dim {d}: the kernel is built for 32, 64, 128"),
+        ));
+    }
+    check_dtype(k, mask, Some(DType::F32))?;
+    if mask.dims() != [b, t] {
+        return Err(input_err(
+            k,
+            format!(
+                "mask is {:?} {:?}, expected f32 [{b}, {t}]",
+                mask.dtype(),
+                mask.dims()
+            ),
+        ));
+    }
+    qkv.contiguous()?
+        .apply_op2_no_bwd(&mask.contiguous()?, &Attention { heads })
+}

@@ -1,0 +1,57 @@
+//! The fused kernels' computations composed from plain Candle ops, in f32 (bf16 inputs are
+//! upcast first). These are what every kernel is checked against.
+
+use candle_core::{DType, Result, Tensor, D};
+
+fn f32(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+/// LN(x + res) * gamma + beta over the last dim (biased variance), f32 result.
+pub fn add_layer_norm(x: &Tensor, res: Option<&Tensor>, wb: &Tensor, eps: f64) -> Result<Tensor> {
+    let a = match res {
+        Some(r) => (f32(x)? + f32(r)?)?,
+        None => f32(x)?,
+    }; // (..., C)
+    let wb = f32(wb)?;
+    let mean = a.mean_keepdim(D::Minus1)?; // (..., 1)
+    let xc = a.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(&wb.get(0)?)?.broadcast_add(&wb.get(1)?)
+}
+
+/// gelu_erf(x + bias), f32 result.
+pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    f32(x)?.broadcast_add(&f32(bias)?)?.gelu_erf()
+}
+
+/// Splits a fused projection (B, T, 3C) into q, k, v as (B, H, T, D) contiguous tensors.
+pub fn split_heads(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let d = c / heads;
+    let part = |i: usize| -> Result<Tensor> {
+        qkv.narrow(2, i * c, c)?
+            .reshape((b, t, heads, d))? // (B, T, H, D)
+            .transpose(1, 2)? // (B, H, T, D)
+            .contiguous()
+    };
+    Ok((part(0)?, part(1)?, part(2)?))
+}
+
+/// softmax(q k^T / sqrt(D) + mask) v with heads merged: qkv (B, T, 3C), mask (B, T) -> (B, T, C),
+/// f32, softmax composed from exp / sum with the row max subtracted.
+pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let (q, k, v) = split_heads(&f32(qkv)?, heads)?; // (B, H, T, D)
+    let scale = 1.0 / ((c / heads) as f64).sqrt();
+    let s = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, T)
+    let s = s.broadcast_add(&f32(mask)?.reshape((b, 1, 1, t))?)?;
+    let s = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
+    let p = s.broadcast_div(&s.sum_keepdim(D::Minus1)?)?;
+    p.matmul(&v)? // (B, H, T, D)
+        .transpose(1, 2)?
+        .reshape((b, t, c))
+}
