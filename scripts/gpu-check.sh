@@ -31,6 +31,9 @@ for k in candle fused; do
   run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
     --frozen-dropout off --kernels "$k" --warmup 2 --repeats 5 --json "$OUT/json/bench-base-$k.json"
 done
+step "bench base, frozen dropout on (the training default; frozen layers on Candle)"
+run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
+  --frozen-dropout on --warmup 2 --repeats 5 --json "$OUT/json/bench-base-dropout-on.json"
 step "bench base, frozen dropout off, kernels fused, frozen layers bf16"
 run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
   --frozen-dropout off --kernels fused --frozen-dtype bf16 --warmup 2 --repeats 5 --json "$OUT/json/bench-base-fused-bf16.json"

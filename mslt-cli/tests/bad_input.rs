@@ -184,3 +184,61 @@ fn float_ids_and_unknown_device() {
     let e = encode_err(&tiny(), &ids, &["--device", "tpu"]);
     assert!(e.contains("device `tpu`"), "{e}");
 }
+
+#[test]
+fn bad_frozen_layer_switches() {
+    let base = [
+        "bench",
+        "--model-config",
+        "tiny",
+        "--stages",
+        "1,2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        run_err(&a)
+    };
+    let e = with(&["--kernels", "cuda"]);
+    assert!(
+        e.contains("--kernels") && e.contains("fused or candle"),
+        "{e}"
+    );
+    let e = with(&["--frozen-dropout", "maybe"]);
+    assert!(
+        e.contains("--frozen-dropout") && e.contains("on or off"),
+        "{e}"
+    );
+    let e = with(&["--frozen-dtype", "f16"]);
+    assert!(
+        e.contains("--frozen-dtype") && e.contains("f32 or bf16"),
+        "{e}"
+    );
+    // On CPU `--kernels fused` is accepted and falls back to Candle's ops (no fused layers).
+    let out = common::run_ok(&[
+        "bench",
+        "--model-config",
+        "tiny",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--frozen-dropout",
+        "off",
+        "--kernels",
+        "fused",
+        "--stages",
+        "1,2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "kernels fused, frozen dtype F32, frozen dropout off (fused layers per row: [0, 0, 0"
+        ),
+        "{text}"
+    );
+}

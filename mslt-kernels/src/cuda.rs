@@ -95,6 +95,11 @@ fn view<'a, T: CudaDType>(
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
+/// Whether a contiguous layout starts on a 16-byte boundary (allocations are 256-byte aligned).
+fn aligned16(l: &Layout, elem_size: usize) -> bool {
+    l.start_offset() * elem_size % 16 == 0
+}
+
 fn launch_err(entry: &str, e: impl std::fmt::Display) -> candle_core::Error {
     KernelError::Cuda {
         kernel: entry.to_string(),
@@ -152,6 +157,9 @@ pub fn add_layer_norm(
         i32_of(K, "C", c)?,
         op.has_res as i32,
     );
+    let es = x.0.dtype().size_in_bytes();
+    let vec =
+        (c * es % 16 == 0 && c <= 1024 && [x.1, r.1, wb.1].iter().all(|l| aligned16(l, es))) as i32;
     macro_rules! go {
         ($t:ty) => {{
             let (xv, rv, wv) = (
@@ -171,6 +179,7 @@ pub fn add_layer_norm(
             b.arg(&c_i);
             b.arg(&op.eps);
             b.arg(&has);
+            b.arg(&vec);
             // SAFETY: argument types and order match `add_layer_norm_*` in layer_norm.cu.
             unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
             wrap(out, &dev)
@@ -194,16 +203,28 @@ pub fn bias_gelu(
     let rows = n / c;
     let entry = format!("{K}_{}", dtype_suffix(K, x.0.dtype())?);
     let f = func(&dev, &BIAS_GELU, &entry)?;
-    let cfg = LaunchConfig {
-        grid_dim: (i32_of(K, "rows", rows)? as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+    let es = x.0.dtype().size_in_bytes();
+    let vec = c * es % 16 == 0 && n < (1 << 32) && aligned16(x.1, es) && aligned16(bias.1, es);
+    let cfg = if vec {
+        // grid-stride over 16-byte groups: enough blocks to fill the GPU, no more
+        let groups = n * es / 16;
+        LaunchConfig {
+            grid_dim: (groups.div_ceil(256).min(132 * 16) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    } else {
+        LaunchConfig {
+            grid_dim: (i32_of(K, "rows", rows)? as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
     };
-    let (rows_i, c_i) = (i32_of(K, "rows", rows)?, i32_of(K, "C", c)?);
+    let (rows_i, c_i, vec_i) = (i32_of(K, "rows", rows)?, i32_of(K, "C", c)?, vec as i32);
     macro_rules! go {
         ($t:ty) => {{
             let (xv, bv) = (view::<$t>(K, x.0, x.1)?, view::<$t>(K, bias.0, bias.1)?);
-            // SAFETY: one block per row writes all C columns of `out`.
+            // SAFETY: every element of `out` is written (all rows x C, by row or by 16-byte group).
             let mut out = unsafe { dev.alloc::<$t>(n)? };
             let stream = dev.cuda_stream();
             let mut b = stream.launch_builder(&f);
@@ -212,6 +233,7 @@ pub fn bias_gelu(
             b.arg(&mut out);
             b.arg(&rows_i);
             b.arg(&c_i);
+            b.arg(&vec_i);
             // SAFETY: argument types and order match `bias_gelu_*` in bias_gelu.cu.
             unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
             wrap(out, &dev)

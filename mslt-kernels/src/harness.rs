@@ -33,7 +33,9 @@ fn dname(d: DType) -> &'static str {
     }
 }
 
-fn compare(
+/// Compares `got` with `want` over every element (f32 tolerance 1e-5, bf16 1e-2, relative to
+/// max |want|).
+pub fn compare(
     kernel: &str,
     dtype: DType,
     shape: String,

@@ -71,7 +71,8 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             } else {
                 CheckShapes::small()
             };
-            let rows = harness::check(&dev, &shapes)?;
+            let mut rows = harness::check(&dev, &shapes)?;
+            rows.extend(model_check(&dev, if large { "base" } else { "mini" })?);
             print!("{}", harness::check_table(&rows));
             write_json(&json, &rows)?;
             let failed = rows.iter().filter(|r| !r.pass).count();
@@ -95,4 +96,68 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             write_json(&json, &rows)
         }
     }
+}
+
+/// The whole frozen encoder through the fused kernels vs the plain Candle path on the same
+/// device: a randomly initialised preset, padded batch, eval mode, every hidden state compared.
+/// On CPU the fused side runs the ops' CPU references (`allow_cpu`).
+fn model_check(dev: &candle_core::Device, preset: &str) -> Result<Vec<harness::CheckRow>> {
+    use candle_core::DType;
+    use mslt_core::model::FusedOptions;
+    use mslt_core::{BertForPreTraining, BertInput, Mode, Rng};
+    let mut cfg = mslt_core::train::resolve_model_config(preset)?;
+    if dev.is_cpu() {
+        cfg.num_hidden_layers = 2;
+    }
+    let w = mslt_core::weights::init_all(&cfg, &mut Rng::new(11), dev)?;
+    let plain = BertForPreTraining::from_tensors(&cfg, &w, "init")?;
+    let (b, t) = (8, 128);
+    let mut rng = Rng::new(12);
+    let ids: Vec<i64> = (0..b * t)
+        .map(|_| 1000 + rng.below(cfg.vocab_size as u64 - 1000) as i64)
+        .collect();
+    let mask: Vec<i64> = (0..b * t)
+        .map(|k| ((k % t) < t - 13 * (k / t)) as i64)
+        .collect();
+    let input = BertInput::from_host(&cfg, (b, t), &ids, Some(&mask), None, dev)?;
+    let want = plain.encode(&input, &mut Mode::Eval, true)?;
+    let mut rows = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        let mut m = plain.clone();
+        let n = m.use_fused_kernels(FusedOptions {
+            dtype,
+            allow_cpu: dev.is_cpu(),
+        })?;
+        anyhow::ensure!(
+            n == cfg.num_hidden_layers,
+            "{n} of {} layers fused",
+            cfg.num_hidden_layers
+        );
+        let got = m.encode(&input, &mut Mode::Eval, true)?;
+        for (i, (g, r)) in got
+            .hidden_states
+            .iter()
+            .zip(&want.hidden_states)
+            .enumerate()
+            .skip(1)
+        {
+            let mut row = harness::compare(
+                "encoder layer",
+                dtype,
+                format!("{preset} layer {i}/{}", cfg.num_hidden_layers),
+                "candle model",
+                g,
+                r,
+            )?;
+            // bf16 errors compound through the layers (each re-rounds its activations).
+            if dtype == DType::BF16 {
+                row.tol = 5e-2;
+            } else {
+                row.tol = 1e-4;
+            }
+            row.pass = row.nonfinite == 0 && row.rel_err <= row.tol;
+            rows.push(row);
+        }
+    }
+    Ok(rows)
 }
