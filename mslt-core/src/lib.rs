@@ -24,6 +24,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod finetune;
 pub mod growth;
 pub mod loss;
 pub mod model;

@@ -2,6 +2,8 @@ pub mod ablate;
 pub mod bench;
 pub mod encode;
 pub mod eval;
+pub mod export;
+pub mod finetune;
 pub mod inspect;
 pub mod kernels;
 pub mod prepare;

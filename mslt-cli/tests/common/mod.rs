@@ -132,3 +132,29 @@ pub fn minilm_dir() -> Option<PathBuf> {
     );
     None
 }
+
+/// A fine-tuning task under .assets/tasks (fetched with scripts/fetch-finetune-data.sh when
+/// absent); None (skipped with a message) where it cannot be fetched, a failure in CI.
+pub fn task_dir(name: &str) -> Option<PathBuf> {
+    let dir = repo_root().join(".assets/tasks").join(name);
+    if dir.join("dev.csv").is_file() {
+        return Some(dir);
+    }
+    let status = Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-finetune-data.sh"))
+        .status();
+    if dir.join("dev.csv").is_file() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is missing and scripts/fetch-finetune-data.sh failed ({status:?})",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} not found and scripts/fetch-finetune-data.sh failed ({status:?})",
+        dir.display()
+    );
+    None
+}
