@@ -35,6 +35,68 @@ pub struct Plan {
     pub base: serde_json::Map<String, Value>,
     #[serde(rename = "run")]
     pub runs: Vec<serde_json::Map<String, Value>>,
+    /// Optional downstream step: every run's final checkpoint fine-tuned on a task.
+    #[serde(default)]
+    pub finetune: Option<FinetunePlan>,
+}
+
+/// `[finetune]` of a plan: the task and recipe every run's final checkpoint is fine-tuned with.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetunePlan {
+    pub task: PathBuf,
+    #[serde(default = "default_seeds")]
+    pub seeds: u64,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_ft_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_ft_lr")]
+    pub lr: f64,
+    #[serde(default = "default_ft_len")]
+    pub max_seq_len: usize,
+    #[serde(default)]
+    pub max_train: usize,
+    #[serde(default)]
+    pub max_dev: usize,
+}
+
+fn default_seeds() -> u64 {
+    3
+}
+fn default_epochs() -> usize {
+    2
+}
+fn default_ft_batch() -> usize {
+    32
+}
+fn default_ft_lr() -> f64 {
+    1e-4
+}
+fn default_ft_len() -> usize {
+    128
+}
+
+impl FinetunePlan {
+    /// Where a run's downstream result is written.
+    pub fn result_path(&self, run_out: &Path) -> PathBuf {
+        let task = self
+            .task
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "task".into());
+        run_out.join(format!("finetune-{task}.json"))
+    }
+}
+
+/// Downstream accuracy of a run over seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Downstream {
+    pub task: String,
+    pub seeds: usize,
+    pub accuracy_mean: f64,
+    pub accuracy_std: f64,
+    pub accuracy: Vec<f64>,
 }
 
 impl Plan {
@@ -112,6 +174,8 @@ pub struct RunSummary {
     pub time_to_baseline_loss_s: Option<f64>,
     /// (step, elapsed_s, eval_mlm_loss) of every evaluation
     pub evals: Vec<(u64, f64, f64)>,
+    /// Fine-tuning result of the final checkpoint (plans with `[finetune]`).
+    pub downstream: Option<Downstream>,
 }
 
 /// Reads a run's metrics.jsonl.
@@ -155,7 +219,23 @@ pub fn summarize_run(name: &str, cfg: &TrainConfig) -> Result<RunSummary> {
         mlm_loss_gap: None,
         time_to_baseline_loss_s: None,
         evals,
+        downstream: None,
     })
+}
+
+/// Reads a run's downstream result (written by the ablate command) when there is one.
+pub fn read_downstream(path: &Path) -> Result<Option<Downstream>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Config {
+            origin: path.display().to_string(),
+            field: "<document>".into(),
+            msg: e.to_string(),
+        })
 }
 
 /// Fills the comparisons with the baseline.
@@ -182,9 +262,28 @@ pub fn markdown(runs: &[RunSummary], baseline: &str) -> String {
     let mut s = format!(
         "| run | schedule | steps | final eval MLM loss | gap vs {baseline} | MLM acc | wall s | tokens/s | speedup vs {baseline} | time to {baseline}'s final loss (s) |\n|---|---|---|---|---|---|---|---|---|---|\n"
     );
+    let down = runs
+        .iter()
+        .find_map(|r| r.downstream.as_ref())
+        .map(|d| d.task.clone());
+    if let Some(task) = &down {
+        s = s.replacen(
+            " |\n|---|",
+            &format!(" | {task} dev accuracy (mean ± std over seeds) |\n|---|---|"),
+            1,
+        );
+    }
     for r in runs {
+        let tail = match (&down, &r.downstream) {
+            (Some(_), Some(d)) => format!(
+                " {:.4} ± {:.4} ({} seeds) |",
+                d.accuracy_mean, d.accuracy_std, d.seeds
+            ),
+            (Some(_), None) => " - |".into(),
+            _ => String::new(),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |{tail}\n",
             r.name,
             r.schedule,
             r.steps,
@@ -327,4 +426,60 @@ pub fn write_summary(out: &Path, runs: &[RunSummary], baseline: &str, note: &str
         ),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finetune_table_parses_and_adds_a_column() {
+        // (the CLI reads TOML into the same serde structs)
+        let plan: Plan = serde_json::from_str(
+            r#"{"out": "runs/x", "base": {"data": "d"}, "run": [{"name": "full"}],
+                "finetune": {"task": ".assets/tasks/rotten-tomatoes", "seeds": 2}}"#,
+        )
+        .unwrap();
+        let ft = plan.finetune.clone().unwrap();
+        assert_eq!(
+            (ft.seeds, ft.epochs, ft.batch_size, ft.max_seq_len),
+            (2, 2, 32, 128)
+        );
+        assert_eq!(
+            ft.result_path(Path::new("runs/x/full")),
+            PathBuf::from("runs/x/full/finetune-rotten-tomatoes.json")
+        );
+        let typo = r#"{"out": "o", "run": [{"name": "a"}], "finetune": {"task": "t", "epoch": 1}}"#;
+        assert!(serde_json::from_str::<Plan>(typo).is_err());
+        let run = RunSummary {
+            name: "full".into(),
+            schedule: "full".into(),
+            steps: 10,
+            final_eval_loss: Some(6.0),
+            final_eval_mlm_loss: Some(6.0),
+            final_eval_mlm_acc: Some(0.1),
+            wall_s: 1.0,
+            tokens: 10,
+            tokens_per_s: 10.0,
+            speedup: None,
+            mlm_loss_gap: None,
+            time_to_baseline_loss_s: None,
+            evals: vec![],
+            downstream: Some(Downstream {
+                task: "rotten-tomatoes".into(),
+                seeds: 2,
+                accuracy_mean: 0.75,
+                accuracy_std: 0.01,
+                accuracy: vec![0.74, 0.76],
+            }),
+        };
+        let md = markdown(&[run], "full");
+        let lines: Vec<&str> = md.lines().collect();
+        assert!(
+            lines[0].ends_with("| rotten-tomatoes dev accuracy (mean ± std over seeds) |"),
+            "{md}"
+        );
+        assert_eq!(lines[0].matches('|').count(), lines[1].matches('|').count());
+        assert!(lines[2].ends_with("0.7500 ± 0.0100 (2 seeds) |"), "{md}");
+    }
 }

@@ -65,10 +65,57 @@ pub fn run(a: AblateArgs) -> Result<()> {
             .with_context(|| format!("run `{name}`"))?;
         }
     }
+    if let (Some(ft), false) = (&plan.finetune, a.summary_only) {
+        let task = mslt_core::finetune::load_task(&ft.task)?;
+        for (name, cfg) in &configs {
+            let path = ft.result_path(&cfg.out);
+            if path.is_file() {
+                eprintln!("[{name}] fine-tuning already done: {}", path.display());
+                continue;
+            }
+            let mut acc = Vec::new();
+            for seed in 0..ft.seeds {
+                let fc = mslt_core::finetune::FinetuneConfig {
+                    checkpoint: cfg.out.display().to_string(),
+                    epochs: ft.epochs,
+                    batch_size: ft.batch_size,
+                    lr: ft.lr,
+                    max_seq_len: ft.max_seq_len,
+                    seed,
+                    max_train: ft.max_train,
+                    max_dev: ft.max_dev,
+                    device: cfg.device.clone(),
+                    ..Default::default()
+                };
+                let t = mslt_core::finetune::finetune(&fc, &task, &mut |_, _, _, _| {})
+                    .with_context(|| format!("fine-tuning run `{name}`"))?;
+                eprintln!(
+                    "[{name}] {} seed {seed}: dev accuracy {:.4}",
+                    task.name, t.result.final_dev.accuracy
+                );
+                acc.push(t.result.final_dev.accuracy);
+            }
+            let (m, sd) = mslt_core::finetune::mean_std(&acc);
+            let d = mslt_core::ablate::Downstream {
+                task: task.name.clone(),
+                seeds: acc.len(),
+                accuracy_mean: m,
+                accuracy_std: sd,
+                accuracy: acc,
+            };
+            std::fs::write(&path, serde_json::to_string_pretty(&d)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     let mut runs = configs
         .iter()
         .map(|(n, c)| summarize_run(n, c))
         .collect::<mslt_core::Result<Vec<_>>>()?;
+    if let Some(ft) = &plan.finetune {
+        for (r, (_, c)) in runs.iter_mut().zip(&configs) {
+            r.downstream = mslt_core::ablate::read_downstream(&ft.result_path(&c.out))?;
+        }
+    }
     compare(&mut runs, &baseline);
     let note = format!(
         "Plan `{}`; baseline `{baseline}`. Wall time is training time (evaluation and checkpoint writing excluded), measured on this machine with {} threads.",
