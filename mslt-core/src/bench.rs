@@ -143,6 +143,18 @@ pub fn step_flops(cfg: &BertConfig, stage: &Stage, b: usize, t: usize, m: usize)
     frozen * l + 3.0 * (trained * l + transform) + decoder_passes * decoder
 }
 
+/// Cost-model FLOPs of one inference forward of the whole model (MLM head on `m` rows).
+pub fn forward_flops(cfg: &BertConfig, b: usize, t: usize, m: usize) -> f64 {
+    let (c, i, v) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.vocab_size as f64,
+    );
+    let l = layer_flops(c, i, b as f64, t as f64);
+    let (m, b) = (m as f64, b as f64);
+    cfg.num_hidden_layers as f64 * l + 2.0 * m * c * c + 2.0 * b * c * c + 2.0 * m * c * v
+}
+
 fn sync(d: &Device) -> Result<()> {
     Ok(d.synchronize()?)
 }
@@ -274,6 +286,55 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     ))
 }
 
+/// Inference forward of the whole model (eval mode, nothing tracked: every layer on the
+/// no-backward path, fused kernels on CUDA when `--kernels fused`), MLM head on the masked rows.
+fn bench_forward(bc: &BenchConfig) -> Result<BenchRow> {
+    let cfg = bc.model.clone();
+    let mut rng = Rng::new(1);
+    let w = init_all(&cfg, &mut rng, bc.device)?;
+    let mut model = crate::BertForPreTraining::from_tensors(&cfg, &w, "init")?;
+    let fused = if bc.kernels == crate::Kernels::Fused {
+        model.use_fused_kernels(crate::model::FusedOptions {
+            dtype: bc.frozen_dtype,
+            allow_cpu: false,
+        })?
+    } else {
+        0
+    };
+    let (input, mlm, nsp) = batch(&cfg, bc.batch_size, bc.seq_len, bc.device)?;
+    let mut st = Vec::new();
+    for it in 0..bc.warmup + bc.repeats {
+        sync(bc.device)?;
+        let t0 = Instant::now();
+        let l = model.pretraining_loss(&input, &mlm, Some(&nsp), &mut Mode::Eval)?;
+        let _ = l.loss.to_scalar::<f32>()?;
+        sync(bc.device)?;
+        if it >= bc.warmup {
+            st.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step = Timing::from(st);
+    let zero = Timing::from(vec![0.0]);
+    Ok(BenchRow {
+        name: "forward-only".into(),
+        fused_layers: fused,
+        depth: cfg.num_hidden_layers,
+        trainable_layers: 0,
+        train_embeddings: false,
+        schedule_steps: 0,
+        forward: step.clone(),
+        backward: zero.clone(),
+        optimizer: zero,
+        tokens_per_s: (bc.batch_size * bc.seq_len) as f64 / (step.median_ms / 1e3),
+        flops: forward_flops(&cfg, bc.batch_size, bc.seq_len, mlm.len()),
+        mfu: 0.0,
+        step_peak_bytes: None,
+        step,
+        speedup: 1.0,
+        ideal_speedup: 1.0,
+    })
+}
+
 /// Benchmarks the full model and every stage of `stages`.
 pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
     if bc.repeats == 0 {
@@ -309,6 +370,10 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
         r.ideal_speedup = fflops / r.flops;
         r.mfu = r.flops / (r.step.median_ms / 1e3) / (rate * 1e9);
     }
+    let mut fwd = bench_forward(bc)?;
+    fwd.speedup = fstep / fwd.step.median_ms;
+    fwd.ideal_speedup = fflops / fwd.flops;
+    fwd.mfu = fwd.flops / (fwd.step.median_ms / 1e3) / (rate * 1e9);
     let total: u64 = rows.iter().map(|r| r.schedule_steps).sum();
     let sched_time: f64 = rows
         .iter()
@@ -317,6 +382,7 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
     let sched_flops: f64 = rows.iter().map(|r| r.schedule_steps as f64 * r.flops).sum();
     let mut all = vec![full_row];
     all.extend(rows);
+    all.push(fwd);
     Ok(BenchReport {
         device: format!("{:?}", bc.device),
         threads: candle_core::utils::get_num_threads(),

@@ -25,6 +25,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod finetune;
+pub mod fused;
 pub mod growth;
 pub mod loss;
 pub mod model;

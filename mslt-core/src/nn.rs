@@ -76,6 +76,9 @@ impl LayerNorm {
             let x = x.contiguous()?;
             return candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps as f32);
         }
+        if crate::fused::applies(x) {
+            return crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         layer_norm_reference(x, &self.weight, &self.bias, self.eps)
     }
 }
@@ -99,11 +102,15 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !tracked(x) {
         return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
     }
+    if crate::fused::applies(x) {
+        return crate::fused::softmax_last_dim(x);
+    }
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
+        Activation::GeluErf if tracked(x) && crate::fused::applies(x) => crate::fused::gelu_erf(x),
         Activation::GeluErf => x.gelu_erf(),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
@@ -127,11 +134,20 @@ pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
         let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(p)?;
         return x.mul(&(keep.to_dtype(x.dtype())? * scale as f64)?);
     }
+    // Drawn in parallel blocks, each from its own generator seeded by (one draw of the mode's
+    // RNG, block index): the mask is a function of the seed alone, whatever the thread count.
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 15;
     let n = x.elem_count();
     let p32 = p as f32;
-    let mask: Vec<f32> = (0..n)
-        .map(|_| if rng.uniform_f32() < p32 { 0.0 } else { scale })
-        .collect();
+    let seed = rng.next_u64();
+    let mut mask = vec![0f32; n];
+    mask.par_chunks_mut(BLOCK).enumerate().for_each(|(i, m)| {
+        let mut r = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for v in m.iter_mut() {
+            *v = if r.uniform_f32() < p32 { 0.0 } else { scale };
+        }
+    });
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x.mul(&mask)
 }

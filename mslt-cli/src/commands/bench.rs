@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// JSON of tools/torch_baseline.py (same config, same machine): prints both side by side.
+    #[arg(long)]
+    compare: Option<PathBuf>,
 }
 
 pub fn run_cmd(a: BenchArgs) -> Result<()> {
@@ -106,9 +109,114 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         stages.iter().map(|s| s.depth).collect::<Vec<_>>()
     );
     print!("{}", table(&report));
+    if let Some(p) = &a.compare {
+        print!("{}", compare_table(&report, p)?);
+    }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// Our rows beside PyTorch's (tools/torch_baseline.py): full step, the MSLT stage with the same
+/// number of frozen layers, inference forward; ratio = ours / torch (< 1: we are faster); MFU
+/// against the faster of the two measured fp32 matmul rates.
+fn compare_table(r: &mslt_core::bench::BenchReport, path: &std::path::Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let t: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not JSON (expected tools/torch_baseline.py output)",
+            path.display()
+        )
+    })?;
+    let field = |v: &serde_json::Value, k: &str| -> Result<f64> {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .with_context(|| format!("{}: missing number `{k}`", path.display()))
+    };
+    let layers = t["config"]["layers"].as_u64().context("config.layers")? as usize;
+    let frozen = t["rows"]["stage"]["frozen"]
+        .as_u64()
+        .context("rows.stage.frozen")? as usize;
+    let batch = t["config"]["batch_size"]
+        .as_u64()
+        .context("config.batch_size")? as usize;
+    let seq = t["config"]["seq_len"].as_u64().context("config.seq_len")? as usize;
+    anyhow::ensure!(
+        batch == r.batch_size && seq == r.seq_len,
+        "{}: torch measured batch {batch} x seq {seq}, this bench {} x {}",
+        path.display(),
+        r.batch_size,
+        r.seq_len
+    );
+    let rate = r.matmul_gflops.max(field(&t, "matmul_gflops")?);
+    let stage_name = format!("stage ({frozen} of {layers} frozen)");
+    let pairs: Vec<(
+        String,
+        Option<&mslt_core::bench::BenchRow>,
+        &serde_json::Value,
+    )> = vec![
+        (
+            "full".into(),
+            r.rows.iter().find(|x| x.name == "full"),
+            &t["rows"]["full"]["step"],
+        ),
+        (
+            stage_name,
+            r.rows.iter().find(|x| {
+                x.name.starts_with("stage")
+                    && x.depth == layers
+                    && x.depth - x.trainable_layers == frozen
+            }),
+            &t["rows"]["stage"]["step"],
+        ),
+        (
+            "forward-only".into(),
+            r.rows.iter().find(|x| x.name == "forward-only"),
+            &t["rows"]["forward"]["step"],
+        ),
+    ];
+    let mut s = format!(
+        "\nvs PyTorch {} (transformers {}, {} threads; {}): MFU against {:.1} GFLOP/s (mslt {:.1}, torch {:.1})\n",
+        t["torch"].as_str().unwrap_or("?"),
+        t["transformers"].as_str().unwrap_or("?"),
+        t["threads"],
+        path.display(),
+        rate,
+        r.matmul_gflops,
+        field(&t, "matmul_gflops")?
+    );
+    s.push_str(&format!(
+        "{:<26} {:>22} {:>22} {:>12} {:>9} {:>9}\n",
+        "row", "mslt ms (min-max)", "torch ms (min-max)", "mslt/torch", "MFU mslt", "MFU torch"
+    ));
+    for (name, ours, theirs) in pairs {
+        let Some(o) = ours else {
+            s.push_str(&format!(
+                "{name:<26} (no such row in this bench: give --stages so that one stage matches)\n"
+            ));
+            continue;
+        };
+        let tm = field(theirs, "median_ms")?;
+        s.push_str(&format!(
+            "{:<26} {:>22} {:>22} {:>12.2} {:>9.3} {:>9.3}\n",
+            name,
+            format!(
+                "{:.1} ({:.0}-{:.0})",
+                o.step.median_ms, o.step.min_ms, o.step.max_ms
+            ),
+            format!(
+                "{:.1} ({:.0}-{:.0})",
+                tm,
+                field(theirs, "min_ms")?,
+                field(theirs, "max_ms")?
+            ),
+            o.step.median_ms / tm,
+            o.flops / (o.step.median_ms / 1e3) / (rate * 1e9),
+            o.flops / (tm / 1e3) / (rate * 1e9),
+        ));
+    }
+    Ok(s)
 }
