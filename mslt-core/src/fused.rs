@@ -21,10 +21,7 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
 /// Rows of at least this many elements in total go parallel.
 const PAR_MIN: usize = 1 << 14;
 
-fn rows_mut<'a>(
-    out: &'a mut [f32],
-    c: usize,
-) -> impl IndexedParallelIterator<Item = (usize, &'a mut [f32])> {
+fn rows_mut(out: &mut [f32], c: usize) -> impl IndexedParallelIterator<Item = (usize, &mut [f32])> {
     out.par_chunks_mut(c).enumerate()
 }
 
