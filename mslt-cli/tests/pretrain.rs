@@ -723,8 +723,9 @@ fn bench_reports_every_stage_against_the_cost_model() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = r["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4, "full, stage 0, stage 1, forward-only");
     assert_eq!(rows[0]["name"], "full");
+    assert_eq!(rows[3]["name"], "forward-only");
     assert_eq!(
         (
             rows[1]["depth"].as_u64(),
@@ -746,9 +747,15 @@ fn bench_reports_every_stage_against_the_cost_model() {
         "{got} vs {}",
         full / stage1
     );
+    // Inference forward of the whole model: 2 layers + MLM head on the masked rows.
+    let fwd = 2.0 * layer + transform + dec;
+    let got = rows[3]["ideal_speedup"].as_f64().unwrap();
+    assert!((got - full / fwd).abs() < 1e-9, "{got} vs {}", full / fwd);
     for row in rows {
         assert!(row["step"]["median_ms"].as_f64().unwrap() > 0.0);
         assert!(row["mfu"].as_f64().unwrap() > 0.0);
+    }
+    for row in &rows[..3] {
         assert!(row["step_peak_bytes"].as_u64().unwrap() > 0);
     }
     // The frozen stage (layer 0 and embeddings frozen) needs less step memory than a full step.
