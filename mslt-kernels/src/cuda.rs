@@ -256,9 +256,25 @@ pub fn attention(
     let (b, t, c3) = qkv.1.shape().dims3()?;
     let c = c3 / 3;
     let d = c / op.heads;
-    let entry = format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?);
+    // bf16 with 64-wide heads takes the tensor-core kernel (16-byte aligned rows needed);
+    // MSLT_ATTENTION_SIMT=1 forces the CUDA-core kernel (for A/B timings).
+    let tc = qkv.0.dtype() == DType::BF16
+        && d == 64
+        && aligned16(qkv.1, 2)
+        && std::env::var_os("MSLT_ATTENTION_SIMT").is_none();
+    let entry = if tc {
+        "attention_fwd_bf16_d64_tc".to_string()
+    } else {
+        format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?)
+    };
     let f = func(&dev, &ATTENTION, &entry)?;
-    let rows_per_warp = if d == 128 { 4 } else { 8 };
+    let rows_per_warp = if tc {
+        16
+    } else if d == 128 {
+        4
+    } else {
+        8
+    };
     let bq = 4 * rows_per_warp;
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(bq) as u32, op.heads as u32, b as u32),
