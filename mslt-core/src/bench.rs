@@ -53,6 +53,8 @@ impl Timing {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
     pub name: String,
+    /// f32 gradient bytes a data-parallel step would all-reduce (the trainable parameters).
+    pub allreduce_bytes: u64,
     /// Frozen layers that ran on the fused kernels.
     pub fused_layers: usize,
     pub depth: usize,
@@ -153,6 +155,64 @@ pub fn forward_flops(cfg: &BertConfig, b: usize, t: usize, m: usize) -> f64 {
     let l = layer_flops(c, i, b as f64, t as f64);
     let (m, b) = (m as f64, b as f64);
     cfg.num_hidden_layers as f64 * l + 2.0 * m * c * c + 2.0 * b * c * c + 2.0 * m * c * v
+}
+
+/// f32 gradient bytes a data-parallel step all-reduces in `stage`: its trainable parameters only
+/// (frozen layers and, unless they train, the embeddings with the tied decoder are not reduced).
+pub fn allreduce_bytes(cfg: &BertConfig, stage: &Stage) -> u64 {
+    let mut c = cfg.clone();
+    c.num_hidden_layers = stage.depth;
+    crate::model::parameter_shapes(&c, crate::model::Heads::ALL)
+        .iter()
+        .filter(|(n, _)| stage.trains(n))
+        .map(|(_, s)| 4 * s.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Ring all-reduce time of `bytes` over `n` ranks on links of `gbit_per_s`:
+/// 2 (n - 1) / n x bytes / bandwidth (latency terms ignored).
+pub fn ring_allreduce_s(bytes: u64, n: usize, gbit_per_s: f64) -> f64 {
+    if n <= 1 {
+        return 0.0;
+    }
+    2.0 * (n - 1) as f64 / n as f64 * bytes as f64 / (gbit_per_s * 1e9 / 8.0)
+}
+
+/// Projected data-parallel step time at `gpus` ranks for each link bandwidth: each row's measured
+/// step (one rank's batch, this device) plus its ring all-reduce, not overlapped; speedup of each
+/// stage against `full` at the same scale. A cost model, not a measurement.
+pub fn projection_table(r: &BenchReport, gpus: &[usize], links: &[f64]) -> String {
+    let mut s = String::from(
+        "\ndata-parallel projection (measured step on this device + ring all-reduce of the trainable f32 gradients, no overlap):\n",
+    );
+    s.push_str(&format!(
+        "{:<18} {:>10} {:>6} {:>9} {:>10} {:>10} {:>10} {:>9}\n",
+        "config", "grad MB", "GPUs", "Gbit/s", "step ms", "comm ms", "total ms", "vs full"
+    ));
+    let rows: Vec<&BenchRow> = r.rows.iter().filter(|x| x.name != "forward-only").collect();
+    for &n in gpus {
+        for &g in links {
+            let total =
+                |x: &BenchRow| x.step.median_ms + 1e3 * ring_allreduce_s(x.allreduce_bytes, n, g);
+            let full = rows.iter().find(|x| x.name == "full").map(|x| total(x));
+            for x in &rows {
+                let comm = 1e3 * ring_allreduce_s(x.allreduce_bytes, n, g);
+                s.push_str(&format!(
+                    "{:<18} {:>10.1} {:>6} {:>9.0} {:>10.1} {:>10.1} {:>10.1} {:>9}\n",
+                    x.name,
+                    x.allreduce_bytes as f64 / 1048576.0,
+                    n,
+                    g,
+                    x.step.median_ms,
+                    comm,
+                    total(x),
+                    full.map(|f| format!("{:.2}", f / total(x)))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+    s
 }
 
 fn sync(d: &Device) -> Result<()> {
@@ -266,6 +326,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     Ok((
         BenchRow {
             name: name.into(),
+            allreduce_bytes: allreduce_bytes(bc.model, stage),
             fused_layers: fused,
             depth: stage.depth,
             trainable_layers: stage.depth - stage.train_from_layer,
@@ -317,6 +378,7 @@ fn bench_forward(bc: &BenchConfig) -> Result<BenchRow> {
     let zero = Timing::from(vec![0.0]);
     Ok(BenchRow {
         name: "forward-only".into(),
+        allreduce_bytes: 0,
         fused_layers: fused,
         depth: cfg.num_hidden_layers,
         trainable_layers: 0,
@@ -446,4 +508,40 @@ pub fn table(r: &BenchReport) -> String {
         r.rows.iter().map(|x| x.fused_layers).collect::<Vec<_>>()
     ));
     s
+}
+
+#[cfg(test)]
+mod projection_tests {
+    use super::*;
+
+    #[test]
+    fn allreduce_counts_only_trainable_parameters() {
+        let cfg = BertConfig::preset("mini").unwrap(); // 4 x 256, I 1024, V 30522
+        let (c, i, v) = (256u64, 1024u64, 30522u64);
+        let layer = 4 * (c * c + c) + 2 * (c * i) + i + c + 4 * c; // 4 linears C x C, FFN, 2 LNs
+        let heads = (c * c + c) + (c * c + c + 2 * c + v) + (2 * c + 2); // pooler, MLM head, NSP
+        let emb = v * c + 512 * c + 2 * c + 2 * c;
+        let stage = |depth, from, emb| Stage {
+            index: 0,
+            depth,
+            start: 0,
+            steps: 0,
+            train_from_layer: from,
+            train_embeddings: emb,
+            joint: false,
+        };
+        assert_eq!(
+            allreduce_bytes(&cfg, &stage(4, 0, true)),
+            4 * (emb + 4 * layer + heads)
+        );
+        // MSLT stage: bottom 3 layers and the embeddings (with the tied decoder) frozen
+        assert_eq!(
+            allreduce_bytes(&cfg, &stage(4, 3, false)),
+            4 * (layer + heads)
+        );
+        // ring: 2 (n - 1) / n x bytes / bandwidth; 1 GB over 8 ranks at 100 Gbit/s = 0.14 s
+        let t = ring_allreduce_s(1_000_000_000, 8, 100.0);
+        assert!((t - 2.0 * 7.0 / 8.0 * 1e9 / 12.5e9).abs() < 1e-12);
+        assert_eq!(ring_allreduce_s(123, 1, 100.0), 0.0);
+    }
 }

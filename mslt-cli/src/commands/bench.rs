@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Data-parallel projection at these GPU counts (e.g. 8,64,512): see --link-gbps.
+    #[arg(long, value_delimiter = ',')]
+    project_gpus: Option<Vec<usize>>,
+    /// Link bandwidths of the projection, Gbit/s (default 100,400).
+    #[arg(long, value_delimiter = ',', default_value = "100,400")]
+    link_gbps: Vec<f64>,
     /// JSON of tools/torch_baseline.py (same config, same machine): prints both side by side.
     #[arg(long)]
     compare: Option<PathBuf>,
@@ -109,6 +115,12 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         stages.iter().map(|s| s.depth).collect::<Vec<_>>()
     );
     print!("{}", table(&report));
+    if let Some(g) = &a.project_gpus {
+        print!(
+            "{}",
+            mslt_core::bench::projection_table(&report, g, &a.link_gbps)
+        );
+    }
     if let Some(p) = &a.compare {
         print!("{}", compare_table(&report, p)?);
     }
