@@ -11,18 +11,19 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let v = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
+    crate::ops::cpu_slice::<f32>(s, l, what)
 }
 
 /// Rows of at least this many elements in total go parallel.
 const PAR_MIN: usize = 1 << 14;
 
-fn rows_mut(out: &mut [f32], c: usize) -> impl IndexedParallelIterator<Item = (usize, &mut [f32])> {
-    out.par_chunks_mut(c).enumerate()
+/// Runs `f(row index, row)` over the rows of width `c` of `out`, in parallel when large.
+fn for_rows<F: Fn((usize, &mut [f32])) + Sync + Send>(out: &mut [f32], c: usize, f: F) {
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(c).enumerate().for_each(f);
+    } else {
+        out.chunks_mut(c).enumerate().for_each(f);
+    }
 }
 
 /// True where the fused CPU ops apply.
@@ -69,11 +70,7 @@ impl CustomOp3 for LayerNorm {
                 o[k] = (xr[k] - mean) * rstd * w[k] + b[k];
             }
         };
-        if x.len() >= PAR_MIN {
-            rows_mut(&mut out, c).for_each(f);
-        } else {
-            out.chunks_mut(c).enumerate().for_each(f);
-        }
+        for_rows(&mut out, c, f);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -125,42 +122,33 @@ impl CustomOp3 for LayerNormBwd {
         let n = x.len() / c;
         let mut out = vec![0f32; (n + 2) * c];
         let (dx, dwb) = out.split_at_mut(n * c);
-        // dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)),  gy = g * w
-        let row = |(r, o): (usize, &mut [f32])| {
-            let xr = &x[r * c..(r + 1) * c];
-            let gr = &g[r * c..(r + 1) * c];
-            let (mean, rstd) = ln_stats(xr, self.eps);
-            let (mut s1, mut s2) = (0f32, 0f32);
-            for k in 0..c {
-                let gy = gr[k] * w[k];
-                s1 += gy;
-                s2 += gy * (xr[k] - mean) * rstd;
-            }
-            let (m1, m2) = (s1 / c as f32, s2 / c as f32);
-            for k in 0..c {
-                let xh = (xr[k] - mean) * rstd;
-                o[k] = rstd * (gr[k] * w[k] - m1 - xh * m2);
-            }
-        };
-        if x.len() >= PAR_MIN {
-            rows_mut(dx, c).for_each(row);
-        } else {
-            dx.chunks_mut(c).enumerate().for_each(row);
-        }
-        // dgamma = sum_rows(g * xhat), dbeta = sum_rows(g): per-chunk partial sums, then added.
-        let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        let partial: Vec<Vec<f32>> = (0..n)
-            .collect::<Vec<_>>()
-            .par_chunks(chunk)
-            .map(|rs| {
+        // One pass over blocks of rows: per row the statistics once, then
+        // dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)),  gy = g * w,
+        // and the block's partial sums of dgamma = sum_rows(g * xhat), dbeta = sum_rows(g).
+        let rows_per_block = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let partial: Vec<Vec<f32>> = dx
+            .par_chunks_mut(rows_per_block * c)
+            .enumerate()
+            .map(|(bi, block)| {
                 let mut acc = vec![0f32; 2 * c];
-                for &r in rs {
+                for (i, o) in block.chunks_mut(c).enumerate() {
+                    let r = bi * rows_per_block + i;
                     let xr = &x[r * c..(r + 1) * c];
                     let gr = &g[r * c..(r + 1) * c];
                     let (mean, rstd) = ln_stats(xr, self.eps);
+                    let (mut s1, mut s2) = (0f32, 0f32);
                     for k in 0..c {
-                        acc[k] += gr[k] * (xr[k] - mean) * rstd;
+                        let xh = (xr[k] - mean) * rstd;
+                        let gy = gr[k] * w[k];
+                        s1 += gy;
+                        s2 += gy * xh;
+                        acc[k] += gr[k] * xh;
                         acc[c + k] += gr[k];
+                    }
+                    let (m1, m2) = (s1 / c as f32, s2 / c as f32);
+                    for k in 0..c {
+                        let xh = (xr[k] - mean) * rstd;
+                        o[k] = rstd * (gr[k] * w[k] - m1 - xh * m2);
                     }
                 }
                 acc
@@ -208,11 +196,7 @@ impl CustomOp1 for Softmax {
             let inv = 1.0 / s;
             o.iter_mut().for_each(|v| *v *= inv);
         };
-        if x.len() >= PAR_MIN {
-            rows_mut(&mut out, c).for_each(f);
-        } else {
-            out.chunks_mut(c).enumerate().for_each(f);
-        }
+        for_rows(&mut out, c, f);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -252,11 +236,7 @@ impl CustomOp2 for SoftmaxBwd {
                 o[k] = yr[k] * (gr[k] - dot);
             }
         };
-        if y.len() >= PAR_MIN {
-            rows_mut(&mut out, c).for_each(f);
-        } else {
-            out.chunks_mut(c).enumerate().for_each(f);
-        }
+        for_rows(&mut out, c, f);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 /// The contiguous elements of a CPU tensor of dtype `T`.
-fn cpu_slice<'a, T: candle_core::WithDType>(
+pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
     what: &str,

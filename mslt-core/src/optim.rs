@@ -28,6 +28,30 @@ impl Default for AdamWConfig {
 }
 
 /// HF/BERT convention: biases and LayerNorm parameters are not weight-decayed.
+/// Global L2 norm of the gradients present (one device sync).
+pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+    let sq: Vec<Tensor> = grads
+        .iter()
+        .flatten()
+        .map(|g| g.sqr()?.sum_all())
+        .collect::<candle_core::Result<_>>()?;
+    if sq.is_empty() {
+        return Ok(0.0);
+    }
+    Ok(Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64)
+}
+
+/// Scales the gradients to global norm `max_norm` when `norm` (their norm) exceeds it; 0 = off.
+pub fn clip_grads(grads: &mut [Option<Tensor>], norm: f64, max_norm: f64) -> Result<()> {
+    if max_norm > 0.0 && norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        for g in grads.iter_mut().flatten() {
+            *g = (&*g * s)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn no_decay(name: &str) -> bool {
     name.ends_with(".bias") || name.contains("LayerNorm") || name == "cls.predictions.bias"
 }

@@ -221,12 +221,16 @@ fn lowercase_from_config(path: Option<&Path>) -> Result<bool> {
 
 /// Pads encodings to the longest with `pad_id`; returns (ids, attention_mask, token_type_ids)
 /// row-major (B, T) as i64 and T.
-pub fn pad_batch(enc: &[Encoded], pad_id: u32) -> (Vec<i64>, Vec<i64>, Vec<i64>, usize) {
-    let t = enc.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+pub fn pad_batch<E: std::borrow::Borrow<Encoded>>(
+    enc: &[E],
+    pad_id: u32,
+) -> (Vec<i64>, Vec<i64>, Vec<i64>, usize) {
+    let t = enc.iter().map(|e| e.borrow().ids.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(enc.len() * t);
     let mut mask = Vec::with_capacity(enc.len() * t);
     let mut tt = Vec::with_capacity(enc.len() * t);
     for e in enc {
+        let e = e.borrow();
         let n = e.ids.len();
         ids.extend(e.ids.iter().map(|&x| x as i64));
         ids.extend(std::iter::repeat_n(pad_id as i64, t - n));

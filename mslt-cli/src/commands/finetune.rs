@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use mslt_core::data::shards::write_atomic;
 use mslt_core::finetune::{finetune, load_task, mean_std, FinetuneConfig, FinetuneResult, Trained};
 use std::path::{Path, PathBuf};
 
@@ -160,12 +161,6 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         path.display()
     );
     Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 /// A Hugging Face `BertForSequenceClassification` directory.

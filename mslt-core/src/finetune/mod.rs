@@ -140,8 +140,7 @@ impl Classifier {
 /// A tokenised example: ids and segment ids, `[CLS] a [SEP] (b [SEP])`, truncated longest-first.
 #[derive(Clone, Debug)]
 struct Encoded {
-    ids: Vec<u32>,
-    tt: Vec<u32>,
+    enc: crate::tokenizer::Encoded,
     label: usize,
 }
 
@@ -184,7 +183,10 @@ fn encode_examples(
             let label = task
                 .label_index(&e.label)
                 .expect("labels checked when the task was read");
-            Ok(Encoded { ids, tt, label })
+            Ok(Encoded {
+                enc: crate::tokenizer::Encoded { ids, type_ids: tt },
+                label,
+            })
         })
         .collect()
 }
@@ -195,17 +197,8 @@ fn batch_input(
     pad: u32,
     device: &Device,
 ) -> Result<(BertInput, Tensor)> {
-    let t = b.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let (mut ids, mut mask, mut tt) = (Vec::new(), Vec::new(), Vec::new());
-    for e in b {
-        let n = e.ids.len();
-        ids.extend(e.ids.iter().map(|&x| x as i64));
-        ids.extend(std::iter::repeat_n(pad as i64, t - n));
-        mask.extend(std::iter::repeat_n(1i64, n));
-        mask.extend(std::iter::repeat_n(0i64, t - n));
-        tt.extend(e.tt.iter().map(|&x| x as i64));
-        tt.extend(std::iter::repeat_n(0i64, t - n));
-    }
+    let enc: Vec<&crate::tokenizer::Encoded> = b.iter().map(|e| &e.enc).collect();
+    let (ids, mask, tt, t) = crate::tokenizer::pad_batch(&enc, pad);
     let input = BertInput::from_host(cfg, (b.len(), t), &ids, Some(&mask), Some(&tt), device)?;
     let labels = Tensor::from_vec(
         b.iter().map(|e| e.label as u32).collect::<Vec<_>>(),
@@ -219,10 +212,8 @@ fn batch_input(
 /// hub id.
 pub fn resolve_model(spec: &str) -> Result<ModelFiles> {
     let p = Path::new(spec);
-    if p.join("checkpoints").is_dir() {
-        let dir = crate::train::checkpoint::latest(p)
-            .ok_or_else(|| Error::Input(format!("{spec}: the run has no complete checkpoint")))?;
-        return ModelFiles::from_dir(&dir);
+    if p.exists() {
+        return ModelFiles::from_dir(&crate::train::checkpoint::resolve_dir(p)?);
     }
     ModelFiles::resolve(spec)
 }
@@ -361,8 +352,14 @@ pub fn finetune(cfg: &FinetuneConfig, task: &Task, progress: Progress) -> Result
     let dev = encode_examples(&tok, task, &take(&task.dev, cfg.max_dev), cfg.max_seq_len)?;
     let pad = mcfg.pad_token_id as u32;
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
-    let total = (steps_per_epoch * cfg.epochs) as f64;
-    let warmup = (cfg.warmup_frac * total).round().max(1.0);
+    let total = (steps_per_epoch * cfg.epochs) as u64;
+    let schedule = crate::train::schedule::LrSchedule {
+        peak: cfg.lr,
+        warmup_steps: ((cfg.warmup_frac * total as f64).round() as u64).max(1),
+        total_steps: total,
+        decay: crate::train::schedule::Decay::Linear,
+        min_lr_ratio: 0.0,
+    };
     let t0 = Instant::now();
     let mut epochs = Vec::new();
     let mut step = 0usize;
@@ -384,23 +381,9 @@ pub fn finetune(cfg: &FinetuneConfig, task: &Task, progress: Progress) -> Result
                 .iter()
                 .map(|(_, v)| store.get(v.as_tensor()).cloned())
                 .collect();
-            let mut sq = 0f64;
-            for g in grads.iter().flatten() {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
-            let norm = sq.sqrt();
-            if cfg.clip_norm > 0.0 && norm > cfg.clip_norm {
-                let s = cfg.clip_norm / (norm + 1e-6);
-                for g in grads.iter_mut().flatten() {
-                    *g = (&*g * s)?;
-                }
-            }
-            let s = step as f64;
-            let lr = if s < warmup {
-                cfg.lr * (s + 1.0) / warmup
-            } else {
-                cfg.lr * ((total - s) / (total - warmup).max(1.0)).max(0.0)
-            };
+            let norm = crate::optim::grad_norm(&grads)?;
+            crate::optim::clip_grads(&mut grads, norm, cfg.clip_norm)?;
+            let lr = schedule.lr(step as u64);
             opt.set_lr(lr);
             opt.step_grads(&grads)?;
             let l = loss.to_scalar::<f32>()? as f64;

@@ -70,6 +70,20 @@ pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     v
 }
 
+/// The model directory `spec` names: a run directory's newest complete checkpoint, or `spec`
+/// itself (a checkpoint or model directory).
+pub fn resolve_dir(spec: &Path) -> crate::error::Result<PathBuf> {
+    if spec.join("checkpoints").is_dir() {
+        return latest(spec).ok_or_else(|| {
+            crate::error::Error::Input(format!(
+                "{}: the run has no complete checkpoint",
+                spec.display()
+            ))
+        });
+    }
+    Ok(spec.to_path_buf())
+}
+
 /// The newest complete checkpoint.
 pub fn latest(run_dir: &Path) -> Option<PathBuf> {
     list(run_dir).pop().map(|(_, p)| p)

@@ -963,13 +963,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                     }
                 }
             }
-            // Global gradient norm (one device sync).
-            let sq: Vec<Tensor> = grads
-                .iter()
-                .flatten()
-                .map(|g| g.sqr()?.sum_all())
-                .collect::<candle_core::Result<_>>()?;
-            let norm = Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64;
+            let norm = crate::optim::grad_norm(&grads)?;
             if !norm.is_finite() || !loss_sum.is_finite() {
                 bad_run += 1;
                 state.skipped_steps += 1;
@@ -996,12 +990,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                 continue;
             }
             bad_run = 0;
-            if cfg.clip_norm > 0.0 && norm > cfg.clip_norm {
-                let s = cfg.clip_norm / (norm + 1e-6);
-                for g in grads.iter_mut().flatten() {
-                    *g = (&*g * s)?;
-                }
-            }
+            crate::optim::clip_grads(&mut grads, norm, cfg.clip_norm)?;
             opt.set_lr(lr);
             opt.step_grads(&grads)?;
             state.step += 1;
@@ -1084,16 +1073,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
 /// Loads a checkpoint directory (or a run directory's newest checkpoint, or any HF model
 /// directory with an MLM head) as a frozen model.
 pub fn load_for_eval(spec: &Path, device: &Device) -> Result<(BertForPreTraining, PathBuf)> {
-    let dir = if spec.join("checkpoints").is_dir() {
-        checkpoint::latest(spec).ok_or_else(|| {
-            Error::Input(format!(
-                "{}: the run has no complete checkpoint",
-                spec.display()
-            ))
-        })?
-    } else {
-        spec.to_path_buf()
-    };
+    let dir = checkpoint::resolve_dir(spec)?;
     let files = ModelFiles::from_dir(&dir)?;
     let cfg = files.load_config()?;
     let w = load_safetensors(&files.weights, device)?;
