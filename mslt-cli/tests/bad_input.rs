@@ -242,3 +242,38 @@ fn bad_frozen_layer_switches() {
         "{text}"
     );
 }
+
+#[test]
+fn data_parallel_without_nccl_or_with_a_bad_world_is_a_clear_error() {
+    let base = [
+        "train",
+        "--data",
+        "/no/such/data",
+        "--out",
+        "/tmp/mslt-dp-never",
+    ];
+    let with = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        run_err_env(&a, env)
+    };
+    if !cfg!(feature = "nccl") {
+        let e = with(&["--nproc", "2"], &[]);
+        assert!(
+            e.contains("--nproc 2") && e.contains("needs NCCL") && e.contains("--features nccl"),
+            "{e}"
+        );
+        let e = with(&[], &[("WORLD_SIZE", "2"), ("RANK", "1")]);
+        assert!(e.contains("2 ranks needs NCCL"), "{e}");
+    }
+    let e = with(&["--nproc", "0"], &[]);
+    assert!(e.contains("--nproc 0: expected at least 1"), "{e}");
+    let e = with(&["--rank", "1"], &[]);
+    assert!(e.contains("need --world-size"), "{e}");
+    let e = with(&["--world-size", "2", "--rank", "2"], &[]);
+    assert!(e.contains("rank 2 is outside world size 2"), "{e}");
+    let e = with(&[], &[("WORLD_SIZE", "2")]);
+    assert!(e.contains("RANK is not"), "{e}");
+    let e = with(&["--nproc", "2"], &[("WORLD_SIZE", "2"), ("RANK", "0")]);
+    assert!(e.contains("do not combine"), "{e}");
+}

@@ -53,6 +53,10 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// Data-parallel setup or a collective failed (rank, world size, rendezvous, NCCL).
+    #[error("distributed: {0}")]
+    Dist(String),
+
     /// Optimizer state that does not fit the parameters.
     #[error("optimizer: {0}")]
     Optimizer(String),

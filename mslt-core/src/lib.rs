@@ -23,6 +23,7 @@ pub mod ablate;
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod finetune;
 pub mod fused;

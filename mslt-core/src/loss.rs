@@ -10,9 +10,18 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     if n == 0 {
         return Err(Error::Input("cross-entropy over zero rows".into()));
     }
+    cross_entropy_over(logits, labels, n)
+}
+
+/// Cross-entropy summed over the rows and divided by `denom` (a data-parallel rank divides by
+/// the global row count, so the sum over ranks is the global mean). Differentiable.
+pub fn cross_entropy_over(logits: &Tensor, labels: &Tensor, denom: usize) -> Result<Tensor> {
+    if denom == 0 {
+        return Err(Error::Input("cross-entropy with a zero denominator".into()));
+    }
     // Fused on CPU (one pass, analytic backward), composed elsewhere: see `ops`.
     let nll = crate::ops::cross_entropy_rows(logits, labels)?; // (N,)
-    Ok((nll.sum_all()? / n as f64)?)
+    Ok((nll.sum_all()? / denom as f64)?)
 }
 
 /// The masked positions of a batch and their target ids (HF labels with -100 = ignored).

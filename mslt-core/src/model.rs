@@ -670,12 +670,50 @@ impl BertForPreTraining {
         nsp_labels: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<PretrainingLoss> {
+        let nsp_rows = match nsp_labels {
+            Some(l) => l.dim(0)?,
+            None => 0,
+        };
+        let l = self.pretraining_loss_over(
+            input,
+            Some(mlm),
+            nsp_labels,
+            mode,
+            LossDenominators {
+                mlm: mlm.len(),
+                nsp: nsp_rows,
+            },
+        )?;
+        l.ok_or_else(|| Error::Input("pre-training loss over an empty batch".into()))
+    }
+
+    /// The pre-training loss of one data-parallel shard: cross-entropy sums divided by the
+    /// *global* counts in `denom`, so that summing over the ranks gives the global batch's
+    /// means. `mlm` may be `None` (no predicted token in this shard). `None` when the shard
+    /// contributes no term at all.
+    pub fn pretraining_loss_over(
+        &self,
+        input: &BertInput,
+        mlm: Option<&crate::loss::MlmTargets>,
+        nsp_labels: Option<&Tensor>,
+        mode: &mut Mode,
+        denom: LossDenominators,
+    ) -> Result<Option<PretrainingLoss>> {
         let out = self.encode(input, mode, false)?;
         let h = &out.last_hidden_state;
         let c = h.dim(D::Minus1)?;
-        let rows = h.reshape(((), c))?.index_select(&mlm.positions, 0)?; // (M, C)
-        let logits = self.mlm_logits(&rows)?; // (M, V)
-        let mlm_loss = crate::loss::cross_entropy(&logits, &mlm.labels)?;
+        let mlm_loss = match mlm {
+            Some(mlm) if !mlm.is_empty() => {
+                let rows = h.reshape(((), c))?.index_select(&mlm.positions, 0)?; // (M, C)
+                let logits = self.mlm_logits(&rows)?; // (M, V)
+                Some(crate::loss::cross_entropy_over(
+                    &logits,
+                    &mlm.labels,
+                    denom.mlm,
+                )?)
+            }
+            _ => None,
+        };
         let nsp_loss = match nsp_labels {
             None => None,
             Some(labels) => {
@@ -684,22 +722,37 @@ impl BertForPreTraining {
                         "NSP needs the pooler (bert.pooler.*), which this model lacks".into(),
                     )
                 })?;
-                Some(crate::loss::cross_entropy(
+                Some(crate::loss::cross_entropy_over(
                     &self.nsp_logits(&pooled)?,
                     labels,
+                    denom.nsp,
                 )?)
             }
         };
-        let loss = match &nsp_loss {
-            Some(n) => (&mlm_loss + n)?,
-            None => mlm_loss.clone(),
+        let loss = match (&mlm_loss, &nsp_loss) {
+            (Some(m), Some(n)) => (m + n)?,
+            (Some(m), None) => m.clone(),
+            (None, Some(n)) => n.clone(),
+            (None, None) => return Ok(None),
         };
-        Ok(PretrainingLoss {
+        let zero = || Tensor::zeros((), candle_core::DType::F32, h.device());
+        Ok(Some(PretrainingLoss {
             loss,
-            mlm_loss,
+            mlm_loss: match mlm_loss {
+                Some(m) => m,
+                None => zero()?,
+            },
             nsp_loss,
-        })
+        }))
     }
+}
+
+/// What the pre-training cross-entropies are divided by: predicted tokens and NSP sequences of
+/// the (global) batch.
+#[derive(Clone, Copy, Debug)]
+pub struct LossDenominators {
+    pub mlm: usize,
+    pub nsp: usize,
 }
 
 /// Scalar losses of a pre-training step.

@@ -4,8 +4,10 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mslt_core::train::{train, Event, TrainConfig};
+use mslt_core::dist::{Collective, Single, WorldSpec};
+use mslt_core::train::{train_on, Event, TrainConfig};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -101,6 +103,28 @@ pub struct TrainArgs {
     /// Continue from the newest complete checkpoint in --out.
     #[arg(long)]
     resume: bool,
+    /// Data-parallel: one process per GPU on this machine (NCCL; needs `--features nccl`).
+    /// 1 = this process alone, through a real NCCL communicator when NCCL is built in.
+    #[arg(long)]
+    nproc: Option<usize>,
+    /// Multi-machine data-parallel: total ranks (or WORLD_SIZE, as torchrun sets it).
+    #[arg(long)]
+    world_size: Option<usize>,
+    /// This process's rank, 0..world-size (or RANK).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// GPU index of this rank on its machine (or LOCAL_RANK; default: the rank).
+    #[arg(long)]
+    local_rank: Option<usize>,
+    /// Address of rank 0 for the rendezvous (or MASTER_ADDR; default 127.0.0.1).
+    #[arg(long)]
+    master_addr: Option<String>,
+    /// Port rank 0 listens on for the rendezvous (or MASTER_PORT; default 29500).
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// Seconds to wait for every rank to join the rendezvous.
+    #[arg(long, default_value_t = 300)]
+    rendezvous_timeout: u64,
     /// No progress bar (log lines only).
     #[arg(long)]
     no_progress: bool,
@@ -198,9 +222,174 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// This process's world: flags first, then torchrun's environment variables.
+fn world_spec(a: &TrainArgs) -> Result<Option<WorldSpec>> {
+    let flags = a.world_size.is_some()
+        || a.rank.is_some()
+        || a.local_rank.is_some()
+        || a.master_addr.is_some()
+        || a.master_port.is_some();
+    let env = |k: &str| std::env::var(k).ok();
+    let from_flag = |k: &str| -> Option<String> {
+        match k {
+            "WORLD_SIZE" => a.world_size.map(|v| v.to_string()),
+            "RANK" => a.rank.map(|v| v.to_string()),
+            "LOCAL_RANK" => a.local_rank.map(|v| v.to_string()),
+            "MASTER_ADDR" => a.master_addr.clone(),
+            "MASTER_PORT" => a.master_port.map(|v| v.to_string()),
+            _ => None,
+        }
+        .or_else(|| env(k))
+    };
+    if flags && a.world_size.is_none() && env("WORLD_SIZE").is_none() {
+        anyhow::bail!(
+            "--rank/--local-rank/--master-addr/--master-port need --world-size (or WORLD_SIZE)"
+        );
+    }
+    Ok(WorldSpec::from_env(from_flag)?)
+}
+
+/// A digest of the resolved run config: every rank must run the same one.
+fn config_digest(cfg: &TrainConfig) -> String {
+    let text = serde_json::to_string(cfg).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `--nproc N`: runs this command once per GPU with torchrun's variables set, and waits; when
+/// one rank fails the others are stopped.
+fn spawn_ranks(n: usize, port: u16) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the mslt-cli binary")?;
+    let mut args = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        if x == "--nproc" {
+            it.next();
+        } else if !x.starts_with("--nproc=") {
+            args.push(x);
+        }
+    }
+    let mut children = Vec::new();
+    for r in 0..n {
+        let c = std::process::Command::new(&exe)
+            .args(&args)
+            .env("WORLD_SIZE", n.to_string())
+            .env("RANK", r.to_string())
+            .env("LOCAL_RANK", r.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("starting rank {r} ({})", exe.display()))?;
+        children.push(Some(c));
+    }
+    let mut failed: Option<String> = None;
+    while children.iter().any(|c| c.is_some()) {
+        for (r, slot) in children.iter_mut().enumerate() {
+            let Some(c) = slot else { continue };
+            if let Some(st) = c.try_wait()? {
+                *slot = None;
+                if !st.success() && failed.is_none() {
+                    failed = Some(format!("rank {r} failed ({st})"));
+                }
+            }
+        }
+        if failed.is_some() {
+            for c in children.iter_mut().flatten() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    match failed {
+        Some(f) => anyhow::bail!("{f}; the other ranks were stopped"),
+        None => Ok(()),
+    }
+}
+
+/// The process group of `world` (NCCL) and this rank's GPU (`cfg.device` points at it). The
+/// communicator lives on that device's stream: training must use this very `Device`.
+#[cfg(feature = "nccl")]
+fn nccl_comm(
+    world: &WorldSpec,
+    cfg: &mut TrainConfig,
+    token: &str,
+    timeout: Duration,
+) -> Result<(Box<dyn Collective>, candle_core::Device)> {
+    anyhow::ensure!(
+        cfg.device.starts_with("cuda"),
+        "data-parallel training runs on GPUs over NCCL: --device {} is not cuda",
+        cfg.device
+    );
+    cfg.device = format!("cuda:{}", world.local_rank);
+    let device = mslt_core::device(&cfg.device)?;
+    let c = mslt_core::dist::nccl::NcclComm::init(world, &device, token, timeout)
+        .with_context(|| format!("rank {} of {}: NCCL setup", world.rank, world.world_size))?;
+    Ok((Box::new(c), device))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_comm(
+    world: &WorldSpec,
+    _: &mut TrainConfig,
+    _: &str,
+    _: Duration,
+) -> Result<(Box<dyn Collective>, candle_core::Device)> {
+    anyhow::bail!(
+        "data-parallel training with {} ranks needs NCCL, which this build lacks: rebuild with `--features nccl` on a machine with CUDA GPUs (docs/distributed.md)",
+        world.world_size
+    )
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
-    let cfg = resolve(&a)?;
-    let bar = if a.no_progress {
+    let mut cfg = resolve(&a)?;
+    let timeout = Duration::from_secs(a.rendezvous_timeout);
+    let mut world = world_spec(&a)?;
+    if let Some(n) = a.nproc {
+        anyhow::ensure!(n >= 1, "--nproc {n}: expected at least 1");
+        anyhow::ensure!(
+            world.is_none(),
+            "--nproc starts its own ranks: do not combine it with --world-size/--rank or WORLD_SIZE"
+        );
+        if n > 1 {
+            anyhow::ensure!(
+                cfg!(feature = "nccl"),
+                "--nproc {n}: data-parallel training needs NCCL, which this build lacks: rebuild with `--features nccl` on a machine with CUDA GPUs (docs/distributed.md)"
+            );
+            let port = match a.master_port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            return spawn_ranks(n, port);
+        }
+        if cfg!(feature = "nccl") {
+            world = Some(WorldSpec {
+                rank: 0,
+                world_size: 1,
+                local_rank: 0,
+                master_addr: "127.0.0.1".into(),
+                master_port: free_port()?,
+            });
+        }
+    }
+    let token = config_digest(&cfg);
+    let (comm, device): (Box<dyn Collective>, _) = match &world {
+        Some(w) if w.world_size > 1 || cfg!(feature = "nccl") => {
+            nccl_comm(w, &mut cfg, &token, timeout)?
+        }
+        _ => (Box::new(Single), mslt_core::device(&cfg.device)?),
+    };
+    let rank0 = comm.rank() == 0;
+    let bar = if a.no_progress || !rank0 {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(cfg.steps)
@@ -211,7 +400,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut last_eval = String::new();
-    let summary = train(&cfg, a.resume, &mut |ev| {
+    let summary = train_on(&cfg, a.resume, &device, comm.as_ref(), &mut |ev| {
+        if !rank0 {
+            return; // rank 0 reports for the world
+        }
         match ev {
         Event::Started {
             start_step,
@@ -279,6 +471,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     })?;
     bar.finish_and_clear();
+    if !rank0 {
+        return Ok(());
+    }
     eprintln!(
         "done: {} steps, {} tokens in {:.1}s ({:.0} tokens/s)",
         summary.steps,
@@ -292,11 +487,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
             e.eval_mlm_loss, e.eval_mlm_acc
         );
     }
+    if summary.allreduce_bytes > 0 {
+        eprintln!(
+            "data-parallel: {} ranks ({}), {:.1} MB of gradients all-reduced, {:.2}s in collectives",
+            summary.world_size,
+            comm.backend(),
+            summary.allreduce_bytes as f64 / 1e6,
+            summary.comm_s
+        );
+    }
     eprintln!(
         "results: {}/metrics.jsonl, {}/config.json, checkpoint {}",
         cfg.out.display(),
         cfg.out.display(),
-        summary.last_checkpoint.display()
+        summary
+            .last_checkpoint
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -44,6 +44,30 @@ pub struct HostBatch {
     pub tokens: usize,
 }
 
+impl HostBatch {
+    /// Rows `r` of the batch (a data-parallel rank's share of a global batch).
+    pub fn rows(&self, r: std::ops::Range<usize>) -> HostBatch {
+        let t = self.t;
+        let cut = |v: &[i64]| v[r.start * t..r.end * t].to_vec();
+        let attention_mask = cut(&self.attention_mask);
+        HostBatch {
+            b: r.len(),
+            t,
+            input_ids: cut(&self.input_ids),
+            tokens: attention_mask.iter().filter(|&&m| m != 0).count(),
+            attention_mask,
+            token_type_ids: cut(&self.token_type_ids),
+            mlm_labels: cut(&self.mlm_labels),
+            nsp_labels: self.nsp_labels[r].to_vec(),
+        }
+    }
+
+    /// Predicted (masked) positions in the batch.
+    pub fn predicted(&self) -> usize {
+        self.mlm_labels.iter().filter(|&&l| l != -100).count()
+    }
+}
+
 fn is_special(id: u32, sp: &SpecialIds) -> bool {
     id == sp.pad || id == sp.cls || id == sp.sep || id == sp.mask
 }

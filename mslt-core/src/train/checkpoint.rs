@@ -45,6 +45,13 @@ pub struct TrainState {
     pub stage: usize,
     /// The resolved run config (`TrainConfig`) as JSON.
     pub run: serde_json::Value,
+    /// Data-parallel ranks the run was trained with (1 for a single process).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {

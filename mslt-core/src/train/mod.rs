@@ -307,6 +307,12 @@ pub struct StepRecord {
     pub tokens: u64,
     pub elapsed_s: f64,
     pub tokens_per_s: f64,
+    /// data-parallel runs: gradient bytes all-reduced this step (trainable parameters only)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allreduce_bytes: Option<u64>,
+    /// data-parallel runs: seconds spent in the step's collectives (waiting for peers included)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -342,10 +348,18 @@ pub enum Event<'a> {
 
 pub struct Summary {
     pub steps: u64,
-    pub last_checkpoint: PathBuf,
+    /// the newest checkpoint (`None` on ranks other than 0, which write none)
+    pub last_checkpoint: Option<PathBuf>,
     pub final_eval: Option<EvalRecord>,
     pub tokens: u64,
     pub elapsed_s: f64,
+    /// data-parallel ranks of the run
+    pub world_size: usize,
+    /// total gradient bytes all-reduced / seconds in collectives (0 for a single process)
+    pub allreduce_bytes: u64,
+    pub comm_s: f64,
+    /// the parameters at the end (every rank holds the same values)
+    pub params: BTreeMap<String, Tensor>,
 }
 
 /// Where a run starts: all parameters (at the depth of the starting stage), the config of
@@ -633,6 +647,7 @@ fn setup(
         data: fingerprint,
         stage: 0,
         run: serde_json::to_value(cfg).expect("config serialises"),
+        world_size: 1,
     };
     Ok((
         Setup {
@@ -738,12 +753,65 @@ pub struct StageRecord {
     pub train_embeddings: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<crate::growth::GrowthReport>,
+    /// data-parallel runs: how this stage's trainable gradients are all-reduced
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allreduce: Option<AllReducePlan>,
 }
 
-/// Runs (or resumes) pre-training as configured.
+/// The gradient all-reduce of a stage (data-parallel runs).
+#[derive(Clone, Debug, Serialize)]
+pub struct AllReducePlan {
+    pub world_size: usize,
+    pub backend: &'static str,
+    pub buckets: usize,
+    /// f32 gradient bytes per step (trainable parameters only)
+    pub bytes: usize,
+    /// parameters in each bucket, top of the model first
+    pub bucket_params: Vec<usize>,
+}
+
+/// Runs (or resumes) pre-training as configured, in this process alone.
 pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
-    cfg.validate()?;
     let device = crate::device(&cfg.device)?;
+    train_on(cfg, resume, &device, &crate::dist::Single, on_event)
+}
+
+/// Appends records to metrics.jsonl on rank 0; other ranks write nothing.
+struct Metrics(Option<(std::fs::File, PathBuf)>);
+
+impl Metrics {
+    fn append(&mut self, v: &impl Serialize) -> Result<()> {
+        match &mut self.0 {
+            Some((f, p)) => append(f, p, v),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Mixes the rank into a dropout seed (rank 0 keeps the single-process seed).
+fn rank_seed(seed: u64, rank: usize) -> u64 {
+    seed ^ (rank as u64).wrapping_mul(0xA076_1D64_78BD_642F)
+}
+
+/// Runs (or resumes) pre-training as rank `comm.rank()` of a data-parallel world on `device`.
+/// Every rank reads the same global batch (`batch_size` sequences per micro-batch) and trains
+/// on its share; the trainable gradients are summed over the ranks in buckets; rank 0 alone
+/// writes config.json, metrics.jsonl and checkpoints. With [`crate::dist::Single`] this is plain
+/// single-process training.
+pub fn train_on(
+    cfg: &TrainConfig,
+    resume: bool,
+    device: &Device,
+    comm: &dyn crate::dist::Collective,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary> {
+    cfg.validate()?;
+    let device = device.clone();
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let rank0 = rank == 0;
+    // Data-parallel: any real process group, even of one rank (then the collectives run too).
+    let dp = comm.backend() != "single";
+    let shard = crate::dist::shard_range(cfg.batch_size, rank, world)?;
     let mut train = DataSet::open(&cfg.data, "train")?;
     let val = if train.manifest.val.sequences > 0 {
         Some(DataSet::open(&cfg.data, "val")?)
@@ -758,28 +826,55 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             cfg.data.display()
         )));
     }
-    check_writable(&cfg.out)?;
-    checkpoint::clean_partial(&cfg.out);
+    if rank0 {
+        check_writable(&cfg.out)?;
+        checkpoint::clean_partial(&cfg.out);
+    }
     let (setup, target_cfg, plan) = setup(cfg, resume, &train, &device)?;
     let Setup {
         mut model_cfg,
         mut params,
         mut state,
         optimizer: mut restored_opt,
-        notes,
+        mut notes,
     } = setup;
     state.run = serde_json::to_value(cfg).expect("config serialises");
+    if resume && state.world_size != world {
+        notes.push(format!(
+            "warning: the checkpoint was trained with {} data-parallel rank(s), this run has {world}: the global batch and data order are unchanged (each rank takes batch_size / world_size sequences of it), the dropout streams differ from an uninterrupted run",
+            state.world_size
+        ));
+    }
+    state.world_size = world;
+    if dp {
+        // Identical starting weights everywhere, whatever each rank loaded or drew.
+        for var in params.vars.values() {
+            let t = comm.broadcast(var.as_tensor(), 0)?;
+            var.set(&t)?;
+        }
+        notes.push(format!(
+            "data-parallel rank {rank} of {world} ({}): sequences {}..{} of each global micro-batch of {}",
+            comm.backend(),
+            shard.start,
+            shard.end,
+            cfg.batch_size
+        ));
+    }
     let run_json = serde_json::json!({
         "run": cfg, "model": target_cfg.to_hf_json(), "stages": plan, "data": train.manifest
     });
-    crate::data::shards::write_atomic(
-        &cfg.out.join("config.json"),
-        serde_json::to_string_pretty(&run_json)
-            .expect("json")
-            .as_bytes(),
-    )?;
     let metrics_path = cfg.out.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, resume.then_some(state.step))?;
+    let mut metrics = Metrics(None);
+    if rank0 {
+        crate::data::shards::write_atomic(
+            &cfg.out.join("config.json"),
+            serde_json::to_string_pretty(&run_json)
+                .expect("json")
+                .as_bytes(),
+        )?;
+        let f = open_metrics(&metrics_path, resume.then_some(state.step))?;
+        metrics = Metrics(Some((f, metrics_path.clone())));
+    }
     let tokenizer_file = cfg.data.join(&train.manifest.tokenizer_file);
     let masking = cfg.masking();
     let nsp = train.manifest.nsp;
@@ -800,7 +895,12 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
     let elapsed_before = state.elapsed_s;
     let mut overhead_s = 0f64;
     let mut bad_run = 0u64;
-    let mut last_ckpt = checkpoint::latest(&cfg.out);
+    let mut last_ckpt = if rank0 {
+        checkpoint::latest(&cfg.out)
+    } else {
+        None
+    };
+    let (mut total_comm_s, mut total_bytes) = (0f64, 0u64);
     let mut final_eval = None;
     // Moments handed from one stage to the next (keep_optimizer_state) or from a checkpoint.
     let mut carried: Option<(HashMap<String, Tensor>, bool)> =
@@ -843,6 +943,17 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             opt.load_state(&map, require_all)?;
         }
         let trainable_params: usize = named.iter().map(|(_, v)| v.elem_count()).sum();
+        let shapes: Vec<candle_core::Shape> =
+            named.iter().map(|(_, v)| v.shape().clone()).collect();
+        let sizes: Vec<usize> = shapes.iter().map(|s| s.elem_count()).collect();
+        let buckets = crate::dist::BucketPlan::new(&sizes, crate::dist::DEFAULT_BUCKET_BYTES);
+        let allreduce = dp.then(|| AllReducePlan {
+            world_size: world,
+            backend: comm.backend(),
+            buckets: buckets.buckets.len(),
+            bytes: buckets.bytes(),
+            bucket_params: buckets.buckets.iter().map(|b| b.params.len()).collect(),
+        });
         let rec = StageRecord {
             step: state.step,
             event: if at_boundary {
@@ -856,8 +967,9 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             frozen_layers: stage.train_from_layer,
             train_embeddings: stage.train_embeddings,
             growth,
+            allreduce,
         };
-        append(&mut metrics, &metrics_path, &rec)?;
+        metrics.append(&rec)?;
         on_event(Event::Stage(&rec));
 
         let save = |state: &TrainState, opt: &AdamW| -> Result<PathBuf> {
@@ -915,8 +1027,17 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                 let counter = (step * cfg.grad_accum as u64 + micro) * cfg.batch_size as u64;
                 let seqs = train.shuffled(counter, cfg.batch_size, cfg.seed);
                 let mut mrng = Rng::new(step_seed(cfg.seed, 2, step, micro));
-                let hb = train.mask(&seqs, &masking, &mut mrng);
-                tokens += hb.tokens as u64;
+                let global = train.mask(&seqs, &masking, &mut mrng);
+                tokens += global.tokens as u64;
+                let denom = crate::model::LossDenominators {
+                    mlm: global.predicted(),
+                    nsp: global.b,
+                };
+                let hb = if world > 1 {
+                    global.rows(shard.clone())
+                } else {
+                    global
+                };
                 let input = BertInput::from_host(
                     &model_cfg,
                     (hb.b, hb.t),
@@ -925,25 +1046,40 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                     Some(&hb.token_type_ids),
                     &device,
                 )?;
-                let targets =
-                    MlmTargets::from_labels(&hb.mlm_labels, model_cfg.vocab_size, &device)?;
+                let targets = if hb.predicted() > 0 {
+                    Some(MlmTargets::from_labels(
+                        &hb.mlm_labels,
+                        model_cfg.vocab_size,
+                        &device,
+                    )?)
+                } else if world == 1 {
+                    return Err(Error::Input(
+                        "no masked positions in the batch (all labels are -100)".into(),
+                    ));
+                } else {
+                    None // this rank's share has no predicted token: no MLM term here
+                };
                 let nsp_labels = if nsp {
                     let v: Vec<u32> = hb.nsp_labels.iter().map(|&x| x as u32).collect();
                     Some(Tensor::from_vec(v, hb.b, &device)?)
                 } else {
                     None
                 };
-                let dseed = step_seed(cfg.seed, 3, step, micro);
+                let dseed = rank_seed(step_seed(cfg.seed, 3, step, micro), rank);
                 if !device.is_cpu() {
                     device.set_seed(dseed)?; // device-side dropout masks (see nn::dropout)
                 }
                 let mut drng = Rng::new(dseed);
-                let l = model.pretraining_loss(
+                let Some(l) = model.pretraining_loss_over(
                     &input,
-                    &targets,
+                    targets.as_ref(),
                     nsp_labels.as_ref(),
                     &mut Mode::Train(&mut drng),
-                )?;
+                    denom,
+                )?
+                else {
+                    continue; // nothing to learn from on this rank (its gradients count as 0)
+                };
                 let mut loss = (&l.loss / cfg.grad_accum as f64)?;
                 if inject_nan.contains(&(step + 1)) {
                     loss = (loss * f64::NAN)?;
@@ -963,17 +1099,30 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                     }
                 }
             }
+            let (mut comm_s, mut step_bytes) = (None, None);
+            if dp {
+                if !device.is_cpu() {
+                    device.synchronize()?; // time the collectives, not the backward before them
+                }
+                let c0 = Instant::now();
+                buckets.all_reduce(comm, &mut grads, &shapes, &device)?;
+                let parts =
+                    Tensor::new(&[loss_sum as f32, mlm_sum as f32, nsp_sum as f32], &device)?;
+                let parts = comm.all_reduce_sum(&parts)?.to_vec1::<f32>()?;
+                (loss_sum, mlm_sum, nsp_sum) = (parts[0] as f64, parts[1] as f64, parts[2] as f64);
+                let dt = c0.elapsed().as_secs_f64();
+                comm_s = Some(dt);
+                step_bytes = Some(buckets.bytes() as u64);
+                total_comm_s += dt;
+                total_bytes += buckets.bytes() as u64;
+            }
             let norm = crate::optim::grad_norm(&grads)?;
             if !norm.is_finite() || !loss_sum.is_finite() {
                 bad_run += 1;
                 state.skipped_steps += 1;
                 let reason =
                     format!("non-finite loss ({loss_sum}) or gradient norm ({norm}): step skipped");
-                append(
-                    &mut metrics,
-                    &metrics_path,
-                    &serde_json::json!({"step": step + 1, "skipped": reason}),
-                )?;
+                metrics.append(&serde_json::json!({"step": step + 1, "skipped": reason}))?;
                 on_event(Event::Skipped {
                     step: step + 1,
                     reason: &reason,
@@ -1008,21 +1157,23 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                 tokens: state.tokens,
                 elapsed_s: state.elapsed_s,
                 tokens_per_s: state.tokens as f64 / state.elapsed_s.max(1e-9),
+                allreduce_bytes: step_bytes,
+                comm_s,
             };
             if state.step % cfg.log_every == 0 || state.step == stage.end() {
-                append(&mut metrics, &metrics_path, &rec)?;
+                metrics.append(&rec)?;
             }
             on_event(Event::Step(&rec));
             let stage_end = state.step == stage.end();
             let last = state.step == cfg.steps;
-            if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || stage_end {
+            if rank0 && ((cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || stage_end) {
                 let eval_t0 = Instant::now();
                 let e = run_eval(state.step, state.elapsed_s)?;
                 // Evaluation and checkpoint writing are not training time: they are kept out of
                 // elapsed_s and tokens/s (schedules with more stages save more often).
                 overhead_s += eval_t0.elapsed().as_secs_f64();
                 if let Some(e) = e {
-                    append(&mut metrics, &metrics_path, &e)?;
+                    metrics.append(&e)?;
                     on_event(Event::Eval(&e));
                     if last {
                         final_eval = Some(e);
@@ -1039,12 +1190,13 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
                     frozen_layers: stage.train_from_layer,
                     train_embeddings: stage.train_embeddings,
                     growth: None,
+                    allreduce: None,
                 };
-                append(&mut metrics, &metrics_path, &rec)?;
+                metrics.append(&rec)?;
                 on_event(Event::Stage(&rec));
                 state.stage += 1;
             }
-            if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || stage_end {
+            if rank0 && ((cfg.save_every > 0 && state.step % cfg.save_every == 0) || stage_end) {
                 let save_t0 = Instant::now();
                 let p = save(&state, &opt)?;
                 overhead_s += save_t0.elapsed().as_secs_f64();
@@ -1059,14 +1211,23 @@ pub fn train(cfg: &TrainConfig, resume: bool, on_event: &mut dyn FnMut(Event)) -
             state.stage += 1; // an empty remainder (resumed exactly at the end of the stage)
         }
     }
-    let last_checkpoint =
-        last_ckpt.ok_or_else(|| Error::Input("the run saved no checkpoint".into()))?;
+    if rank0 && last_ckpt.is_none() {
+        return Err(Error::Input("the run saved no checkpoint".into()));
+    }
     Ok(Summary {
         steps: state.step,
-        last_checkpoint,
+        last_checkpoint: last_ckpt,
         final_eval,
         tokens: state.tokens,
         elapsed_s: state.elapsed_s,
+        world_size: world,
+        allreduce_bytes: total_bytes,
+        comm_s: total_comm_s,
+        params: params
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect(),
     })
 }
 
