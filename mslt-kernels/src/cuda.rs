@@ -97,7 +97,7 @@ fn view<'a, T: CudaDType>(
 
 /// Whether a contiguous layout starts on a 16-byte boundary (allocations are 256-byte aligned).
 fn aligned16(l: &Layout, elem_size: usize) -> bool {
-    l.start_offset() * elem_size % 16 == 0
+    (l.start_offset() * elem_size) & 15 == 0
 }
 
 fn launch_err(entry: &str, e: impl std::fmt::Display) -> candle_core::Error {
@@ -158,8 +158,8 @@ pub fn add_layer_norm(
         op.has_res as i32,
     );
     let es = x.0.dtype().size_in_bytes();
-    let vec =
-        (c * es % 16 == 0 && c <= 1024 && [x.1, r.1, wb.1].iter().all(|l| aligned16(l, es))) as i32;
+    let vec = ((c * es) & 15 == 0 && c <= 1024 && [x.1, r.1, wb.1].iter().all(|l| aligned16(l, es)))
+        as i32;
     macro_rules! go {
         ($t:ty) => {{
             let (xv, rv, wv) = (
@@ -204,7 +204,7 @@ pub fn bias_gelu(
     let entry = format!("{K}_{}", dtype_suffix(K, x.0.dtype())?);
     let f = func(&dev, &BIAS_GELU, &entry)?;
     let es = x.0.dtype().size_in_bytes();
-    let vec = c * es % 16 == 0 && n < (1 << 32) && aligned16(x.1, es) && aligned16(bias.1, es);
+    let vec = (c * es) & 15 == 0 && n < (1 << 32) && aligned16(x.1, es) && aligned16(bias.1, es);
     let cfg = if vec {
         // grid-stride over 16-byte groups: enough blocks to fill the GPU, no more
         let groups = n * es / 16;

@@ -400,6 +400,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut last_eval = String::new();
+    let who = if world.is_some() {
+        format!("rank {} of {}", comm.rank(), comm.world_size())
+    } else {
+        "training".into()
+    };
     let summary = train_on(&cfg, a.resume, &device, comm.as_ref(), &mut |ev| {
         if !rank0 {
             return; // rank 0 reports for the world
@@ -469,7 +474,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }),
         Event::Saved(p) => bar.suspend(|| eprintln!("checkpoint {}", p.display())),
     }
-    })?;
+    })
+    .with_context(|| who.clone())?;
     bar.finish_and_clear();
     if !rank0 {
         return Ok(());
