@@ -20,6 +20,7 @@
 //! frozen / inference paths; see [`nn::LayerNorm::forward`].
 
 pub mod ablate;
+pub mod attention;
 pub mod bench;
 pub mod config;
 pub mod data;

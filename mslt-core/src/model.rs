@@ -287,6 +287,20 @@ impl BertSelfAttention {
     pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (nh, hs) = (self.num_heads, c / self.num_heads);
+        if crate::attention::applies(x) {
+            // CPU f32: one fused op from the (B, T, C) projections to the merged (B, T, C)
+            // output, analytic backward (see `attention`).
+            let (q, k, v) = (
+                self.query.forward(x)?,
+                self.key.forward(x)?,
+                self.value.forward(x)?,
+            );
+            let (p, seed) = match mode {
+                Mode::Train(rng) if self.dropout > 0.0 => (self.dropout, rng.next_u64()),
+                _ => (0.0, 0),
+            };
+            return Ok(crate::attention::attention(&q, &k, &v, mask, nh, p, seed)?);
+        }
         let heads = |lin: &Linear| -> Result<Tensor> {
             // (B, T, C) -> (B, T, NH, HS) -> (B, NH, T, HS)
             Ok(lin
