@@ -48,7 +48,7 @@ impl Linear {
         // Flatten to 2-D so the matmul takes gemm's fast path: (N, in) x (in, out). The backward
         // computes no gradient for a frozen operand (see `ops::matmul_wt`).
         let x2 = x.reshape(((), in_dim))?;
-        let y = crate::ops::matmul_wt(&x2, &self.weight)?.broadcast_add(&self.bias)?;
+        let y = crate::ops::linear(&x2, &self.weight, &self.bias)?; // (N, out)
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = out_dim;
         y.reshape(out_dims)

@@ -181,6 +181,98 @@ impl CustomOp2 for MatmulWt {
     }
 }
 
+/// `x W^T + b` on CPU f32: the product of [`MatmulWt`] with the bias added in place, and a
+/// backward that also sums the bias gradient over the rows in parallel (Candle's
+/// `broadcast_add` backward reduces over dim 0 on one thread).
+struct LinearCpu;
+
+/// Rows per partial sum of the bias gradient (a fixed split: the result does not depend on the
+/// thread count).
+const BIAS_ROWS: usize = 256;
+
+impl CustomOp3 for LinearCpu {
+    fn name(&self) -> &'static str {
+        "mslt-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bmnk, wt) = MatmulWt::dims(l1, l2)?;
+        let (n, m) = (bmnk.1, bmnk.2);
+        let bias = cpu_slice::<f32>(s3, l3, self.name())?;
+        if bias.len() != m {
+            candle_core::bail!(
+                "{}: bias has {} values for {m} outputs",
+                self.name(),
+                bias.len()
+            );
+        }
+        let mut y = match s1.matmul(s2, bmnk, l1, &wt)? {
+            CpuStorage::F32(v) => v,
+            _ => candle_core::bail!("{}: expected f32", self.name()),
+        };
+        y.par_chunks_mut(m)
+            .with_min_len(64)
+            .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
+        Ok((CpuStorage::F32(y), Shape::from((n, m))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = MatmulWt.bwd(x, w, _res, g)?;
+        let db = if b.track_op() {
+            let (n, m) = g.dims2()?;
+            let gv = g.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let partials: Vec<Vec<f32>> = gv
+                .par_chunks(BIAS_ROWS * m)
+                .map(|blk| {
+                    let mut acc = vec![0f32; m];
+                    for row in blk.chunks(m) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    acc
+                })
+                .collect();
+            let mut sum = vec![0f32; m];
+            for p in &partials {
+                sum.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+            }
+            let _ = n;
+            Some(Tensor::from_vec(sum, m, g.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `x W^T + b` for x (N, K), W (M, K), b (M,) -> (N, M). Fused on CPU f32 (backward, when
+/// something is tracked, skips frozen operands); elsewhere the product plus a broadcast add.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(x) && x.dtype() == w.dtype() && w.dtype() == b.dtype() {
+        let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+        return if x.track_op() || w.track_op() || b.track_op() {
+            x.apply_op3(&w, &b, LinearCpu)
+        } else {
+            x.apply_op3_no_bwd(&w, &b, &LinearCpu)
+        };
+    }
+    matmul_wt(x, w)?.broadcast_add(b)
+}
+
 /// `x W^T` for x (N, K) and W (M, K) -> (N, M), with a backward that skips frozen operands.
 /// When neither operand is tracked it is a plain matmul (no graph).
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -269,6 +361,43 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(d < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_linear_matches_product_plus_bias_in_value_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(11);
+        // 600 rows: more than one block of the bias-gradient sum
+        let (n, k, m) = (600, 24, 9);
+        let mut var = |len: usize, shape: (usize, usize)| -> Result<Var> {
+            Var::from_tensor(&Tensor::from_vec(
+                rng.normal_vec(len, 0.0, 1.0),
+                shape,
+                &dev,
+            )?)
+        };
+        let xv = var(n * k, (n, k))?;
+        let wv = var(m * k, (m, k))?;
+        let bv = Var::from_tensor(&Tensor::from_vec(rng.normal_vec(m, 0.0, 1.0), m, &dev)?)?;
+        let up = Tensor::from_vec(rng.normal_vec(n * m, 0.0, 1.0), (n, m), &dev)?;
+        let (x, w, b) = (xv.as_tensor(), wv.as_tensor(), bv.as_tensor());
+        let fused = linear(x, w, b)?;
+        let plain = x.matmul(&w.t()?)?.broadcast_add(b)?;
+        let d = (&fused - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "value {d}");
+        let gf = (fused * &up)?.sum_all()?.backward()?;
+        let gp = (plain * &up)?.sum_all()?.backward()?;
+        for (name, v) in [("x", x), ("w", w), ("b", b)] {
+            let (a, r) = (gf.get(v).unwrap(), gp.get(v).unwrap());
+            let d = (a - r)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let s = r.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d / s < 1e-5, "d{name}: {d} vs scale {s}");
+            assert!(!a.track_op(), "a gradient must not carry a graph");
+        }
+        // frozen weight and bias (a trainable layer's input from below): only dx
+        let g = linear(x, &w.detach(), &b.detach())?.sum_all()?.backward()?;
+        assert!(g.get(x).is_some());
         Ok(())
     }
 
