@@ -250,8 +250,25 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 struct GeluErf;
 
+/// erf in f32: a Taylor series below |x| = 0.5, above it Abramowitz & Stegun 7.1.26 (the
+/// approximation PyTorch's vectorised CPU GELU uses; 1.5e-7 in exact arithmetic): a polynomial
+/// and one `exp`, several times cheaper than the C library's double-precision `erf` (which was
+/// ~4% of a CPU training step). Within 2.4e-7 of it on [-8, 8]
+/// (`tests::fast_erf_is_close_to_libm`).
 fn erf(x: f32) -> f32 {
-    mslt_kernels::cpu::erf(x)
+    let a = x.abs();
+    if a < 0.5 {
+        // Taylor series (the polynomial form below cancels badly near 0): 2/sqrt(pi) x (1 -
+        // x^2/3 + x^4/10 - x^6/42 + x^8/216 - x^10/1320); next term < 2e-8 at |x| = 0.5
+        let z = x * x;
+        let s = 1.0 + z * (-1.0 / 3.0 + z * (0.1 + z * (-1.0 / 42.0 + z * (1.0 / 216.0 - z / 1320.0))));
+        return std::f32::consts::FRAC_2_SQRT_PI * x * s;
+    }
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    (1.0 - poly * (-a * a).exp()).copysign(x)
 }
 
 impl CustomOp1 for GeluErf {
@@ -319,6 +336,21 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fast_erf_is_close_to_libm() {
+        let mut worst = 0f64;
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4; // [-8, 8]
+            let d = (super::erf(x) as f64 - mslt_kernels::cpu::erf(x) as f64).abs();
+            worst = worst.max(d);
+        }
+        eprintln!("max |erf - libm erf| on [-8, 8]: {worst:.2e}");
+        assert!(worst < 3e-7, "max |erf error| {worst}");
+        assert_eq!(super::erf(0.0), 0.0);
+        assert_eq!(super::erf(-1.5), -super::erf(1.5));
+    }
+
     use super::*;
     use crate::rng::Rng;
     use candle_core::{Device, Var, D};
