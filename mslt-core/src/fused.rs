@@ -261,7 +261,8 @@ fn erf(x: f32) -> f32 {
         // Taylor series (the polynomial form below cancels badly near 0): 2/sqrt(pi) x (1 -
         // x^2/3 + x^4/10 - x^6/42 + x^8/216 - x^10/1320); next term < 2e-8 at |x| = 0.5
         let z = x * x;
-        let s = 1.0 + z * (-1.0 / 3.0 + z * (0.1 + z * (-1.0 / 42.0 + z * (1.0 / 216.0 - z / 1320.0))));
+        let s =
+            1.0 + z * (-1.0 / 3.0 + z * (0.1 + z * (-1.0 / 42.0 + z * (1.0 / 216.0 - z / 1320.0))));
         return std::f32::consts::FRAC_2_SQRT_PI * x * s;
     }
     let t = 1.0 / (1.0 + 0.327_591_1 * a);

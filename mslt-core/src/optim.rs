@@ -52,6 +52,72 @@ pub fn clip_grads(grads: &mut [Option<Tensor>], norm: f64, max_norm: f64) -> Res
     Ok(())
 }
 
+/// Runs `f` on the contiguous f32 values of four CPU tensors (no copies); `None` when one of
+/// them is not a contiguous f32 CPU tensor.
+fn with_cpu_slices<R>(ts: [&Tensor; 4], f: impl FnOnce([&[f32]; 4]) -> R) -> Option<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut out: Vec<&[f32]> = Vec::with_capacity(4);
+    for (storage, layout) in &guards {
+        let (candle_core::Storage::Cpu(cs), Some((a, b))) =
+            (&**storage, layout.contiguous_offsets())
+        else {
+            return None;
+        };
+        out.push(&cs.as_slice::<f32>().ok()?[a..b]);
+    }
+    Some(f([out[0], out[1], out[2], out[3]]))
+}
+
+/// The scalars of one AdamW update, in f32.
+#[derive(Clone, Copy)]
+struct CpuStep {
+    /// `1 - lr * weight_decay` for decayed parameters
+    decay: Option<f32>,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    inv_bc2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+/// One AdamW update on the CPU in a single parallel pass: returns (m, v, p). The arithmetic is
+/// the composed Candle path's, op for op in f32 (Candle's `x * s` and `x / s` with a scalar are
+/// `x * f32(s)` and `x * f32(1 / s)`), so both give bit-identical results.
+fn cpu_update(
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    k: CpuStep,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let n = p.len();
+    let (mut mo, mut vo, mut po) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    const CHUNK: usize = 1 << 14;
+    mo.par_chunks_mut(CHUNK)
+        .zip(vo.par_chunks_mut(CHUNK))
+        .zip(po.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(i, ((mo, vo), po))| {
+            let r = i * CHUNK..(i * CHUNK + mo.len());
+            let (p, g, m, v) = (&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]);
+            for j in 0..mo.len() {
+                let pj = match k.decay {
+                    Some(d) => p[j] * d,
+                    None => p[j],
+                };
+                let mj = m[j] + (g[j] - m[j]) * k.one_minus_beta1;
+                let vj = v[j] * k.beta2 + g[j] * g[j] * k.one_minus_beta2;
+                let denom = vj.sqrt() * k.inv_bc2_sqrt + k.eps;
+                mo[j] = mj;
+                vo[j] = vj;
+                po[j] = pj - mj / denom * k.step_size;
+            }
+        });
+    (mo, vo, po)
+}
+
 pub fn no_decay(name: &str) -> bool {
     name.ends_with(".bias") || name.contains("LayerNorm") || name == "cls.predictions.bias"
 }
@@ -72,6 +138,9 @@ struct Slot {
 pub struct AdamW {
     pub config: AdamWConfig,
     slots: Vec<Slot>,
+    /// CPU f32 parameters take the one-pass update (`cpu_update`); false forces the composed
+    /// tensor ops (the tests compare the two)
+    fused_cpu: bool,
 }
 
 impl AdamW {
@@ -92,7 +161,11 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, slots })
+        Ok(Self {
+            config,
+            slots,
+            fused_cpu: true,
+        })
     }
 
     /// The largest per-parameter step count.
@@ -142,6 +215,33 @@ impl AdamW {
             let bc1 = 1.0 - c.beta1.powi(t);
             let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
             let step_size = c.lr / bc1;
+            let k = CpuStep {
+                decay: if s.decay && c.weight_decay != 0.0 {
+                    Some((1.0 - c.lr * c.weight_decay) as f32)
+                } else {
+                    None
+                },
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                inv_bc2_sqrt: (1.0 / bc2_sqrt) as f32,
+                eps: c.eps as f32,
+                step_size: step_size as f32,
+            };
+            let fused = if self.fused_cpu && s.var.dtype() == DType::F32 {
+                with_cpu_slices([s.var.as_tensor(), g, &s.m, &s.v], |[p, g, m, v]| {
+                    cpu_update(p, g, m, v, k)
+                })
+            } else {
+                None
+            };
+            if let Some((m, v, p)) = fused {
+                let (shape, dev) = (s.var.shape().clone(), s.var.device().clone());
+                s.m = Tensor::from_vec(m, shape.clone(), &dev)?;
+                s.v = Tensor::from_vec(v, shape.clone(), &dev)?;
+                s.var.set(&Tensor::from_vec(p, shape, &dev)?)?;
+                continue;
+            }
             // Detached: the optimizer state must never hold an autograd graph.
             let g = g.detach().to_dtype(DType::F32)?;
             let mut p = s.var.as_tensor().detach().to_dtype(DType::F32)?;
@@ -210,5 +310,75 @@ impl AdamW {
             restored += 1;
         }
         Ok(restored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::Device;
+
+    /// The one-pass CPU update gives bit-identical parameters and moments to the composed
+    /// tensor ops, over several steps, with and without weight decay.
+    #[test]
+    fn one_pass_cpu_update_is_bit_identical_to_the_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(3);
+        let mut make = || -> Result<Vec<(String, Var)>> {
+            [
+                ("layer.dense.weight", 50_000usize),
+                ("layer.dense.bias", 300),
+            ]
+            .iter()
+            .map(|&(n, len)| {
+                let t = Tensor::from_vec(rng.normal_vec(len, 0.0, 0.5), len, &dev)?;
+                Ok((n.to_string(), Var::from_tensor(&t)?))
+            })
+            .collect()
+        };
+        let (pa, pb) = (make()?, make()?);
+        for ((_, a), (_, b)) in pa.iter().zip(&pb) {
+            b.set(a.as_tensor())?;
+        }
+        let cfg = AdamWConfig {
+            lr: 1e-2,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let mut fused = AdamW::new(pa.clone(), cfg.clone())?;
+        let mut composed = AdamW::new(pb.clone(), cfg)?;
+        composed.fused_cpu = false;
+        for step in 0..4 {
+            let grads: Vec<Option<Tensor>> = pa
+                .iter()
+                .map(|(_, v)| {
+                    Ok(Some(Tensor::from_vec(
+                        rng.normal_vec(v.elem_count(), 0.0, 1.0 + step as f32),
+                        v.shape(),
+                        &dev,
+                    )?))
+                })
+                .collect::<Result<_>>()?;
+            fused.step_grads(&grads)?;
+            composed.step_grads(&grads)?;
+        }
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|x| x.to_bits())
+                .collect())
+        };
+        for ((n, a), (_, b)) in pa.iter().zip(&pb) {
+            assert_eq!(bits(a.as_tensor())?, bits(b.as_tensor())?, "{n}");
+        }
+        let (sa, sb) = (fused.state(), composed.state());
+        for (k, v) in &sa {
+            if v.dtype() == DType::F32 {
+                assert_eq!(bits(v)?, bits(&sb[k])?, "{k}");
+            }
+        }
+        Ok(())
     }
 }
