@@ -110,7 +110,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
-        Activation::GeluErf if tracked(x) && crate::fused::applies(x) => crate::fused::gelu_erf(x),
+        Activation::GeluErf if crate::fused::applies(x) => crate::fused::gelu_erf(x),
         Activation::GeluErf => x.gelu_erf(),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
