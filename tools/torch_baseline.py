@@ -2,7 +2,8 @@
 """PyTorch eager baseline for `mslt-cli bench --compare`: the same BERT pre-training step on the
 same machine and threads, with Hugging Face transformers' BertForPreTraining modules.
 
-Rows (all fp32, dropout 0.1 in train mode, batch x seq of random ids, 15% of positions masked,
+Rows (all fp32, dropout 0.1 in train mode, batch x seq of random ids, exactly 15% of the non-[CLS]
+positions masked (round(0.15 B (T - 1)), as mslt's bench),
 the MLM head (transform + tied decoder) applied to the masked positions only, NSP head, AdamW):
   full        every parameter trains: forward + backward + AdamW step
   stage       the bottom --frozen layers and the embeddings are frozen and run under no_grad (no
@@ -54,9 +55,10 @@ def main():
     ids = torch.randint(1000, a.vocab, (B, T), generator=g)
     tt = (torch.arange(T) >= T // 2).long().expand(B, T)
     mask = torch.ones(B, T, dtype=torch.long)
-    sel = torch.rand(B, T, generator=g) < 0.15
-    sel[:, 0] = False
-    rows = sel.flatten().nonzero().squeeze(1)  # masked positions
+    # exactly round(0.15 B (T - 1)) non-[CLS] positions, as mslt's bench: equal MLM-head work
+    cand = torch.arange(B * T).reshape(B, T)[:, 1:].flatten()
+    m = round(0.15 * cand.numel())
+    rows = cand[torch.randperm(cand.numel(), generator=g)[:m]].sort().values  # masked positions
     labels = ids.flatten()[rows]
     nsp = torch.arange(B) % 2
 

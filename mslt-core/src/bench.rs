@@ -250,17 +250,18 @@ fn batch(
         .map(|_| 1000 + rng.below(cfg.vocab_size as u64 - 1000) as i64)
         .collect();
     let tt: Vec<i64> = (0..b * t).map(|k| ((k % t) >= t / 2) as i64).collect();
-    let labels: Vec<i64> = ids
-        .iter()
-        .enumerate()
-        .map(|(k, &id)| {
-            if k % t != 0 && rng.uniform_f64() < 0.15 {
-                id
-            } else {
-                -100
-            }
-        })
-        .collect();
+    // Exactly 15% of the non-[CLS] positions predicted (round(0.15 B (T - 1)), as
+    // tools/torch_baseline.py does), drawn without replacement: equal MLM-head work on both sides.
+    let mut cand: Vec<usize> = (0..b * t).filter(|k| k % t != 0).collect();
+    let m = (0.15 * cand.len() as f64).round() as usize;
+    for i in 0..m {
+        let j = i + rng.below((cand.len() - i) as u64) as usize;
+        cand.swap(i, j);
+    }
+    let mut labels = vec![-100i64; b * t];
+    for &k in &cand[..m] {
+        labels[k] = ids[k];
+    }
     let input = BertInput::from_host(cfg, (b, t), &ids, None, Some(&tt), device)?;
     let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, device)?;
     let nsp = Tensor::from_vec((0..b as u32).map(|i| i % 2).collect::<Vec<_>>(), b, device)?;

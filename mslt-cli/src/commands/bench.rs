@@ -163,6 +163,14 @@ fn compare_table(r: &mslt_core::bench::BenchReport, path: &std::path::Path) -> R
         r.batch_size,
         r.seq_len
     );
+    if let Some(m) = t["masked_rows"].as_u64() {
+        anyhow::ensure!(
+            m as usize == r.masked_rows,
+            "{}: torch predicted {m} masked rows, this bench {} (unequal MLM-head work; rerun tools/torch_baseline.py)",
+            path.display(),
+            r.masked_rows
+        );
+    }
     let rate = r.matmul_gflops.max(field(&t, "matmul_gflops")?);
     let stage_name = format!("stage ({frozen} of {layers} frozen)");
     let pairs: Vec<(
