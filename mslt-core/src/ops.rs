@@ -36,7 +36,11 @@ fn lse(row: &[f32]) -> f32 {
     m + s.ln()
 }
 
-struct CrossEntropyRows;
+/// Keeps the per-row log-sum-exp of the forward for the backward (one pass over the logits fewer).
+#[derive(Default)]
+struct CrossEntropyRows {
+    lse: std::sync::Mutex<Option<Vec<f32>>>,
+}
 
 impl CustomOp2 for CrossEntropyRows {
     fn name(&self) -> &'static str {
@@ -56,11 +60,15 @@ impl CustomOp2 for CrossEntropyRows {
         if y.len() != n {
             candle_core::bail!("{}: {} labels for {n} rows", self.name(), y.len());
         }
-        let out: Vec<f32> = x
-            .par_chunks(k)
-            .zip(y.par_iter())
-            .map(|(row, &t)| lse(row) - row[t as usize])
+        let l: Vec<f32> = x.par_chunks(k).map(lse).collect();
+        let out: Vec<f32> = l
+            .iter()
+            .zip(x.chunks(k).zip(y))
+            .map(|(&l, (row, &t))| l - row[t as usize])
             .collect();
+        if let Ok(mut slot) = self.lse.lock() {
+            *slot = Some(l);
+        }
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
@@ -71,17 +79,21 @@ impl CustomOp2 for CrossEntropyRows {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let lse = self.lse.lock().ok().and_then(|mut s| s.take());
         let g = logits.detach().apply_op3_no_bwd(
             labels,
             &grad.detach().contiguous()?,
-            &CrossEntropyRowsBwd,
+            &CrossEntropyRowsBwd { lse },
         )?;
         Ok((Some(g), None))
     }
 }
 
-/// d NLL_i / d x_ij = g_i * (softmax(x_i)_j - [j == y_i])
-struct CrossEntropyRowsBwd;
+/// d NLL_i / d x_ij = g_i * (softmax(x_i)_j - [j == y_i]); `lse`: the forward's per-row
+/// log-sum-exp (recomputed when absent).
+struct CrossEntropyRowsBwd {
+    lse: Option<Vec<f32>>,
+}
 
 impl CustomOp3 for CrossEntropyRowsBwd {
     fn name(&self) -> &'static str {
@@ -101,12 +113,14 @@ impl CustomOp3 for CrossEntropyRowsBwd {
         let x = cpu_slice::<f32>(s1, l1, self.name())?;
         let y = cpu_slice::<u32>(s2, l2, self.name())?;
         let g = cpu_slice::<f32>(s3, l3, self.name())?;
+        let cached = self.lse.as_ref().filter(|l| l.len() == n);
         let mut out = vec![0f32; n * k];
         out.par_chunks_mut(k)
             .zip(x.par_chunks(k))
             .zip(y.par_iter().zip(g.par_iter()))
-            .for_each(|((o, row), (&t, &gi))| {
-                let l = lse(row);
+            .enumerate()
+            .for_each(|(i, ((o, row), (&t, &gi)))| {
+                let l = cached.map_or_else(|| lse(row), |c| c[i]);
                 for (oj, &xj) in o.iter_mut().zip(row) {
                     *oj = gi * (xj - l).exp();
                 }
@@ -288,7 +302,7 @@ pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     if logits.device().is_cpu() && logits.dtype() == candle_core::DType::F32 {
         return logits
             .contiguous()?
-            .apply_op2(&labels.contiguous()?, CrossEntropyRows);
+            .apply_op2(&labels.contiguous()?, CrossEntropyRows::default());
     }
     cross_entropy_rows_reference(logits, labels)
 }
