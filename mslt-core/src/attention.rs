@@ -172,18 +172,10 @@ impl CustomOp3 for AttentionCore {
                         )
                     };
                     for row in p.chunks_mut(t) {
-                        let mut mx = f32::NEG_INFINITY;
                         for (x, &m) in row.iter_mut().zip(mrow) {
                             *x += m;
-                            mx = mx.max(*x);
                         }
-                        let mut sum = 0f32;
-                        for x in row.iter_mut() {
-                            *x = (*x - mx).exp();
-                            sum += *x;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|x| *x *= inv);
+                        crate::simd::softmax_row(row);
                     }
                     let pv: &[f32] = if dropout {
                         let mut r = block_rng(self.seed, bi, h);

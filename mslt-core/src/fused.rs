@@ -187,14 +187,8 @@ impl CustomOp1 for Softmax {
         let mut out = vec![0f32; x.len()];
         let f = |(r, o): (usize, &mut [f32])| {
             let xr = &x[r * c..(r + 1) * c];
-            let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut s = 0f32;
-            for k in 0..c {
-                o[k] = (xr[k] - m).exp();
-                s += o[k];
-            }
-            let inv = 1.0 / s;
-            o.iter_mut().for_each(|v| *v *= inv);
+            o.copy_from_slice(xr);
+            crate::simd::softmax_row(o);
         };
         for_rows(&mut out, c, f);
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -250,28 +244,6 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 struct GeluErf;
 
-/// erf in f32: a Taylor series below |x| = 0.5, above it Abramowitz & Stegun 7.1.26 (the
-/// approximation PyTorch's vectorised CPU GELU uses; 1.5e-7 in exact arithmetic): a polynomial
-/// and one `exp`, several times cheaper than the C library's double-precision `erf` (which was
-/// ~4% of a CPU training step). Within 2.4e-7 of it on [-8, 8]
-/// (`tests::fast_erf_is_close_to_libm`).
-fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    if a < 0.5 {
-        // Taylor series (the polynomial form below cancels badly near 0): 2/sqrt(pi) x (1 -
-        // x^2/3 + x^4/10 - x^6/42 + x^8/216 - x^10/1320); next term < 2e-8 at |x| = 0.5
-        let z = x * x;
-        let s =
-            1.0 + z * (-1.0 / 3.0 + z * (0.1 + z * (-1.0 / 42.0 + z * (1.0 / 216.0 - z / 1320.0))));
-        return std::f32::consts::FRAC_2_SQRT_PI * x * s;
-    }
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t
-        + 0.254_829_6)
-        * t;
-    (1.0 - poly * (-a * a).exp()).copysign(x)
-}
-
 impl CustomOp1 for GeluErf {
     fn name(&self) -> &'static str {
         "mslt-gelu-erf"
@@ -282,9 +254,7 @@ impl CustomOp1 for GeluErf {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(4096).enumerate().for_each(|(i, o)| {
             let xr = &x[i * 4096..(i * 4096 + o.len())];
-            for (v, &a) in o.iter_mut().zip(xr) {
-                *v = 0.5 * a * (1.0 + erf(a * std::f32::consts::FRAC_1_SQRT_2));
-            }
+            crate::simd::gelu(o, xr);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -316,15 +286,9 @@ impl CustomOp2 for GeluErfBwd {
         let g = slice(s2, l2, self.name())?;
         let mut out = vec![0f32; x.len()];
         // d/dx [x Phi(x)] = Phi(x) + x phi(x)
-        let inv_sqrt_2pi = 0.398_942_3_f32;
         out.par_chunks_mut(4096).enumerate().for_each(|(i, o)| {
-            let base = i * 4096;
-            for (j, v) in o.iter_mut().enumerate() {
-                let a = x[base + j];
-                let cdf = 0.5 * (1.0 + erf(a * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = inv_sqrt_2pi * (-0.5 * a * a).exp();
-                *v = g[base + j] * (cdf + a * pdf);
-            }
+            let r = i * 4096..i * 4096 + o.len();
+            crate::simd::gelu_bwd(o, &x[r.clone()], &g[r]);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -343,13 +307,13 @@ mod tests {
         let mut worst = 0f64;
         for i in -80_000..=80_000 {
             let x = i as f32 * 1e-4; // [-8, 8]
-            let d = (super::erf(x) as f64 - mslt_kernels::cpu::erf(x) as f64).abs();
+            let d = (crate::simd::erf(x) as f64 - mslt_kernels::cpu::erf(x) as f64).abs();
             worst = worst.max(d);
         }
         eprintln!("max |erf - libm erf| on [-8, 8]: {worst:.2e}");
         assert!(worst < 3e-7, "max |erf error| {worst}");
-        assert_eq!(super::erf(0.0), 0.0);
-        assert_eq!(super::erf(-1.5), -super::erf(1.5));
+        assert_eq!(crate::simd::erf(0.0), 0.0);
+        assert_eq!(crate::simd::erf(-1.5), -crate::simd::erf(1.5));
     }
 
     use super::*;

@@ -35,6 +35,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod simd;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -658,9 +658,9 @@ impl BertForPreTraining {
         let dims = t.dims().to_vec();
         let c = *dims.last().expect("rank >= 1");
         let t2 = t.reshape(((), c))?; // (N, C)
-        // Decoder tied to the word embeddings: (N, C) x (C, V) + bias. Frozen embeddings (an
-        // MSLT stage): no decoder weight gradient is computed; the bias gradient is a parallel
-        // column sum (see `ops::linear`).
+                                      // Decoder tied to the word embeddings: (N, C) x (C, V) + bias. Frozen embeddings (an
+                                      // MSLT stage): no decoder weight gradient is computed; the bias gradient is a parallel
+                                      // column sum (see `ops::linear`).
         let logits = crate::ops::linear(&t2, &self.embeddings.word_embeddings, &head.bias)?;
         let mut out = dims;
         *out.last_mut().expect("rank >= 1") = self.config.vocab_size;

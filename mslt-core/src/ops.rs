@@ -29,11 +29,9 @@ pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
     }
 }
 
-/// log-sum-exp of a row, in f64 accumulation over an f32 max shift.
+/// log-sum-exp of a row over its max (vectorised, see `simd`).
 fn lse(row: &[f32]) -> f32 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let s: f32 = row.iter().map(|&x| (x - m).exp()).sum();
-    m + s.ln()
+    crate::simd::lse_row(row)
 }
 
 /// Keeps the per-row log-sum-exp of the forward for the backward (one pass over the logits fewer).
@@ -121,9 +119,7 @@ impl CustomOp3 for CrossEntropyRowsBwd {
             .enumerate()
             .for_each(|(i, ((o, row), (&t, &gi)))| {
                 let l = cached.map_or_else(|| lse(row), |c| c[i]);
-                for (oj, &xj) in o.iter_mut().zip(row) {
-                    *oj = gi * (xj - l).exp();
-                }
+                crate::simd::scaled_exp_row(o, row, l, gi);
                 o[t as usize] -= gi;
             });
         Ok((CpuStorage::F32(out), Shape::from((n, k))))
