@@ -456,7 +456,7 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
         schedule_speedup: total as f64 * fstep / sched_time.max(1e-12),
         schedule_ideal_speedup: total as f64 * fflops / sched_flops.max(1e-12),
         rows: all,
-        communication: "none: single process (data-parallel all-reduce is not implemented)",
+        communication: "none: one process on one device (data-parallel cost: --project-gpus)",
         frozen: format!(
             "kernels {}, frozen dtype {:?}, frozen dropout {}",
             bc.kernels,
