@@ -214,8 +214,8 @@ impl CustomOp3 for LinearCpu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (bmnk, wt) = MatmulWt::dims(l1, l2)?;
-        let (n, m) = (bmnk.1, bmnk.2);
+        let (y, shape) = MatmulWt.cpu_fwd(s1, l1, s2, l2)?; // (N, M)
+        let (n, m) = shape.dims2()?;
         let bias = cpu_slice::<f32>(s3, l3, self.name())?;
         if bias.len() != m {
             candle_core::bail!(
@@ -224,7 +224,7 @@ impl CustomOp3 for LinearCpu {
                 bias.len()
             );
         }
-        let mut y = match s1.matmul(s2, bmnk, l1, &wt)? {
+        let mut y = match y {
             CpuStorage::F32(v) => v,
             _ => candle_core::bail!("{}: expected f32", self.name()),
         };
