@@ -37,13 +37,6 @@ struct LayerNorm {
     eps: f32,
 }
 
-fn ln_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let c = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / c;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "mslt-layer-norm"
@@ -64,11 +57,7 @@ impl CustomOp3 for LayerNorm {
         let c = w.len();
         let mut out = vec![0f32; x.len()];
         let f = |(r, o): (usize, &mut [f32])| {
-            let xr = &x[r * c..(r + 1) * c];
-            let (mean, rstd) = ln_stats(xr, self.eps);
-            for k in 0..c {
-                o[k] = (xr[k] - mean) * rstd * w[k] + b[k];
-            }
+            crate::simd::layer_norm_row(o, &x[r * c..(r + 1) * c], w, b, self.eps);
         };
         for_rows(&mut out, c, f);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -125,31 +114,25 @@ impl CustomOp3 for LayerNormBwd {
         // One pass over blocks of rows: per row the statistics once, then
         // dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)),  gy = g * w,
         // and the block's partial sums of dgamma = sum_rows(g * xhat), dbeta = sum_rows(g).
-        let rows_per_block = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        // Fixed blocks of 64 rows: the sums do not depend on the thread count.
+        const ROWS: usize = 64;
         let partial: Vec<Vec<f32>> = dx
-            .par_chunks_mut(rows_per_block * c)
+            .par_chunks_mut(ROWS * c)
             .enumerate()
             .map(|(bi, block)| {
                 let mut acc = vec![0f32; 2 * c];
+                let (dw, db) = acc.split_at_mut(c);
                 for (i, o) in block.chunks_mut(c).enumerate() {
-                    let r = bi * rows_per_block + i;
-                    let xr = &x[r * c..(r + 1) * c];
-                    let gr = &g[r * c..(r + 1) * c];
-                    let (mean, rstd) = ln_stats(xr, self.eps);
-                    let (mut s1, mut s2) = (0f32, 0f32);
-                    for k in 0..c {
-                        let xh = (xr[k] - mean) * rstd;
-                        let gy = gr[k] * w[k];
-                        s1 += gy;
-                        s2 += gy * xh;
-                        acc[k] += gr[k] * xh;
-                        acc[c + k] += gr[k];
-                    }
-                    let (m1, m2) = (s1 / c as f32, s2 / c as f32);
-                    for k in 0..c {
-                        let xh = (xr[k] - mean) * rstd;
-                        o[k] = rstd * (gr[k] * w[k] - m1 - xh * m2);
-                    }
+                    let r = bi * ROWS + i;
+                    crate::simd::layer_norm_bwd_row(
+                        o,
+                        &x[r * c..(r + 1) * c],
+                        &g[r * c..(r + 1) * c],
+                        w,
+                        dw,
+                        db,
+                        self.eps,
+                    );
                 }
                 acc
             })

@@ -72,12 +72,13 @@ impl LayerNorm {
 
     /// (..., C) -> (..., C). Fused no-backward kernel only when nothing is tracked.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::fused::applies(x) && self.weight.dtype() == x.dtype() {
+            // CPU f32: vectorised rows; records no graph when nothing is tracked.
+            return crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         if !tracked(x) && !tracked(&self.weight) && !tracked(&self.bias) {
             let x = x.contiguous()?;
             return candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps as f32);
-        }
-        if crate::fused::applies(x) {
-            return crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         layer_norm_reference(x, &self.weight, &self.bias, self.eps)
     }

@@ -145,6 +145,84 @@ fn scaled_exp_generic(out: &mut [f32], x: &[f32], l: f32, g: f32) {
     }
 }
 
+/// Mean and 1 / sqrt(var + eps) of a row (biased variance, two passes, 8-lane sums).
+#[inline(always)]
+fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let c = x.len() as f32;
+    let mean = sum8(x) / c;
+    let mut acc = [0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for ch in &mut it {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += (v - mean) * (v - mean);
+        }
+    }
+    let mut var = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in it.remainder() {
+        var += (v - mean) * (v - mean);
+    }
+    (mean, 1.0 / (var / c + eps).sqrt())
+}
+
+#[inline(always)]
+fn ln_fwd_generic(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let (mean, rstd) = ln_stats(x, eps);
+    for (((o, &v), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * rstd * w + b;
+    }
+}
+
+/// One row of the LayerNorm backward: `dx = rstd (gy - mean(gy) - xhat mean(gy xhat))` with
+/// `gy = g w`, and the row's `g xhat` / `g` added to the dgamma / dbeta accumulators.
+#[inline(always)]
+fn ln_bwd_generic(
+    dx: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    w: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    eps: f32,
+) {
+    let c = x.len();
+    let (mean, rstd) = ln_stats(x, eps);
+    // dx holds xhat for now
+    for (h, &v) in dx.iter_mut().zip(x) {
+        *h = (v - mean) * rstd;
+    }
+    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
+    let mut k = 0;
+    while k + 8 <= c {
+        for l in 0..8 {
+            let gy = g[k + l] * w[k + l];
+            a1[l] += gy;
+            a2[l] += gy * dx[k + l];
+        }
+        k += 8;
+    }
+    let fold = |a: [f32; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    let (mut s1, mut s2) = (fold(a1), fold(a2));
+    while k < c {
+        let gy = g[k] * w[k];
+        s1 += gy;
+        s2 += gy * dx[k];
+        k += 1;
+    }
+    let (m1, m2) = (s1 / c as f32, s2 / c as f32);
+    for ((((h, &gk), &wk), dwk), dbk) in dx
+        .iter_mut()
+        .zip(g)
+        .zip(w)
+        .zip(dw.iter_mut())
+        .zip(db.iter_mut())
+    {
+        let xh = *h;
+        *dwk += gk * xh;
+        *dbk += gk;
+        *h = rstd * (gk * wk - m1 - xh * m2);
+    }
+}
+
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident, $avx:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[cfg(target_arch = "x86_64")]
@@ -188,6 +266,16 @@ dispatch!(
     gelu_bwd, gelu_bwd_avx2, gelu_bwd_generic, (out: &mut [f32], x: &[f32], g: &[f32]) -> ()
 );
 
+dispatch!(
+    /// One LayerNorm row: `o = (x - mean) rstd w + b`.
+    layer_norm_row, ln_fwd_avx2, ln_fwd_generic, (o: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) -> ()
+);
+dispatch!(
+    /// One LayerNorm backward row (see `ln_bwd_generic`).
+    layer_norm_bwd_row, ln_bwd_avx2, ln_bwd_generic,
+    (dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32], eps: f32) -> ()
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +295,43 @@ mod tests {
         assert_eq!(exp(-1e9), 0.0);
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(1e9), f32::INFINITY);
+    }
+
+    #[test]
+    fn layer_norm_rows_match_f64_and_dispatch_agrees() {
+        let c = 37;
+        let x: Vec<f32> = (0..c)
+            .map(|i| ((i * 7919) % 101) as f32 * 0.07 - 2.0)
+            .collect();
+        let w: Vec<f32> = (0..c).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..c).map(|i| i as f32 * -0.02).collect();
+        let g: Vec<f32> = (0..c).map(|i| ((i * 31) % 17) as f32 * 0.1 - 0.8).collect();
+        let (mut o1, mut o2) = (vec![0f32; c], vec![0f32; c]);
+        layer_norm_row(&mut o1, &x, &w, &b, 1e-12);
+        ln_fwd_generic(&mut o2, &x, &w, &b, 1e-12);
+        assert_eq!(o1, o2);
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+        let xh: Vec<f64> = x.iter().map(|&v| (v as f64 - mean) / var.sqrt()).collect();
+        for k in 0..c {
+            assert!((o1[k] as f64 - (xh[k] * w[k] as f64 + b[k] as f64)).abs() < 1e-5);
+        }
+        // backward against the closed form in f64
+        let (mut dx, mut dw, mut db) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
+        layer_norm_bwd_row(&mut dx, &x, &g, &w, &mut dw, &mut db, 1e-12);
+        let gy: Vec<f64> = (0..c).map(|k| g[k] as f64 * w[k] as f64).collect();
+        let m1 = gy.iter().sum::<f64>() / c as f64;
+        let m2 = (0..c).map(|k| gy[k] * xh[k]).sum::<f64>() / c as f64;
+        for k in 0..c {
+            let want = (gy[k] - m1 - xh[k] * m2) / var.sqrt();
+            assert!(
+                (dx[k] as f64 - want).abs() < 1e-4,
+                "dx[{k}] {} vs {want}",
+                dx[k]
+            );
+            assert!((dw[k] as f64 - g[k] as f64 * xh[k]).abs() < 1e-5);
+            assert_eq!(db[k], g[k]);
+        }
     }
 
     #[test]
