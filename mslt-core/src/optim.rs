@@ -54,9 +54,12 @@ pub fn clip_grads(grads: &mut [Option<Tensor>], norm: f64, max_norm: f64) -> Res
 
 /// Runs `f` on the contiguous f32 values of four CPU tensors (no copies); `None` when one of
 /// them is not a contiguous f32 CPU tensor.
-fn with_cpu_slices<R>(ts: [&Tensor; 4], f: impl FnOnce([&[f32]; 4]) -> R) -> Option<R> {
+fn with_cpu_slices<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Option<R> {
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut out: Vec<&[f32]> = Vec::with_capacity(4);
+    let mut out: Vec<&[f32]> = Vec::with_capacity(N);
     for (storage, layout) in &guards {
         let (candle_core::Storage::Cpu(cs), Some((a, b))) =
             (&**storage, layout.contiguous_offsets())
@@ -65,7 +68,7 @@ fn with_cpu_slices<R>(ts: [&Tensor; 4], f: impl FnOnce([&[f32]; 4]) -> R) -> Opt
         };
         out.push(&cs.as_slice::<f32>().ok()?[a..b]);
     }
-    Some(f([out[0], out[1], out[2], out[3]]))
+    Some(f(out.try_into().ok()?))
 }
 
 /// The scalars of one AdamW update, in f32.
@@ -81,28 +84,22 @@ struct CpuStep {
     step_size: f32,
 }
 
-/// One AdamW update on the CPU in a single parallel pass: returns (m, v, p). The arithmetic is
-/// the composed Candle path's, op for op in f32 (Candle's `x * s` and `x / s` with a scalar are
-/// `x * f32(s)` and `x * f32(1 / s)`), so both give bit-identical results.
-fn cpu_update(
-    p: &[f32],
-    g: &[f32],
-    m: &[f32],
-    v: &[f32],
-    k: CpuStep,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// One AdamW update on the CPU in a single parallel pass: the moments `m`, `v` in place, the new
+/// parameter values returned. The arithmetic is the composed Candle path's, op for op in f32
+/// (Candle's `x * s` and `x / s` with a scalar are `x * f32(s)` and `x * f32(1 / s)`), so both
+/// give bit-identical results (tested).
+fn cpu_update(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: CpuStep) -> Vec<f32> {
     use rayon::prelude::*;
-    let n = p.len();
-    let (mut mo, mut vo, mut po) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     const CHUNK: usize = 1 << 14;
-    mo.par_chunks_mut(CHUNK)
-        .zip(vo.par_chunks_mut(CHUNK))
-        .zip(po.par_chunks_mut(CHUNK))
+    let mut po = vec![0f32; p.len()];
+    po.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
         .enumerate()
-        .for_each(|(i, ((mo, vo), po))| {
-            let r = i * CHUNK..(i * CHUNK + mo.len());
-            let (p, g, m, v) = (&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]);
-            for j in 0..mo.len() {
+        .for_each(|(i, ((po, m), v))| {
+            let r = i * CHUNK..(i * CHUNK + po.len());
+            let (p, g) = (&p[r.clone()], &g[r]);
+            for j in 0..po.len() {
                 let pj = match k.decay {
                     Some(d) => p[j] * d,
                     None => p[j],
@@ -110,12 +107,18 @@ fn cpu_update(
                 let mj = m[j] + (g[j] - m[j]) * k.one_minus_beta1;
                 let vj = v[j] * k.beta2 + g[j] * g[j] * k.one_minus_beta2;
                 let denom = vj.sqrt() * k.inv_bc2_sqrt + k.eps;
-                mo[j] = mj;
-                vo[j] = vj;
+                m[j] = mj;
+                v[j] = vj;
                 po[j] = pj - mj / denom * k.step_size;
             }
         });
-    (mo, vo, po)
+    po
+}
+
+/// AdamW moments: host vectors updated in place (CPU f32 parameters), or tensors (elsewhere).
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Tensors { m: Tensor, v: Tensor },
 }
 
 pub fn no_decay(name: &str) -> bool {
@@ -126,10 +129,8 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    /// first moment, f32, same shape as the parameter
-    m: Tensor,
-    /// second moment, f32
-    v: Tensor,
+    /// first and second moments, f32, the parameter's shape
+    mom: Moments,
     /// updates applied to this parameter (PyTorch keeps one count per parameter too, which
     /// matters when moments are carried over a stage change while new parameters join)
     t: u64,
@@ -138,34 +139,39 @@ struct Slot {
 pub struct AdamW {
     pub config: AdamWConfig,
     slots: Vec<Slot>,
-    /// CPU f32 parameters take the one-pass update (`cpu_update`); false forces the composed
-    /// tensor ops (the tests compare the two)
-    fused_cpu: bool,
 }
 
 impl AdamW {
     /// `params`: (HF name, variable) for every trainable parameter.
     pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        Self::build(params, config, true)
+    }
+
+    /// `fused_cpu`: CPU f32 parameters keep host moments and take the one-pass update
+    /// (`cpu_update`); false forces the composed tensor ops everywhere (the tests compare them).
+    fn build(params: Vec<(String, Var)>, config: AdamWConfig, fused_cpu: bool) -> Result<Self> {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                let v = m.clone();
+                let mom = if fused_cpu && var.device().is_cpu() && var.dtype() == DType::F32 {
+                    Moments::Host {
+                        m: vec![0f32; var.elem_count()],
+                        v: vec![0f32; var.elem_count()],
+                    }
+                } else {
+                    let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                    Moments::Tensors { v: m.clone(), m }
+                };
                 Ok(Slot {
                     decay: !no_decay(&name),
                     name,
                     var,
-                    m,
-                    v,
+                    mom,
                     t: 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            config,
-            slots,
-            fused_cpu: true,
-        })
+        Ok(Self { config, slots })
     }
 
     /// The largest per-parameter step count.
@@ -228,32 +234,36 @@ impl AdamW {
                 eps: c.eps as f32,
                 step_size: step_size as f32,
             };
-            let fused = if self.fused_cpu && s.var.dtype() == DType::F32 {
-                with_cpu_slices([s.var.as_tensor(), g, &s.m, &s.v], |[p, g, m, v]| {
-                    cpu_update(p, g, m, v, k)
-                })
-            } else {
-                None
-            };
-            if let Some((m, v, p)) = fused {
-                let (shape, dev) = (s.var.shape().clone(), s.var.device().clone());
-                s.m = Tensor::from_vec(m, shape.clone(), &dev)?;
-                s.v = Tensor::from_vec(v, shape.clone(), &dev)?;
-                s.var.set(&Tensor::from_vec(p, shape, &dev)?)?;
-                continue;
+            match &mut s.mom {
+                Moments::Host { m, v } => {
+                    let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
+                    let p = with_cpu_slices([s.var.as_tensor(), &g], |[p, g]| {
+                        cpu_update(p, g, m, v, k)
+                    })
+                    .ok_or_else(|| {
+                        Error::Optimizer(format!(
+                            "{}: expected contiguous f32 CPU parameter and gradient",
+                            s.name
+                        ))
+                    })?;
+                    let p = Tensor::from_vec(p, s.var.shape().clone(), s.var.device())?;
+                    s.var.set(&p)?;
+                }
+                Moments::Tensors { m, v } => {
+                    // Detached: the optimizer state must never hold an autograd graph.
+                    let g = g.detach().to_dtype(DType::F32)?;
+                    let mut p = s.var.as_tensor().detach().to_dtype(DType::F32)?;
+                    if s.decay && c.weight_decay != 0.0 {
+                        p = (p * (1.0 - c.lr * c.weight_decay))?;
+                    }
+                    // torch: exp_avg.lerp_(grad, 1 - beta1)
+                    *m = (&*m + ((&g - &*m)? * (1.0 - c.beta1))?)?;
+                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+                    let p = (p - (m.div(&denom)? * step_size)?)?;
+                    s.var.set(&p.to_dtype(s.var.dtype())?)?;
+                }
             }
-            // Detached: the optimizer state must never hold an autograd graph.
-            let g = g.detach().to_dtype(DType::F32)?;
-            let mut p = s.var.as_tensor().detach().to_dtype(DType::F32)?;
-            if s.decay && c.weight_decay != 0.0 {
-                p = (p * (1.0 - c.lr * c.weight_decay))?;
-            }
-            // torch: exp_avg.lerp_(grad, 1 - beta1)
-            s.m = (&s.m + ((&g - &s.m)? * (1.0 - c.beta1))?)?;
-            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((s.v.sqrt()? / bc2_sqrt)? + c.eps)?;
-            let p = (p - (s.m.div(&denom)? * step_size)?)?;
-            s.var.set(&p.to_dtype(s.var.dtype())?)?;
         }
         Ok(())
     }
@@ -263,8 +273,20 @@ impl AdamW {
     pub fn state(&self) -> HashMap<String, Tensor> {
         let mut map = HashMap::new();
         for s in &self.slots {
-            map.insert(format!("{}.exp_avg", s.name), s.m.clone());
-            map.insert(format!("{}.exp_avg_sq", s.name), s.v.clone());
+            let (m, v) = match &s.mom {
+                Moments::Host { m, v } => {
+                    let t = |x: &Vec<f32>| {
+                        Tensor::from_slice(x, s.var.shape(), &candle_core::Device::Cpu)
+                    };
+                    match (t(m), t(v)) {
+                        (Ok(m), Ok(v)) => (m, v),
+                        _ => continue,
+                    }
+                }
+                Moments::Tensors { m, v } => (m.clone(), v.clone()),
+            };
+            map.insert(format!("{}.exp_avg", s.name), m);
+            map.insert(format!("{}.exp_avg_sq", s.name), v);
             if let Ok(t) = Tensor::new(s.t as i64, &candle_core::Device::Cpu) {
                 map.insert(format!("{}.step", s.name), t);
             }
@@ -304,8 +326,17 @@ impl AdamW {
                     )));
                 }
             }
-            s.m = m.to_dtype(DType::F32)?.to_device(s.var.device())?;
-            s.v = v.to_dtype(DType::F32)?.to_device(s.var.device())?;
+            let (m, v) = (
+                m.to_dtype(DType::F32)?.to_device(s.var.device())?,
+                v.to_dtype(DType::F32)?.to_device(s.var.device())?,
+            );
+            s.mom = match &s.mom {
+                Moments::Host { .. } => Moments::Host {
+                    m: m.flatten_all()?.to_vec1::<f32>()?,
+                    v: v.flatten_all()?.to_vec1::<f32>()?,
+                },
+                Moments::Tensors { .. } => Moments::Tensors { m, v },
+            };
             s.t = t.to_dtype(DType::I64)?.to_scalar::<i64>()?.max(0) as u64;
             restored += 1;
         }
@@ -347,8 +378,7 @@ mod tests {
             ..Default::default()
         };
         let mut fused = AdamW::new(pa.clone(), cfg.clone())?;
-        let mut composed = AdamW::new(pb.clone(), cfg)?;
-        composed.fused_cpu = false;
+        let mut composed = AdamW::build(pb.clone(), cfg, false)?;
         for step in 0..4 {
             let grads: Vec<Option<Tensor>> = pa
                 .iter()
