@@ -4,7 +4,7 @@
 # same run in a plain single process. Needs dist/mslt-cli-nccl (scripts/build-cuda.sh) and the
 # prepared data data/sotu-128 (scripts/fetch-assets.sh + prepare, see README) carried over;
 # libnccl.so.2 is taken from the machine's PyTorch (nvidia-nccl-cu13) unless NCCL_LIB is set.
-#   bash scripts/gpu-dist-check.sh [OUT_DIR]          (about 2 minutes on one H100)
+#   bash scripts/gpu-dist-check.sh [OUT_DIR]          (estimated ~2 minutes on one H100; not yet run)
 # Prints, last: per-step loss agreement (must be bit-identical: a sum over one rank is the
 # identity), step times, bytes all-reduced per step and stage, and the time in ncclAllReduce.
 set -u

@@ -239,114 +239,121 @@ impl CustomOp3 for AttentionCore {
                 )
             })?;
         let (b, t, c) = q.dims3()?;
-        let host = |x: &Tensor| -> Result<Vec<f32>> { x.detach().flatten_all()?.to_vec1::<f32>() };
-        let (qv, kv, vv, g) = (host(q)?, host(k)?, host(v)?, host(grad)?);
+        let grad = grad.contiguous()?;
         let (nh, hs) = (self.heads, c / self.heads);
         let scale = 1.0 / (hs as f32).sqrt();
         let tt = t * t;
         let inv_keep = 1.0 / (1.0 - self.p);
         let n = b * t * c;
         let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        dq.par_chunks_mut(t * c)
-            .zip(dk.par_chunks_mut(t * c))
-            .zip(dv.par_chunks_mut(t * c))
-            .enumerate()
-            .for_each(|(bi, ((dqb, dkb), dvb))| {
-                let base = bi * t * c;
-                let mut pd = vec![0f32; tt]; // P after dropout
-                let mut dp = vec![0f32; tt];
-                for h in 0..nh {
-                    let blk = (bi * nh + h) * tt;
-                    let p = &saved.probs[blk..blk + tt];
-                    let keep = saved.keep.as_ref().map(|kp| &kp[blk..blk + tt]);
-                    let pv: &[f32] = match keep {
-                        Some(kb) => {
-                            for ((d, &x), &kk) in pd.iter_mut().zip(p).zip(kb) {
-                                *d = if kk != 0 { x * inv_keep } else { 0.0 };
+        // q, k, v are the contiguous forward inputs; all four are read in place
+        crate::ops::with_cpu_slices([q, k, v, &grad], |[qv, kv, vv, g]| {
+            dq.par_chunks_mut(t * c)
+                .zip(dk.par_chunks_mut(t * c))
+                .zip(dv.par_chunks_mut(t * c))
+                .enumerate()
+                .for_each(|(bi, ((dqb, dkb), dvb))| {
+                    let base = bi * t * c;
+                    let mut pd = vec![0f32; tt]; // P after dropout
+                    let mut dp = vec![0f32; tt];
+                    for h in 0..nh {
+                        let blk = (bi * nh + h) * tt;
+                        let p = &saved.probs[blk..blk + tt];
+                        let keep = saved.keep.as_ref().map(|kp| &kp[blk..blk + tt]);
+                        let pv: &[f32] = match keep {
+                            Some(kb) => {
+                                for ((d, &x), &kk) in pd.iter_mut().zip(p).zip(kb) {
+                                    *d = if kk != 0 { x * inv_keep } else { 0.0 };
+                                }
+                                &pd
                             }
-                            &pd
+                            None => p,
+                        };
+                        let off = base + h * hs;
+                        unsafe {
+                            // dV_h = P'^T dO_h: (T, T)^T x (T, HS)
+                            gemm_st(
+                                t,
+                                hs,
+                                t,
+                                dvb[h * hs..].as_mut_ptr(),
+                                c as isize,
+                                pv.as_ptr(),
+                                1,
+                                t as isize,
+                                g[off..].as_ptr(),
+                                c as isize,
+                                1,
+                                1.0,
+                            );
+                            // dP' = dO_h v_h^T: (T, HS) x (HS, T)
+                            gemm_st(
+                                t,
+                                t,
+                                hs,
+                                dp.as_mut_ptr(),
+                                t as isize,
+                                g[off..].as_ptr(),
+                                c as isize,
+                                1,
+                                vv[off..].as_ptr(),
+                                1,
+                                c as isize,
+                                1.0,
+                            );
                         }
-                        None => p,
-                    };
-                    let off = base + h * hs;
-                    unsafe {
-                        // dV_h = P'^T dO_h: (T, T)^T x (T, HS)
-                        gemm_st(
-                            t,
-                            hs,
-                            t,
-                            dvb[h * hs..].as_mut_ptr(),
-                            c as isize,
-                            pv.as_ptr(),
-                            1,
-                            t as isize,
-                            g[off..].as_ptr(),
-                            c as isize,
-                            1,
-                            1.0,
-                        );
-                        // dP' = dO_h v_h^T: (T, HS) x (HS, T)
-                        gemm_st(
-                            t,
-                            t,
-                            hs,
-                            dp.as_mut_ptr(),
-                            t as isize,
-                            g[off..].as_ptr(),
-                            c as isize,
-                            1,
-                            vv[off..].as_ptr(),
-                            1,
-                            c as isize,
-                            1.0,
-                        );
-                    }
-                    if let Some(kb) = keep {
-                        for (d, &kk) in dp.iter_mut().zip(kb) {
-                            *d = if kk != 0 { *d * inv_keep } else { 0.0 };
+                        if let Some(kb) = keep {
+                            for (d, &kk) in dp.iter_mut().zip(kb) {
+                                *d = if kk != 0 { *d * inv_keep } else { 0.0 };
+                            }
+                        }
+                        // softmax backward: dS = P (dP - sum_j dP_j P_j), scaled for q k^T
+                        for (drow, prow) in dp.chunks_mut(t).zip(p.chunks(t)) {
+                            let dot: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
+                            for (d, &pp) in drow.iter_mut().zip(prow) {
+                                *d = pp * (*d - dot) * scale;
+                            }
+                        }
+                        unsafe {
+                            // dQ_h = dS k_h: (T, T) x (T, HS)
+                            gemm_st(
+                                t,
+                                hs,
+                                t,
+                                dqb[h * hs..].as_mut_ptr(),
+                                c as isize,
+                                dp.as_ptr(),
+                                t as isize,
+                                1,
+                                kv[off..].as_ptr(),
+                                c as isize,
+                                1,
+                                1.0,
+                            );
+                            // dK_h = dS^T q_h: (T, T)^T x (T, HS)
+                            gemm_st(
+                                t,
+                                hs,
+                                t,
+                                dkb[h * hs..].as_mut_ptr(),
+                                c as isize,
+                                dp.as_ptr(),
+                                1,
+                                t as isize,
+                                qv[off..].as_ptr(),
+                                c as isize,
+                                1,
+                                1.0,
+                            );
                         }
                     }
-                    // softmax backward: dS = P (dP - sum_j dP_j P_j), scaled for q k^T
-                    for (drow, prow) in dp.chunks_mut(t).zip(p.chunks(t)) {
-                        let dot: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
-                        for (d, &pp) in drow.iter_mut().zip(prow) {
-                            *d = pp * (*d - dot) * scale;
-                        }
-                    }
-                    unsafe {
-                        // dQ_h = dS k_h: (T, T) x (T, HS)
-                        gemm_st(
-                            t,
-                            hs,
-                            t,
-                            dqb[h * hs..].as_mut_ptr(),
-                            c as isize,
-                            dp.as_ptr(),
-                            t as isize,
-                            1,
-                            kv[off..].as_ptr(),
-                            c as isize,
-                            1,
-                            1.0,
-                        );
-                        // dK_h = dS^T q_h: (T, T)^T x (T, HS)
-                        gemm_st(
-                            t,
-                            hs,
-                            t,
-                            dkb[h * hs..].as_mut_ptr(),
-                            c as isize,
-                            dp.as_ptr(),
-                            1,
-                            t as isize,
-                            qv[off..].as_ptr(),
-                            c as isize,
-                            1,
-                            1.0,
-                        );
-                    }
-                }
-            });
+                });
+        })
+        .ok_or_else(|| {
+            candle_core::Error::Msg(
+                "mslt-attention-core: contiguous f32 CPU tensors expected".into(),
+            )
+        })?;
         let dev = q.device();
         let mk = |x: Vec<f32>, tracked: bool| -> Result<Option<Tensor>> {
             if tracked {

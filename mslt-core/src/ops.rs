@@ -29,6 +29,25 @@ pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
     }
 }
 
+/// Runs `f` on the contiguous f32 values of `N` CPU tensors, read in place (no copies); `None`
+/// when one of them is not a contiguous f32 CPU tensor.
+pub(crate) fn with_cpu_slices<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Option<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut out: Vec<&[f32]> = Vec::with_capacity(N);
+    for (storage, layout) in &guards {
+        let (candle_core::Storage::Cpu(cs), Some((a, b))) =
+            (&**storage, layout.contiguous_offsets())
+        else {
+            return None;
+        };
+        out.push(&cs.as_slice::<f32>().ok()?[a..b]);
+    }
+    Some(f(out.try_into().ok()?))
+}
+
 /// log-sum-exp of a row over its max (vectorised, see `simd`).
 fn lse(row: &[f32]) -> f32 {
     crate::simd::lse_row(row)
@@ -239,28 +258,33 @@ impl CustomOp3 for LinearCpu {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = MatmulWt.bwd(x, w, _res, g)?;
+        let (dx, dw) = MatmulWt.bwd(x, w, res, g)?;
         let db = if b.track_op() {
-            let (n, m) = g.dims2()?;
-            let gv = g.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let partials: Vec<Vec<f32>> = gv
-                .par_chunks(BIAS_ROWS * m)
-                .map(|blk| {
-                    let mut acc = vec![0f32; m];
-                    for row in blk.chunks(m) {
-                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                    }
-                    acc
-                })
-                .collect();
-            let mut sum = vec![0f32; m];
-            for p in &partials {
-                sum.iter_mut().zip(p).for_each(|(a, v)| *a += v);
-            }
-            let _ = n;
+            let g = g.detach().contiguous()?; // (N, M)
+            let m = g.dim(1)?;
+            let sum = with_cpu_slices([&g], |[gv]| {
+                let partials: Vec<Vec<f32>> = gv
+                    .par_chunks(BIAS_ROWS * m)
+                    .map(|blk| {
+                        let mut acc = vec![0f32; m];
+                        for row in blk.chunks(m) {
+                            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                        }
+                        acc
+                    })
+                    .collect();
+                let mut sum = vec![0f32; m];
+                for p in &partials {
+                    sum.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+                }
+                sum
+            })
+            .ok_or_else(|| {
+                candle_core::Error::Msg("mslt-linear: CPU f32 gradient expected".into())
+            })?;
             Some(Tensor::from_vec(sum, m, g.device())?)
         } else {
             None

@@ -52,25 +52,6 @@ pub fn clip_grads(grads: &mut [Option<Tensor>], norm: f64, max_norm: f64) -> Res
     Ok(())
 }
 
-/// Runs `f` on the contiguous f32 values of four CPU tensors (no copies); `None` when one of
-/// them is not a contiguous f32 CPU tensor.
-fn with_cpu_slices<const N: usize, R>(
-    ts: [&Tensor; N],
-    f: impl FnOnce([&[f32]; N]) -> R,
-) -> Option<R> {
-    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut out: Vec<&[f32]> = Vec::with_capacity(N);
-    for (storage, layout) in &guards {
-        let (candle_core::Storage::Cpu(cs), Some((a, b))) =
-            (&**storage, layout.contiguous_offsets())
-        else {
-            return None;
-        };
-        out.push(&cs.as_slice::<f32>().ok()?[a..b]);
-    }
-    Some(f(out.try_into().ok()?))
-}
-
 /// The scalars of one AdamW update, in f32.
 #[derive(Clone, Copy)]
 struct CpuStep {
@@ -237,7 +218,7 @@ impl AdamW {
             match &mut s.mom {
                 Moments::Host { m, v } => {
                     let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
-                    let p = with_cpu_slices([s.var.as_tensor(), &g], |[p, g]| {
+                    let p = crate::ops::with_cpu_slices([s.var.as_tensor(), &g], |[p, g]| {
                         cpu_update(p, g, m, v, k)
                     })
                     .ok_or_else(|| {

@@ -75,6 +75,12 @@ fn gelu_bwd_generic(out: &mut [f32], x: &[f32], g: &[f32]) {
     }
 }
 
+/// The sum of 8 lane accumulators, in a fixed order.
+#[inline(always)]
+fn fold8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
 /// Sum of a slice in 8 independent lanes (vectorises; a fixed order, so a fixed result).
 #[inline(always)]
 fn sum8(v: &[f32]) -> f32 {
@@ -85,7 +91,7 @@ fn sum8(v: &[f32]) -> f32 {
             *a += x;
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for x in it.remainder() {
         s += x;
     }
@@ -130,7 +136,7 @@ fn lse_generic(row: &[f32]) -> f32 {
             *a += exp(x - m);
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for &x in it.remainder() {
         s += exp(x - m);
     }
@@ -157,7 +163,7 @@ fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
             *a += (v - mean) * (v - mean);
         }
     }
-    let mut var = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut var = fold8(acc);
     for &v in it.remainder() {
         var += (v - mean) * (v - mean);
     }
@@ -200,8 +206,7 @@ fn ln_bwd_generic(
         }
         k += 8;
     }
-    let fold = |a: [f32; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    let (mut s1, mut s2) = (fold(a1), fold(a2));
+    let (mut s1, mut s2) = (fold8(a1), fold8(a2));
     while k < c {
         let gy = g[k] * w[k];
         s1 += gy;

@@ -283,11 +283,7 @@ impl LocalGroup {
 impl LocalComm {
     /// Every collective call made so far by any rank: (rank, op, elements).
     pub fn log(&self) -> Vec<(usize, &'static str, usize)> {
-        self.shared
-            .state
-            .lock()
-            .map(|s| s.log.clone())
-            .unwrap_or_default()
+        (self.log_handle())()
     }
 
     /// A reader of the call log that outlives the communicators (they move into threads).
