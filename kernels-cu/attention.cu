@@ -317,3 +317,225 @@ extern "C" __global__ void attention_fwd_bf16_d64_tc(const bf16_t* qkv, const fl
       *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa1) * C + col) = pack_bf16(o[nt][2] * i1, o[nt][3] * i1);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// attention_fwd_bf16_d64_fa2: the tensor-core kernel above reworked after FlashAttention-2:
+//  - ldmatrix.x4 loads the Q and K fragments, and (.trans) the V fragments, from shared memory
+//    (the _tc kernel assembles them from 32- and 16-bit shared loads);
+//  - K/V tiles are double-buffered with cp.async: the next live tile streams in while the
+//    current one is computed;
+//  - the softmax runs in base 2 (ex2.approx) on scores pre-scaled by log2(e): s * scale*log2e +
+//    mask*log2e, the row sums stay per lane until the end;
+//  - key tiles in which every key is padding (additive mask <= -1e8; mslt and the checks use
+//    -1e9) are skipped whenever the batch row has a key that is not padding. Their
+//    probabilities are exp(-1e9 + score differences), exactly 0 in f32 for any score difference
+//    below ~1e8, so the result is the same; a row with only padding keys processes every tile,
+//    as the reference does.
+// Same layout, mask convention and accumulation (f32) as attention_fwd_bf16_d64_tc; the
+// probabilities are rounded to bf16 for P V. Block: 4 warps x 16 query rows = 64 rows of one
+// (batch, head); key tiles of 64. Shared memory 46.6 KB (static).
+// Launch: grid (ceil(T / 64), H, B), block 128; qkv rows 16-byte aligned.
+
+#define PAD_MASK (-1.0e8f)
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  unsigned r;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+  return r;
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// waits until at most one committed group is still in flight
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+// Four 8x8 b16 matrices; lane l gives the address of row (l % 8) of matrix (l / 8). Lane t gets,
+// in r[m], elements (t / 4, 2 (t % 4) + {0, 1}) of matrix m, or with .trans (2 (t % 4) + {0, 1}, t / 4).
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p))
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p))
+               : "memory");
+}
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The first tile index >= j that is processed: tiles past the 32 tracked ones always are.
+__device__ __forceinline__ int next_live(int j, int ntiles, unsigned live) {
+  if (live == 0u) return j;  // only padding keys: nothing is skipped
+  while (j < ntiles && j < 32 && !((live >> j) & 1u)) ++j;
+  return j;
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(const bf16_t* qkv, const float* mask,
+                                                                             bf16_t* out, int T_, int H, float scale) {
+  constexpr int D = 64, BQ = 64, BK = 64, DP = D + 8;  // rows padded by 16 bytes: ldmatrix without bank conflicts
+  __shared__ __align__(16) bf16_t Qs[BQ][DP];
+  __shared__ __align__(16) bf16_t Ks[2][BK][DP];
+  __shared__ __align__(16) bf16_t Vs[2][BK][DP];
+  __shared__ float Ms[2][BK];  // mask * log2(e) of the tile's keys, -inf beyond T
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, q4 = lane & 3;  // accumulator rows g and g + 8, columns 2 q4 + {0, 1}
+  const int lm = lane >> 3, lr = lane & 7;  // ldmatrix: this lane addresses row lr of matrix lm
+  const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
+  const int C = H * D;
+  const long rs = 3L * C;
+  const bf16_t* base = qkv + (long)b * T_ * rs + (long)h * D;
+  const float* mrow = mask + (long)b * T_;
+  const float LOG2E = 1.4426950408889634f;
+  const float sl2 = scale * LOG2E;
+  const int ntiles = (T_ + BK - 1) / BK;
+
+  // bit j: key tile j (j < 32) holds a key that is not padding
+  unsigned live = 0u;
+  for (int j = 0; j < ntiles && j < 32; ++j) {
+    const int k = j * BK + tid;
+    if (__syncthreads_or(tid < BK && k < T_ && mrow[k] > PAD_MASK)) live |= 1u << j;
+  }
+
+  // Q tile (zero rows beyond T), then the first live K/V tile: one cp.async group
+  for (int i = tid; i < BQ * (D / 8); i += 128) {
+    const int r = i >> 3, c8 = (i & 7) * 8, q = q0 + r;
+    cp_async16(&Qs[r][c8], base + (long)(q < T_ ? q : 0) * rs + c8, q < T_);
+  }
+  int j = next_live(0, ntiles, live);
+  int buf = 0;
+  // (B, T, 3C) rows k of tile jt -> Ks/Vs[bf], Ms[bf]
+#define FA2_LOAD_KV(jt, bf)                                                                  \
+  do {                                                                                       \
+    const int k0_ = (jt) * BK;                                                               \
+    for (int i = tid; i < BK * (D / 8); i += 128) {                                          \
+      const int r = i >> 3, c8 = (i & 7) * 8, k = k0_ + r;                                   \
+      const bf16_t* src = base + (long)(k < T_ ? k : 0) * rs + C + c8;                       \
+      cp_async16(&Ks[bf][r][c8], src, k < T_);                                               \
+      cp_async16(&Vs[bf][r][c8], src + C, k < T_);                                           \
+    }                                                                                        \
+    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? mrow[k0_ + tid] * LOG2E : NEG_INF;        \
+  } while (0)
+  if (j < ntiles) FA2_LOAD_KV(j, 0);
+  cp_async_commit();
+
+  unsigned qa[4][4];  // A fragments of this warp's 16 query rows, 4 k-steps of 16 over D
+  float o[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;  // rows g, g + 8 (l: this lane's columns)
+  bool first = true;
+
+  while (j < ntiles) {
+    const int jn = next_live(j + 1, ntiles, live);
+    if (jn < ntiles) FA2_LOAD_KV(jn, buf ^ 1);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = tile j
+    cp_async_wait1();
+    __syncthreads();
+    if (first) {
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) ldsm_x4(qa[ks], &Qs[w * 16 + (lm & 1) * 8 + lr][ks * 16 + (lm >> 1) * 8]);
+      first = false;
+    }
+    // S = Q K^T (log2 units): 8 n-tiles of 8 keys; one ldmatrix.x4 = B fragments of 2 k-steps
+    float s[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        unsigned kb[4];
+        ldsm_x4(kb, &Ks[buf][nt * 8 + lr][p * 32 + lm * 8]);
+        mma_bf16_16816(s[nt], qa[2 * p], kb[0], kb[1]);
+        mma_bf16_16816(s[nt], qa[2 * p + 1], kb[2], kb[3]);
+      }
+    }
+    float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float mk = Ms[buf][nt * 8 + q4 * 2 + e];
+        s[nt][e] = fmaf(s[nt][e], sl2, mk);
+        s[nt][2 + e] = fmaf(s[nt][2 + e], sl2, mk);
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
+    const float c0 = ex2(m0 - mu0), c1 = ex2(m1 - mu1);  // 0 while nothing was seen (o, l are 0)
+    float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = ex2(s[nt][e] - mu0);
+        s[nt][2 + e] = ex2(s[nt][2 + e] - mu1);
+        ls0 += s[nt][e];
+        ls1 += s[nt][2 + e];
+      }
+    }
+    l0 = l0 * c0 + ls0;
+    l1 = l1 * c1 + ls1;
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      o[nt][0] *= c0;
+      o[nt][1] *= c0;
+      o[nt][2] *= c1;
+      o[nt][3] *= c1;
+    }
+    // O += P V: 4 k-steps of 16 keys; one ldmatrix.x4.trans = B fragments of 2 n-tiles
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      unsigned pa[4];
+      pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        unsigned vb[4];
+        ldsm_x4_trans(vb, &Vs[buf][kk * 16 + (lm & 1) * 8 + lr][(2 * np + (lm >> 1)) * 8]);
+        mma_bf16_16816(o[2 * np], pa, vb[0], vb[1]);
+        mma_bf16_16816(o[2 * np + 1], pa, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();  // tile j consumed before its buffer is refilled
+    buf ^= 1;
+    j = jn;
+  }
+#undef FA2_LOAD_KV
+
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+  const int r0 = w * 16 + g, qa0 = q0 + r0, qa1 = qa0 + 8;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const int col = h * D + nt * 8 + q4 * 2;
+    if (qa0 < T_)
+      *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa0) * C + col) = pack_bf16(o[nt][0] * i0, o[nt][1] * i0);
+    if (qa1 < T_)
+      *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa1) * C + col) = pack_bf16(o[nt][2] * i1, o[nt][3] * i1);
+  }
+}

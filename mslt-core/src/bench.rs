@@ -97,6 +97,9 @@ pub struct BenchReport {
     pub communication: &'static str,
     /// Frozen-layer settings: kernels, dtype, dropout.
     pub frozen: String,
+    /// CUDA memory pool policy (`MSLT_CUDA_POOL`: retain or release); absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_pool: Option<&'static str>,
 }
 
 /// Counts the host heap (the binary's global allocator implements it).
@@ -463,6 +466,15 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
             bc.frozen_dtype,
             if bc.frozen_dropout { "on" } else { "off" }
         ),
+        cuda_pool: if bc.device.is_cuda() {
+            Some(if crate::cuda_pool_retain()? {
+                "retain"
+            } else {
+                "release"
+            })
+        } else {
+            None
+        },
     })
 }
 
@@ -472,6 +484,9 @@ pub fn table(r: &BenchReport) -> String {
         "device {} | threads {} | batch {} x seq {} | {} masked rows | matmul {:.1} GFLOP/s\n",
         r.device, r.threads, r.batch_size, r.seq_len, r.masked_rows, r.matmul_gflops
     );
+    if let Some(p) = r.cuda_pool {
+        s.push_str(&format!("CUDA memory pool: {p} freed memory (MSLT_CUDA_POOL)\n"));
+    }
     s.push_str(&format!(
         "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9} {:>9} {:>8} {:>20} {:>8} {:>7} {:>5} {:>8} {:>7} {:>8}\n",
         "config", "depth", "train", "emb", "steps", "fwd ms", "bwd ms", "opt ms", "step ms (min-max)", "tok/s", "GFLOP", "MFU", "step MB", "speedup", "ideal"

@@ -58,11 +58,54 @@ pub fn device(spec: &str) -> Result<candle_core::Device> {
     };
     match kind {
         "cpu" => Ok(candle_core::Device::Cpu),
-        "cuda" if cfg!(feature = "cuda") => Ok(candle_core::Device::new_cuda(ordinal)?),
+        "cuda" if cfg!(feature = "cuda") => {
+            let retain = cuda_pool_retain()?;
+            let dev = candle_core::Device::new_cuda(ordinal)?;
+            #[cfg(feature = "cuda")]
+            if let (true, candle_core::Device::Cuda(d)) = (retain, &dev) {
+                mslt_kernels::cuda::retain_pool_memory(d)?;
+            }
+            #[cfg(not(feature = "cuda"))]
+            let _ = retain;
+            Ok(dev)
+        }
         "cuda" => Err(Error::Input(
             "device `cuda`: this build has no CUDA support (rebuild with `--features cuda`, see docs/gpu.md)".into(),
         )),
         _ => Err(Error::Input(format!("device `{spec}`: expected cpu, cuda or cuda:N"))),
+    }
+}
+
+/// Whether CUDA devices keep freed memory in their memory pool (`MSLT_CUDA_POOL=retain`, the
+/// default) or hand it back to the driver at every synchronisation (`MSLT_CUDA_POOL=release`,
+/// CUDA's own default; for A/B timings). See `mslt_kernels::cuda::retain_pool_memory`.
+pub fn cuda_pool_retain() -> Result<bool> {
+    match std::env::var("MSLT_CUDA_POOL") {
+        Err(std::env::VarError::NotPresent) => parse_cuda_pool(None),
+        Ok(v) => parse_cuda_pool(Some(&v)),
+        Err(e) => Err(Error::Input(format!("MSLT_CUDA_POOL: {e}"))),
+    }
+}
+
+fn parse_cuda_pool(v: Option<&str>) -> Result<bool> {
+    match v {
+        None | Some("retain") => Ok(true),
+        Some("release") => Ok(false),
+        Some(v) => Err(Error::Input(format!(
+            "MSLT_CUDA_POOL=`{v}`: expected `retain` (the default) or `release`"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    #[test]
+    fn cuda_pool_policy_parses_and_names_bad_values() {
+        assert!(super::parse_cuda_pool(None).unwrap());
+        assert!(super::parse_cuda_pool(Some("retain")).unwrap());
+        assert!(!super::parse_cuda_pool(Some("release")).unwrap());
+        let e = super::parse_cuda_pool(Some("keep")).unwrap_err().to_string();
+        assert!(e.contains("MSLT_CUDA_POOL") && e.contains("keep") && e.contains("release"), "{e}");
     }
 }
 

@@ -326,3 +326,38 @@ pub fn warm_up(dev: &CudaDevice) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes the device's default memory pool keep freed memory (release threshold = u64::MAX)
+/// instead of handing it back to the driver at every synchronisation, which is the CUDA default
+/// (threshold 0). Candle allocates every tensor with `cuMemAllocAsync` from that pool and the
+/// training loop synchronises at least once per step (the loss is read back), so with the default
+/// each step maps its activation memory afresh. Keeping it is what PyTorch's caching allocator
+/// does. Returns false where the device has no memory pools (nothing changed).
+pub fn retain_pool_memory(dev: &CudaDevice) -> Result<bool> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    if !ctx.has_async_alloc() {
+        return Ok(false);
+    }
+    let err = |e: &dyn std::fmt::Display| -> candle_core::Error {
+        KernelError::Cuda {
+            kernel: "(memory pool)".into(),
+            what: format!("setting the release threshold: {e}"),
+        }
+        .into()
+    };
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: `cu_device` comes from a live context; CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes a
+    // pointer to a cuuint64_t, which `threshold` is.
+    unsafe {
+        let pool = result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| err(&e))?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .map_err(|e| err(&e))?;
+    }
+    Ok(true)
+}

@@ -114,6 +114,7 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d64",
         "attention_fwd_bf16_d128",
         "attention_fwd_bf16_d64_tc",
+        "attention_fwd_bf16_d64_fa2",
     ],
 };
 

@@ -172,3 +172,91 @@ pub fn check_all(nv: &Nvrtc, arch: &str) -> Result<Vec<(String, usize, usize)>, 
     }
     Ok(out)
 }
+
+/// Per-kernel resource use reported by `ptxas -v`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PtxasUsage {
+    pub entry: String,
+    pub registers: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+    pub shared_bytes: u32,
+}
+
+/// Assembles `ptx` for `arch` with the `ptxas` at `ptxas` (from the CUDA toolkit or the
+/// `nvidia-cuda-nvcc` wheel): this is what the driver's JIT does on the GPU, so it catches
+/// errors NVRTC lets through (inline PTX is only parsed here) and reports registers and spills.
+pub fn assemble(
+    ptxas: &std::path::Path,
+    file: &str,
+    ptx: &str,
+    arch: &str,
+) -> Result<Vec<PtxasUsage>, KernelError> {
+    let dir = std::env::temp_dir().join(format!("mslt-ptxas-{}", std::process::id()));
+    let fail = |log: String| KernelError::Compile {
+        kernel: file.to_string(),
+        options: vec![format!("ptxas -arch={arch} -v")],
+        log,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let src = dir.join(format!("{file}.{arch}.ptx"));
+    std::fs::write(&src, ptx).map_err(|e| fail(format!("{}: {e}", src.display())))?;
+    let out = std::process::Command::new(ptxas)
+        .arg(format!("-arch={arch}"))
+        .arg("-v")
+        .arg("-o")
+        .arg(dir.join(format!("{file}.{arch}.cubin")))
+        .arg(&src)
+        .output()
+        .map_err(|e| fail(format!("running {}: {e}", ptxas.display())))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        return Err(fail(log));
+    }
+    Ok(parse_ptxas_log(&log))
+}
+
+/// Reads `ptxas -v` output: "Compiling entry function 'k' ...", "N bytes spill stores, M bytes
+/// spill loads", "Used R registers, ... S bytes smem".
+pub fn parse_ptxas_log(log: &str) -> Vec<PtxasUsage> {
+    // the number right before `phrase` (e.g. "bytes spill stores") on `line`
+    let num_before = |line: &str, phrase: &[&str]| -> u32 {
+        let toks: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+            .collect();
+        toks.windows(phrase.len() + 1)
+            .find(|w| &w[1..] == phrase)
+            .and_then(|w| w[0].parse().ok())
+            .unwrap_or(0)
+    };
+    let mut v: Vec<PtxasUsage> = Vec::new();
+    for line in log.lines() {
+        if let Some(i) = line.find("entry function '") {
+            let rest = &line[i + "entry function '".len()..];
+            let name = rest.split('\'').next().unwrap_or("").to_string();
+            v.push(PtxasUsage {
+                entry: name,
+                registers: 0,
+                spill_stores: 0,
+                spill_loads: 0,
+                shared_bytes: 0,
+            });
+        } else if let Some(u) = v.last_mut() {
+            if line.contains("spill stores") {
+                u.spill_stores = num_before(line, &["bytes", "spill", "stores"]);
+                u.spill_loads = num_before(line, &["bytes", "spill", "loads"]);
+            }
+            if line.contains("Used") && line.contains("registers") {
+                u.registers = num_before(line, &["registers"]);
+                u.shared_bytes = num_before(line, &["bytes", "smem"]);
+            }
+        }
+    }
+    v
+}

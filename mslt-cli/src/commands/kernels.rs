@@ -19,6 +19,10 @@ enum KernelsCmd {
         /// Target architecture.
         #[arg(long, default_value = "sm_90")]
         arch: String,
+        /// Also assemble the PTX with this `ptxas` (what the driver's JIT does; catches bad
+        /// inline PTX) and print registers, spills and shared memory per kernel.
+        #[arg(long)]
+        ptxas: Option<PathBuf>,
     },
     /// Compare every kernel (f32, bf16) with its Candle reference on fresh random inputs.
     Check {
@@ -52,11 +56,22 @@ fn write_json(p: &Option<PathBuf>, v: &impl serde::Serialize) -> Result<()> {
 
 pub fn run(a: KernelsArgs) -> Result<()> {
     match a.cmd {
-        KernelsCmd::Ptx { arch } => {
+        KernelsCmd::Ptx { arch, ptxas } => {
             let nv = mslt_kernels::nvrtc::Nvrtc::load()?;
             let v = nv.version()?;
             for (file, entries, bytes) in mslt_kernels::nvrtc::check_all(&nv, &arch)? {
                 println!("ok  {file}: {entries} entry points, {bytes} bytes of PTX ({arch}, NVRTC {}.{})", v.0, v.1);
+            }
+            if let Some(ptxas) = ptxas {
+                for src in mslt_kernels::SOURCES {
+                    let ptx = nv.compile_ptx(src, &arch)?;
+                    for u in mslt_kernels::nvrtc::assemble(&ptxas, src.file, &ptx, &arch)? {
+                        println!(
+                            "ptxas {arch} {:<32} {:>3} registers, {:>5} B smem, spills {} B stored / {} B loaded",
+                            u.entry, u.registers, u.shared_bytes, u.spill_stores, u.spill_loads
+                        );
+                    }
+                }
             }
             Ok(())
         }

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Warp-level emulation of kernels-cu/attention.cu:attention_fwd_bf16_d64_fa2 (numpy only).
+
+Runs the kernel's index arithmetic lane by lane against the PTX ISA's definitions of
+`ldmatrix.m8n8.x4[.trans].b16` and `mma.m16n8k16.row.col` (fragment layouts as the PTX manual
+gives them), on one (batch, head) with padded keys, and compares with a plain softmax attention
+in float64. It checks the fragment bookkeeping (which lane holds which element), the key-tile
+skipping and the double-buffer order, not the GPU: the GPU check is `mslt-cli kernels check`.
+
+    python3 tools/emulate_fa2.py          # prints the max error per case; exit 1 on a mismatch
+"""
+import sys
+
+import numpy as np
+
+D, BQ, BK, DP = 64, 64, 64, 72
+LOG2E = 1.4426950408889634
+PAD_MASK = -1.0e8
+LANES = np.arange(32)
+G, Q4 = LANES >> 2, LANES & 3  # accumulator row g (and g + 8), columns 2 q4 + {0, 1}
+LM, LR = LANES >> 3, LANES & 7  # ldmatrix: lane addresses row LR of matrix LM
+
+
+def bf16(x):
+    """Round to bf16 (nearest even), returned as float32."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def ldsm_x4(smem, rows, cols, trans=False):
+    """ldmatrix.x4: lane l addresses row (l % 8) of matrix (l / 8) at smem[rows[l], cols[l]:+8].
+    Returns r[lane, m, 2]: the two b16 elements (low, high half) of register m of each lane."""
+    r = np.zeros((32, 4, 2), np.float32)
+    for m in range(4):
+        mat = np.stack([smem[rows[m * 8 + i], cols[m * 8 + i]:cols[m * 8 + i] + 8] for i in range(8)])
+        if trans:  # lane t: (2 (t%4) + {0,1}, t/4)
+            r[:, m, 0], r[:, m, 1] = mat[2 * Q4, G], mat[2 * Q4 + 1, G]
+        else:  # lane t: (t/4, 2 (t%4) + {0,1})
+            r[:, m, 0], r[:, m, 1] = mat[G, 2 * Q4], mat[G, 2 * Q4 + 1]
+    return r
+
+
+def mma(c, a, b0, b1):
+    """mma.m16n8k16.row.col f32 += bf16 x bf16. c (32, 4); a (32, 4, 2); b0, b1 (32, 2)."""
+    A = np.zeros((16, 16))
+    B = np.zeros((16, 8))
+    C = np.zeros((16, 8))
+    for e in range(2):
+        A[G, 2 * Q4 + e] = a[:, 0, e]
+        A[G + 8, 2 * Q4 + e] = a[:, 1, e]
+        A[G, 2 * Q4 + 8 + e] = a[:, 2, e]
+        A[G + 8, 2 * Q4 + 8 + e] = a[:, 3, e]
+        B[2 * Q4 + e, G] = b0[:, e]
+        B[2 * Q4 + 8 + e, G] = b1[:, e]
+        C[G, 2 * Q4 + e] = c[:, e]
+        C[G + 8, 2 * Q4 + e] = c[:, 2 + e]
+    Dm = (A @ B + C).astype(np.float32)
+    out = np.zeros_like(c)
+    for e in range(2):
+        out[:, e] = Dm[G, 2 * Q4 + e]
+        out[:, 2 + e] = Dm[G + 8, 2 * Q4 + e]
+    return out
+
+
+def quad(v, op):
+    """__shfl_xor_sync over offsets 1 and 2 (the four lanes of a row)."""
+    for o in (1, 2):
+        v = op(v, v[LANES ^ o])
+    return v
+
+
+def block(qkv, mask, b, h, q0, H, scale):
+    """One thread block: rows q0 .. q0 + 63 of (b, h). Returns out rows (64, D) (NaN beyond T)."""
+    T = qkv.shape[1]
+    C = H * D
+    base = qkv[b][:, h * D:]  # row k: q at [0:D], k at [C:C+D], v at [2C:2C+D]
+    mrow = mask[b]
+    sl2 = np.float32(scale * LOG2E)
+    ntiles = (T + BK - 1) // BK
+    live = 0
+    for j in range(min(ntiles, 32)):
+        ks = np.arange(j * BK, min((j + 1) * BK, T))
+        if np.any(mrow[ks] > PAD_MASK):
+            live |= 1 << j
+
+    def next_live(j):
+        if live == 0:
+            return j
+        while j < ntiles and j < 32 and not (live >> j) & 1:
+            j += 1
+        return j
+
+    Qs = np.zeros((BQ, DP), np.float32)
+    Ks = np.zeros((2, BK, DP), np.float32)
+    Vs = np.zeros((2, BK, DP), np.float32)
+    Ms = np.zeros((2, BK), np.float32)
+    for r in range(BQ):
+        if q0 + r < T:
+            Qs[r, :D] = base[q0 + r, 0:D]
+
+    def load_kv(jt, bf):
+        for r in range(BK):
+            k = jt * BK + r
+            Ks[bf, r, :D] = base[k, C:C + D] if k < T else 0
+            Vs[bf, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
+            Ms[bf, r] = np.float32(mrow[k]) * np.float32(LOG2E) if k < T else -np.inf
+
+    j = next_live(0)
+    buf = 0
+    if j < ntiles:
+        load_kv(j, 0)
+    warps = []
+    for w in range(4):
+        qa = [ldsm_x4(Qs, w * 16 + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
+        warps.append(dict(qa=qa, o=np.zeros((8, 32, 4), np.float32), m0=np.full(32, -np.inf, np.float32),
+                          m1=np.full(32, -np.inf, np.float32), l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32)))
+    processed = []
+    while j < ntiles:
+        jn = next_live(j + 1)
+        if jn < ntiles:
+            load_kv(jn, buf ^ 1)  # the kernel's cp.async into the other buffer
+        processed.append(j)
+        for st in warps:
+            s = np.zeros((8, 32, 4), np.float32)
+            for nt in range(8):
+                for p in range(2):
+                    kb = ldsm_x4(Ks[buf], nt * 8 + LR, p * 32 + LM * 8)
+                    s[nt] = mma(s[nt], st["qa"][2 * p], kb[:, 0], kb[:, 1])
+                    s[nt] = mma(s[nt], st["qa"][2 * p + 1], kb[:, 2], kb[:, 3])
+            mx0 = np.full(32, -np.inf, np.float32)
+            mx1 = np.full(32, -np.inf, np.float32)
+            for nt in range(8):
+                for e in range(2):
+                    mk = Ms[buf][nt * 8 + Q4 * 2 + e]
+                    s[nt][:, e] = s[nt][:, e] * sl2 + mk
+                    s[nt][:, 2 + e] = s[nt][:, 2 + e] * sl2 + mk
+                    mx0 = np.maximum(mx0, s[nt][:, e])
+                    mx1 = np.maximum(mx1, s[nt][:, 2 + e])
+            mx0, mx1 = quad(mx0, np.maximum), quad(mx1, np.maximum)
+            mn0, mn1 = np.maximum(st["m0"], mx0), np.maximum(st["m1"], mx1)
+            mu0 = np.where(mn0 == -np.inf, 0, mn0).astype(np.float32)
+            mu1 = np.where(mn1 == -np.inf, 0, mn1).astype(np.float32)
+            c0, c1 = np.exp2(st["m0"] - mu0), np.exp2(st["m1"] - mu1)
+            ls0 = np.zeros(32, np.float32)
+            ls1 = np.zeros(32, np.float32)
+            for nt in range(8):
+                for e in range(2):
+                    s[nt][:, e] = np.exp2(s[nt][:, e] - mu0)
+                    s[nt][:, 2 + e] = np.exp2(s[nt][:, 2 + e] - mu1)
+                    ls0 += s[nt][:, e]
+                    ls1 += s[nt][:, 2 + e]
+            st["l0"] = st["l0"] * c0 + ls0
+            st["l1"] = st["l1"] * c1 + ls1
+            st["m0"], st["m1"] = mn0, mn1
+            st["o"][:, :, 0:2] *= c0[None, :, None]
+            st["o"][:, :, 2:4] *= c1[None, :, None]
+            for kk in range(4):
+                pa = np.zeros((32, 4, 2), np.float32)
+                pa[:, 0] = bf16(s[2 * kk][:, 0:2])
+                pa[:, 1] = bf16(s[2 * kk][:, 2:4])
+                pa[:, 2] = bf16(s[2 * kk + 1][:, 0:2])
+                pa[:, 3] = bf16(s[2 * kk + 1][:, 2:4])
+                for np_ in range(4):
+                    vb = ldsm_x4(Vs[buf], kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
+                    st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
+                    st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
+        buf ^= 1
+        j = jn
+    out = np.full((BQ, D), np.nan, np.float32)
+    for w, st in enumerate(warps):
+        l0, l1 = quad(st["l0"], np.add), quad(st["l1"], np.add)
+        r0 = w * 16 + G
+        for nt in range(8):
+            for e in range(2):
+                col = nt * 8 + Q4 * 2 + e
+                ok0, ok1 = q0 + r0 < T, q0 + r0 + 8 < T
+                out[r0[ok0], col[ok0]] = bf16(st["o"][nt][:, e] / l0)[ok0]
+                out[r0[ok1] + 8, col[ok1]] = bf16(st["o"][nt][:, 2 + e] / l1)[ok1]
+    return out, processed
+
+
+def reference(qkv, mask, b, h, H, scale):
+    C = H * D
+    x = qkv[b].astype(np.float64)
+    q, k, v = x[:, h * D:h * D + D], x[:, C + h * D:C + h * D + D], x[:, 2 * C + h * D:2 * C + h * D + D]
+    s = q @ k.T * scale + mask[b][None, :]
+    p = np.exp(s - s.max(1, keepdims=True))
+    return (p / p.sum(1, keepdims=True)) @ v
+
+
+def main():
+    rng = np.random.default_rng(0)
+    H, scale = 2, 1 / 8
+    bad = 0
+    # (T, key lengths per batch row): padding in whole tiles (skipped), in part of a tile,
+    # length 1, T not a multiple of 64, more than 32 tiles (the later ones are always processed)
+    for T, lens in [(150, [150, 1, 70]), (128, [128, 64, 65]), (40, [40, 7]), (200, [129]),
+                    (2200, [2200, 90])]:
+        qkv = bf16(rng.standard_normal((len(lens), T, 3 * H * D)).astype(np.float32) * 1.5)
+        mask = np.array([[0.0 if j < n else -1e9 for j in range(T)] for n in lens], np.float32)
+        for b in range(len(lens)):
+            h = b % H
+            blocks = range(0, T, BQ) if T <= 256 else [0, (T // BQ - 1) * BQ]
+            errs, tiles = [], None
+            want = reference(qkv, mask, b, h, H, scale)
+            for q0 in blocks:
+                got, processed = block(qkv, mask, b, h, q0, H, scale)
+                tiles = processed
+                n = min(BQ, T - q0)
+                errs.append(np.abs(got[:n] - want[q0:q0 + n]).max() / np.abs(want).max())
+            err = max(errs)
+            ok = err < 1e-2 and np.isfinite(err)
+            bad += not ok
+            print(f"T {T:4} len {lens[b]:4}: key tiles processed {tiles[:8]}{'...' if len(tiles) > 8 else ''} "
+                  f"max rel error {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    print("all cases match" if bad == 0 else f"{bad} cases mismatch")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
