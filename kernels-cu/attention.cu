@@ -332,9 +332,10 @@ extern "C" __global__ void attention_fwd_bf16_d64_tc(const bf16_t* qkv, const fl
 //    below ~1e8, so the result is the same; a row with only padding keys processes every tile,
 //    as the reference does.
 // Same layout, mask convention and accumulation (f32) as attention_fwd_bf16_d64_tc; the
-// probabilities are rounded to bf16 for P V. Block: 4 warps x 16 query rows = 64 rows of one
-// (batch, head); key tiles of 64. Shared memory 46.6 KB (static).
-// Launch: grid (ceil(T / 64), H, B), block 128; qkv rows 16-byte aligned.
+// probabilities are rounded to bf16 for P V. Block: 4 warps of one (batch, head); qkv rows
+// 16-byte aligned. Two entry points: attention_fwd_bf16_d64_fa2 (16 query rows per warp, 64 per
+// block, key tiles of 64) and attention_fwd_bf16_d64_fa2_q128 (32 rows per warp, 128 per block,
+// key tiles of 32).
 
 #define PAD_MASK (-1.0e8f)
 
@@ -382,9 +383,16 @@ __device__ __forceinline__ int next_live(int j, int ntiles, unsigned live) {
   return j;
 }
 
-extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(const bf16_t* qkv, const float* mask,
-                                                                             bf16_t* out, int T_, int H, float scale) {
-  constexpr int D = 64, BQ = 64, BK = 64, DP = D + 8;  // rows padded by 16 bytes: ldmatrix without bank conflicts
+// MT m-tiles of 16 query rows per warp: BQ = 64 MT query rows per block, key tiles of BK = 64 / MT
+// (static shared memory stays under 48 KB: 46.6 KB for MT = 1, 36.9 KB for MT = 2). With MT = 2
+// each K/V fragment loaded from shared memory feeds two mma and each K/V tile serves twice the
+// query rows (half the L2 traffic), for more registers per thread.
+template <int MT>
+__device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                              bf16_t* __restrict__ out, int T_, int H, float scale) {
+  constexpr int D = 64, BQ = 64 * MT, BK = 64 / MT, DP = D + 8;  // rows padded by 16 bytes: no bank conflicts
+  constexpr int NKT = BK / 8;   // n-tiles of 8 keys in S = Q K^T
+  constexpr int KKS = BK / 16;  // k-steps of 16 keys in O += P V
   __shared__ __align__(16) bf16_t Qs[BQ][DP];
   __shared__ __align__(16) bf16_t Ks[2][BK][DP];
   __shared__ __align__(16) bf16_t Vs[2][BK][DP];
@@ -415,7 +423,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(con
   }
   int j = next_live(0, ntiles, live);
   int buf = 0;
-  // (B, T, 3C) rows k of tile jt -> Ks/Vs[bf], Ms[bf]
+  // keys k0 .. k0 + BK of tile jt -> Ks/Vs[bf] (cp.async, zeros beyond T), Ms[bf]
 #define FA2_LOAD_KV(jt, bf)                                                                  \
   do {                                                                                       \
     const int k0_ = (jt) * BK;                                                               \
@@ -430,11 +438,16 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(con
   if (j < ntiles) FA2_LOAD_KV(j, 0);
   cp_async_commit();
 
-  unsigned qa[4][4];  // A fragments of this warp's 16 query rows, 4 k-steps of 16 over D
-  float o[8][4];
+  unsigned qa[MT][4][4];  // A fragments of this warp's query rows: m-tile, 4 k-steps of 16 over D
+  float o[MT][8][4];      // output accumulators: m-tile, 8 n-tiles of 8 columns
+  float m[MT][2], l[MT][2];  // running max (log2 units) and this lane's partial sums, rows g, g + 8
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
-  float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;  // rows g, g + 8 (l: this lane's columns)
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.0f;
+    m[mt][0] = m[mt][1] = NEG_INF;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
   bool first = true;
 
   while (j < ntiles) {
@@ -445,77 +458,94 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(con
     __syncthreads();
     if (first) {
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) ldsm_x4(qa[ks], &Qs[w * 16 + (lm & 1) * 8 + lr][ks * 16 + (lm >> 1) * 8]);
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          ldsm_x4(qa[mt][ks], &Qs[(w * MT + mt) * 16 + (lm & 1) * 8 + lr][ks * 16 + (lm >> 1) * 8]);
       first = false;
     }
-    // S = Q K^T (log2 units): 8 n-tiles of 8 keys; one ldmatrix.x4 = B fragments of 2 k-steps
-    float s[8][4];
+    // S = Q K^T: NKT n-tiles of 8 keys; one ldmatrix.x4 = the B fragments of 2 k-steps
+    float s[MT][NKT][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    for (int nt = 0; nt < NKT; ++nt) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
         unsigned kb[4];
         ldsm_x4(kb, &Ks[buf][nt * 8 + lr][p * 32 + lm * 8]);
-        mma_bf16_16816(s[nt], qa[2 * p], kb[0], kb[1]);
-        mma_bf16_16816(s[nt], qa[2 * p + 1], kb[2], kb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16_16816(s[mt][nt], qa[mt][2 * p], kb[0], kb[1]);
+          mma_bf16_16816(s[mt][nt], qa[mt][2 * p + 1], kb[2], kb[3]);
+        }
       }
     }
-    float mx0 = NEG_INF, mx1 = NEG_INF;
+    // online softmax in base 2, per m-tile
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+    for (int mt = 0; mt < MT; ++mt) {
+      float mx0 = NEG_INF, mx1 = NEG_INF;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float mk = Ms[buf][nt * 8 + q4 * 2 + e];
-        s[nt][e] = fmaf(s[nt][e], sl2, mk);
-        s[nt][2 + e] = fmaf(s[nt][2 + e], sl2, mk);
-        mx0 = fmaxf(mx0, s[nt][e]);
-        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      for (int nt = 0; nt < NKT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float mk = Ms[buf][nt * 8 + q4 * 2 + e];
+          s[mt][nt][e] = fmaf(s[mt][nt][e], sl2, mk);
+          s[mt][nt][2 + e] = fmaf(s[mt][nt][2 + e], sl2, mk);
+          mx0 = fmaxf(mx0, s[mt][nt][e]);
+          mx1 = fmaxf(mx1, s[mt][nt][2 + e]);
+        }
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float mn0 = fmaxf(m[mt][0], mx0), mn1 = fmaxf(m[mt][1], mx1);
+      const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
+      const float c0 = ex2(m[mt][0] - mu0), c1 = ex2(m[mt][1] - mu1);  // 0 while nothing was seen
+      float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < NKT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[mt][nt][e] = ex2(s[mt][nt][e] - mu0);
+          s[mt][nt][2 + e] = ex2(s[mt][nt][2 + e] - mu1);
+          ls0 += s[mt][nt][e];
+          ls1 += s[mt][nt][2 + e];
+        }
+      }
+      l[mt][0] = l[mt][0] * c0 + ls0;
+      l[mt][1] = l[mt][1] * c1 + ls1;
+      m[mt][0] = mn0;
+      m[mt][1] = mn1;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        o[mt][nt][0] *= c0;
+        o[mt][nt][1] *= c0;
+        o[mt][nt][2] *= c1;
+        o[mt][nt][3] *= c1;
       }
     }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
-    const float c0 = ex2(m0 - mu0), c1 = ex2(m1 - mu1);  // 0 while nothing was seen (o, l are 0)
-    float ls0 = 0.0f, ls1 = 0.0f;
+    // O += P V: KKS k-steps of 16 keys; one ldmatrix.x4.trans = the B fragments of 2 n-tiles
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+    for (int kk = 0; kk < KKS; ++kk) {
+      unsigned pa[MT][4];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s[nt][e] = ex2(s[nt][e] - mu0);
-        s[nt][2 + e] = ex2(s[nt][2 + e] - mu1);
-        ls0 += s[nt][e];
-        ls1 += s[nt][2 + e];
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
       }
-    }
-    l0 = l0 * c0 + ls0;
-    l1 = l1 * c1 + ls1;
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      o[nt][0] *= c0;
-      o[nt][1] *= c0;
-      o[nt][2] *= c1;
-      o[nt][3] *= c1;
-    }
-    // O += P V: 4 k-steps of 16 keys; one ldmatrix.x4.trans = B fragments of 2 n-tiles
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      unsigned pa[4];
-      pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-      pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-      pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         unsigned vb[4];
         ldsm_x4_trans(vb, &Vs[buf][kk * 16 + (lm & 1) * 8 + lr][(2 * np + (lm >> 1)) * 8]);
-        mma_bf16_16816(o[2 * np], pa, vb[0], vb[1]);
-        mma_bf16_16816(o[2 * np + 1], pa, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16_16816(o[mt][2 * np], pa[mt], vb[0], vb[1]);
+          mma_bf16_16816(o[mt][2 * np + 1], pa[mt], vb[2], vb[3]);
+        }
       }
     }
     __syncthreads();  // tile j consumed before its buffer is refilled
@@ -524,18 +554,36 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(con
   }
 #undef FA2_LOAD_KV
 
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-  const int r0 = w * 16 + g, qa0 = q0 + r0, qa1 = qa0 + 8;
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    const int col = h * D + nt * 8 + q4 * 2;
-    if (qa0 < T_)
-      *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa0) * C + col) = pack_bf16(o[nt][0] * i0, o[nt][1] * i0);
-    if (qa1 < T_)
-      *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa1) * C + col) = pack_bf16(o[nt][2] * i1, o[nt][3] * i1);
+  for (int mt = 0; mt < MT; ++mt) {
+    float l0 = l[mt][0], l1 = l[mt][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    const int qa0 = q0 + (w * MT + mt) * 16 + g, qa1 = qa0 + 8;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int col = h * D + nt * 8 + q4 * 2;
+      if (qa0 < T_)
+        *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa0) * C + col) =
+            pack_bf16(o[mt][nt][0] * i0, o[mt][nt][1] * i0);
+      if (qa1 < T_)
+        *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa1) * C + col) =
+            pack_bf16(o[mt][nt][2] * i1, o[mt][nt][3] * i1);
+    }
   }
+}
+
+// Launch: grid (ceil(T / 64), H, B), block 128.
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(const bf16_t* qkv, const float* mask,
+                                                                             bf16_t* out, int T_, int H, float scale) {
+  attention_fa2<1>(qkv, mask, out, T_, H, scale);
+}
+
+// Launch: grid (ceil(T / 128), H, B), block 128.
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2_q128(const bf16_t* qkv, const float* mask,
+                                                                                  bf16_t* out, int T_, int H, float scale) {
+  attention_fa2<2>(qkv, mask, out, T_, H, scale);
 }

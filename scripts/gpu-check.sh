@@ -6,7 +6,7 @@
 #   on the GPU machine:  bash scripts/gpu-check.sh [OUT_DIR]
 # Logs go to OUT_DIR/gpu-check.log and the JSON files to OUT_DIR/json; the summary
 # table is printed last. Each step has its own time limit and a failed step does not stop the
-# others. Fits in ~6 minutes on one H100.
+# others. Took 2.5 minutes on one H100 (run 3, before the fa2 and pool rows were added).
 set -u
 OUT=${1:-${OUT:-out/gpu}}
 mkdir -p "$OUT/json"
@@ -37,9 +37,15 @@ run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 
 step "bench base, frozen dropout off, kernels fused, frozen layers bf16"
 run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
   --frozen-dropout off --kernels fused --frozen-dtype bf16 --warmup 2 --repeats 5 --json "$OUT/json/bench-base-fused-bf16.json"
+step "bench base, fused bf16 frozen layers, attention kernel fa2 (MSLT_ATTENTION=fa2)"
+MSLT_ATTENTION=fa2 run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
+  --frozen-dropout off --kernels fused --frozen-dtype bf16 --warmup 2 --repeats 5 --json "$OUT/json/bench-base-fused-bf16-fa2.json"
+step "bench base, fused bf16 frozen layers, CUDA's default pool policy (MSLT_CUDA_POOL=release)"
+MSLT_CUDA_POOL=release run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
+  --frozen-dropout off --kernels fused --frozen-dtype bf16 --warmup 2 --repeats 5 --json "$OUT/json/bench-base-fused-bf16-pool-release.json"
 step "summary"
 run 20 "$PY" tools/torch_kernels.py --load "$OUT/json/torch.json" --ours "$OUT/json/kbench.json"
 for f in "$OUT"/json/bench-base-*.json; do
-  "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], r['frozen'], [(x['name'], round(x['step']['median_ms'],1), x['fused_layers'], round(x['speedup'],2)) for x in r['rows']])" "$f" 2>&1 | tee -a "$LOG"
+  "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], r['frozen'], 'pool', r.get('cuda_pool'), [(x['name'], round(x['step']['median_ms'],1), x['fused_layers'], round(x['speedup'],2)) for x in r['rows']])" "$f" 2>&1 | tee -a "$LOG"
 done
 grep -E "FAIL|kernel checks (passed|failed)|all .* kernel checks passed" "$LOG" | head -20

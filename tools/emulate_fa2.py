@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Warp-level emulation of kernels-cu/attention.cu:attention_fwd_bf16_d64_fa2 (numpy only).
+"""Warp-level emulation of kernels-cu/attention.cu:attention_fa2<MT> (numpy only): the entry
+points attention_fwd_bf16_d64_fa2 (MT = 1) and attention_fwd_bf16_d64_fa2_q128 (MT = 2).
 
 Runs the kernel's index arithmetic lane by lane against the PTX ISA's definitions of
 `ldmatrix.m8n8.x4[.trans].b16` and `mma.m16n8k16.row.col` (fragment layouts as the PTX manual
@@ -13,7 +14,7 @@ import sys
 
 import numpy as np
 
-D, BQ, BK, DP = 64, 64, 64, 72
+D, DP = 64, 72
 LOG2E = 1.4426950408889634
 PAD_MASK = -1.0e8
 LANES = np.arange(32)
@@ -70,8 +71,10 @@ def quad(v, op):
     return v
 
 
-def block(qkv, mask, b, h, q0, H, scale):
-    """One thread block: rows q0 .. q0 + 63 of (b, h). Returns out rows (64, D) (NaN beyond T)."""
+def block(qkv, mask, b, h, q0, H, scale, MT):
+    """One thread block: rows q0 .. q0 + BQ of (b, h). Returns out rows (BQ, D) (NaN beyond T)."""
+    BQ, BK = 64 * MT, 64 // MT
+    NKT, KKS = BK // 8, BK // 16
     T = qkv.shape[1]
     C = H * D
     base = qkv[b][:, h * D:]  # row k: q at [0:D], k at [C:C+D], v at [2C:2C+D]
@@ -110,11 +113,14 @@ def block(qkv, mask, b, h, q0, H, scale):
     buf = 0
     if j < ntiles:
         load_kv(j, 0)
-    warps = []
+    warps = []  # one state per (warp, m-tile): rows (w MT + mt) 16 + {g, g + 8}
     for w in range(4):
-        qa = [ldsm_x4(Qs, w * 16 + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
-        warps.append(dict(qa=qa, o=np.zeros((8, 32, 4), np.float32), m0=np.full(32, -np.inf, np.float32),
-                          m1=np.full(32, -np.inf, np.float32), l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32)))
+        for mt in range(MT):
+            row0 = (w * MT + mt) * 16
+            qa = [ldsm_x4(Qs, row0 + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
+            warps.append(dict(row0=row0, qa=qa, o=np.zeros((8, 32, 4), np.float32),
+                              m0=np.full(32, -np.inf, np.float32), m1=np.full(32, -np.inf, np.float32),
+                              l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32)))
     processed = []
     while j < ntiles:
         jn = next_live(j + 1)
@@ -122,15 +128,15 @@ def block(qkv, mask, b, h, q0, H, scale):
             load_kv(jn, buf ^ 1)  # the kernel's cp.async into the other buffer
         processed.append(j)
         for st in warps:
-            s = np.zeros((8, 32, 4), np.float32)
-            for nt in range(8):
+            s = np.zeros((NKT, 32, 4), np.float32)
+            for nt in range(NKT):
                 for p in range(2):
                     kb = ldsm_x4(Ks[buf], nt * 8 + LR, p * 32 + LM * 8)
                     s[nt] = mma(s[nt], st["qa"][2 * p], kb[:, 0], kb[:, 1])
                     s[nt] = mma(s[nt], st["qa"][2 * p + 1], kb[:, 2], kb[:, 3])
             mx0 = np.full(32, -np.inf, np.float32)
             mx1 = np.full(32, -np.inf, np.float32)
-            for nt in range(8):
+            for nt in range(NKT):
                 for e in range(2):
                     mk = Ms[buf][nt * 8 + Q4 * 2 + e]
                     s[nt][:, e] = s[nt][:, e] * sl2 + mk
@@ -144,7 +150,7 @@ def block(qkv, mask, b, h, q0, H, scale):
             c0, c1 = np.exp2(st["m0"] - mu0), np.exp2(st["m1"] - mu1)
             ls0 = np.zeros(32, np.float32)
             ls1 = np.zeros(32, np.float32)
-            for nt in range(8):
+            for nt in range(NKT):
                 for e in range(2):
                     s[nt][:, e] = np.exp2(s[nt][:, e] - mu0)
                     s[nt][:, 2 + e] = np.exp2(s[nt][:, 2 + e] - mu1)
@@ -155,7 +161,7 @@ def block(qkv, mask, b, h, q0, H, scale):
             st["m0"], st["m1"] = mn0, mn1
             st["o"][:, :, 0:2] *= c0[None, :, None]
             st["o"][:, :, 2:4] *= c1[None, :, None]
-            for kk in range(4):
+            for kk in range(KKS):
                 pa = np.zeros((32, 4, 2), np.float32)
                 pa[:, 0] = bf16(s[2 * kk][:, 0:2])
                 pa[:, 1] = bf16(s[2 * kk][:, 2:4])
@@ -168,9 +174,9 @@ def block(qkv, mask, b, h, q0, H, scale):
         buf ^= 1
         j = jn
     out = np.full((BQ, D), np.nan, np.float32)
-    for w, st in enumerate(warps):
+    for st in warps:
         l0, l1 = quad(st["l0"], np.add), quad(st["l1"], np.add)
-        r0 = w * 16 + G
+        r0 = st["row0"] + G
         for nt in range(8):
             for e in range(2):
                 col = nt * 8 + Q4 * 2 + e
@@ -195,8 +201,10 @@ def main():
     bad = 0
     # (T, key lengths per batch row): padding in whole tiles (skipped), in part of a tile,
     # length 1, T not a multiple of 64, more than 32 tiles (the later ones are always processed)
-    for T, lens in [(150, [150, 1, 70]), (128, [128, 64, 65]), (40, [40, 7]), (200, [129]),
-                    (2200, [2200, 90])]:
+    for MT, T, lens in [(mt, T, lens) for mt in (1, 2) for T, lens in
+                        [(150, [150, 1, 70]), (128, [128, 64, 65]), (40, [40, 7]), (200, [129]),
+                         (2200 // mt, [2200 // mt, 90])]]:
+        BQ = 64 * MT
         qkv = bf16(rng.standard_normal((len(lens), T, 3 * H * D)).astype(np.float32) * 1.5)
         mask = np.array([[0.0 if j < n else -1e9 for j in range(T)] for n in lens], np.float32)
         for b in range(len(lens)):
@@ -205,14 +213,14 @@ def main():
             errs, tiles = [], None
             want = reference(qkv, mask, b, h, H, scale)
             for q0 in blocks:
-                got, processed = block(qkv, mask, b, h, q0, H, scale)
+                got, processed = block(qkv, mask, b, h, q0, H, scale, MT)
                 tiles = processed
                 n = min(BQ, T - q0)
                 errs.append(np.abs(got[:n] - want[q0:q0 + n]).max() / np.abs(want).max())
             err = max(errs)
             ok = err < 1e-2 and np.isfinite(err)
             bad += not ok
-            print(f"T {T:4} len {lens[b]:4}: key tiles processed {tiles[:8]}{'...' if len(tiles) > 8 else ''} "
+            print(f"MT {MT} T {T:4} len {lens[b]:4}: key tiles processed {tiles[:8]}{'...' if len(tiles) > 8 else ''} "
                   f"max rel error {err:.2e} {'ok' if ok else 'MISMATCH'}")
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")
     sys.exit(1 if bad else 0)

@@ -101,19 +101,23 @@ def summary(rows, ours_path):
         for r in rows:
             torch_by.setdefault(key(r), {})[r["implementation"]] = r
         print(f"\nSUMMARY (median us; ratio = fused / other, < 1 means ours is faster); copy bandwidth {copy_bw:.0f} GB/s")
-        print(f"{'op':<15} {'dtype':<5} {'shape':<20} {'fused':>9} {'candle':>9} {'torch':>9} {'f/candle':>8} {'f/torch':>8} {'%copy-bw':>8}")
+        print("attention: 'nopad' rows have no padding (mask all 0) and are compared with SDPA without a mask; the others with")
+        print("SDPA given the additive padding mask (our lengths and torch's are drawn differently; SDPA's time does not depend on them)")
+        print(f"{'op':<15} {'impl':<9} {'dtype':<5} {'shape':<26} {'fused':>9} {'candle':>9} {'torch':>9} {'f/candle':>8} {'f/torch':>8} {'%copy-bw':>8}")
         cand = {key(r): r for r in ours if r["implementation"] == "candle"}
         for r in ours:
-            if r["implementation"] != "fused":
+            if not r["implementation"].startswith("fused"):
                 continue
-            t = torch_by.get(key(r), {})
-            tr = t.get("torch") or t.get("torch-sdpa-mask")
+            nopad = r["shape"].endswith(" nopad")
+            base = (r["op"], r["dtype"], r["shape"].removesuffix(" nopad"))
+            t = torch_by.get(base, {})
+            tr = t.get("torch") or (t.get("torch-sdpa-nomask") if nopad else t.get("torch-sdpa-mask"))
             c = cand.get(key(r))
             bw = f"{100 * r['gb_per_s'] / copy_bw:.0f}%" if r["gb_per_s"] else ""
-            print(f"{r['op']:<15} {r['dtype']:<5} {r['shape']:<20} {r['median_us']:>9.1f} {c['median_us'] if c else float('nan'):>9.1f} "
+            print(f"{r['op']:<15} {r['implementation']:<9} {r['dtype']:<5} {r['shape']:<26} {r['median_us']:>9.1f} "
+                  f"{c['median_us'] if c else float('nan'):>9.1f} "
                   f"{tr['median_us'] if tr else float('nan'):>9.1f} {r['median_us'] / c['median_us'] if c else float('nan'):>8.2f} "
                   f"{r['median_us'] / tr['median_us'] if tr else float('nan'):>8.2f} {bw:>8}")
-
 
 if __name__ == "__main__":
     main()

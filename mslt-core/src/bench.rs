@@ -485,7 +485,9 @@ pub fn table(r: &BenchReport) -> String {
         r.device, r.threads, r.batch_size, r.seq_len, r.masked_rows, r.matmul_gflops
     );
     if let Some(p) = r.cuda_pool {
-        s.push_str(&format!("CUDA memory pool: {p} freed memory (MSLT_CUDA_POOL)\n"));
+        s.push_str(&format!(
+            "CUDA memory pool: {p} freed memory (MSLT_CUDA_POOL)\n"
+        ));
     }
     s.push_str(&format!(
         "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9} {:>9} {:>8} {:>20} {:>8} {:>7} {:>5} {:>8} {:>7} {:>8}\n",

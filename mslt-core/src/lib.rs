@@ -97,6 +97,8 @@ fn parse_cuda_pool(v: Option<&str>) -> Result<bool> {
     }
 }
 
+pub use mslt_kernels::Kernels;
+
 #[cfg(test)]
 mod device_tests {
     #[test]
@@ -104,9 +106,12 @@ mod device_tests {
         assert!(super::parse_cuda_pool(None).unwrap());
         assert!(super::parse_cuda_pool(Some("retain")).unwrap());
         assert!(!super::parse_cuda_pool(Some("release")).unwrap());
-        let e = super::parse_cuda_pool(Some("keep")).unwrap_err().to_string();
-        assert!(e.contains("MSLT_CUDA_POOL") && e.contains("keep") && e.contains("release"), "{e}");
+        let e = super::parse_cuda_pool(Some("keep"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MSLT_CUDA_POOL") && e.contains("keep") && e.contains("release"),
+            "{e}"
+        );
     }
 }
-
-pub use mslt_kernels::Kernels;

@@ -1,7 +1,7 @@
 //! NVRTC compilation (once per source and architecture, cached), module loading (once per
 //! device, through Candle's custom-module cache) and the launches of the fused kernels.
 
-use crate::ops::{span, AddLayerNorm, Attention};
+use crate::ops::{span, AddLayerNorm, Attention, AttentionKernel};
 use crate::{KernelError, Source, ATTENTION, BIAS_GELU, LAYER_NORM};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -256,19 +256,24 @@ pub fn attention(
     let (b, t, c3) = qkv.1.shape().dims3()?;
     let c = c3 / 3;
     let d = c / op.heads;
-    // bf16 with 64-wide heads takes the tensor-core kernel (16-byte aligned rows needed);
-    // MSLT_ATTENTION_SIMT=1 forces the CUDA-core kernel (for A/B timings).
-    let tc = qkv.0.dtype() == DType::BF16
-        && d == 64
-        && aligned16(qkv.1, 2)
-        && std::env::var_os("MSLT_ATTENTION_SIMT").is_none();
-    let entry = if tc {
-        "attention_fwd_bf16_d64_tc".to_string()
-    } else {
-        format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?)
+    let env = std::env::var("MSLT_ATTENTION").ok();
+    let kind = crate::ops::resolve_attention_kernel(
+        op.kernel,
+        env.as_deref(),
+        qkv.0.dtype(),
+        d,
+        aligned16(qkv.1, 2),
+    )?;
+    let entry = match kind {
+        AttentionKernel::Tc => "attention_fwd_bf16_d64_tc".to_string(),
+        AttentionKernel::Fa2 => "attention_fwd_bf16_d64_fa2".to_string(),
+        AttentionKernel::Fa2Q128 => "attention_fwd_bf16_d64_fa2_q128".to_string(),
+        _ => format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?),
     };
     let f = func(&dev, &ATTENTION, &entry)?;
-    let rows_per_warp = if tc {
+    let rows_per_warp = if kind == AttentionKernel::Fa2Q128 {
+        32
+    } else if matches!(kind, AttentionKernel::Tc | AttentionKernel::Fa2) {
         16
     } else if d == 128 {
         4
@@ -334,30 +339,61 @@ pub fn warm_up(dev: &CudaDevice) -> Result<()> {
 /// each step maps its activation memory afresh. Keeping it is what PyTorch's caching allocator
 /// does. Returns false where the device has no memory pools (nothing changed).
 pub fn retain_pool_memory(dev: &CudaDevice) -> Result<bool> {
+    set_pool_release_threshold(dev, u64::MAX)
+}
+
+fn pool_err(e: &dyn std::fmt::Display) -> candle_core::Error {
+    KernelError::Cuda {
+        kernel: "(memory pool)".into(),
+        what: format!("release threshold: {e}"),
+    }
+    .into()
+}
+
+/// The default memory pool's release threshold in bytes (None: no memory pools).
+pub fn pool_release_threshold(dev: &CudaDevice) -> Result<Option<u64>> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    let mut v: u64 = 0;
+    // SAFETY: as in `set_pool_release_threshold`; the attribute is written as a cuuint64_t.
+    unsafe {
+        let pool =
+            result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| pool_err(&e))?;
+        result::mem_pool::get_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut v as *mut u64).cast(),
+        )
+        .map_err(|e| pool_err(&e))?;
+    }
+    Ok(Some(v))
+}
+
+/// Sets the default memory pool's release threshold (bytes kept across synchronisations).
+/// Returns false where the device has no memory pools (nothing changed).
+pub fn set_pool_release_threshold(dev: &CudaDevice, bytes: u64) -> Result<bool> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     let stream = dev.cuda_stream();
     let ctx = stream.context();
     if !ctx.has_async_alloc() {
         return Ok(false);
     }
-    let err = |e: &dyn std::fmt::Display| -> candle_core::Error {
-        KernelError::Cuda {
-            kernel: "(memory pool)".into(),
-            what: format!("setting the release threshold: {e}"),
-        }
-        .into()
-    };
-    let mut threshold: u64 = u64::MAX;
+    let mut threshold: u64 = bytes;
     // SAFETY: `cu_device` comes from a live context; CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes a
     // pointer to a cuuint64_t, which `threshold` is.
     unsafe {
-        let pool = result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| err(&e))?;
+        let pool =
+            result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| pool_err(&e))?;
         result::mem_pool::set_attribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             (&mut threshold as *mut u64).cast(),
         )
-        .map_err(|e| err(&e))?;
+        .map_err(|e| pool_err(&e))?;
     }
     Ok(true)
 }

@@ -2,7 +2,7 @@
 //! beside the plain Candle path the model would otherwise run. Used by `mslt-cli kernels` (and
 //! `scripts/gpu-check.sh` on a GPU) and by the CPU tests.
 
-use crate::{ops, reference, Kernels};
+use crate::{ops, reference, AttentionKernel, Kernels};
 use candle_core::{DType, Device, Result, Tensor};
 use serde::Serialize;
 use std::time::Instant;
@@ -229,7 +229,32 @@ pub fn check(dev: &Device, shapes: &CheckShapes) -> Result<Vec<CheckRow>> {
             )?);
             if small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
                 let on_cpu = ops::attention(&qkv.to_device(&cpu)?, &mask.to_device(&cpu)?, h)?;
-                rows.push(compare("attention", dtype, shape, "cpu op", &got, &on_cpu)?);
+                rows.push(compare(
+                    "attention",
+                    dtype,
+                    shape.clone(),
+                    "cpu op",
+                    &got,
+                    &on_cpu,
+                )?);
+            }
+            // the other bf16 D = 64 kernels, each named (Auto runs one of them)
+            if dev.is_cuda() && dtype == DType::BF16 && d == 64 {
+                for kern in [
+                    AttentionKernel::Tc,
+                    AttentionKernel::Fa2,
+                    AttentionKernel::Fa2Q128,
+                ] {
+                    let got = ops::attention_with(&qkv, &mask, h, kern)?;
+                    rows.push(compare(
+                        &format!("attention[{kern}]"),
+                        dtype,
+                        shape.clone(),
+                        "candle reference",
+                        &got,
+                        &want,
+                    )?);
+                }
             }
         }
     }
@@ -371,6 +396,27 @@ pub fn bench(dev: &Device, s: &BenchShapes) -> Result<Vec<TimeRow>> {
         Some(2.0 * (n * 4) as f64),
         None,
     ));
+    // The same copy with the CUDA default pool policy (freed memory handed back to the driver at
+    // every synchronisation, MSLT_CUDA_POOL=release): what each Candle allocation costs then.
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cd) = dev {
+        if let Some(prev) = crate::cuda::pool_release_threshold(cd)? {
+            crate::cuda::set_pool_release_threshold(cd, 0)?;
+            let t = time(dev, s.trials, || big.copy());
+            crate::cuda::set_pool_release_threshold(cd, prev)?;
+            let mut r = row(
+                "copy",
+                Kernels::Candle,
+                DType::F32,
+                format!("{} MiB", s.copy_mib),
+                t?,
+                Some(2.0 * (n * 4) as f64),
+                None,
+            );
+            r.implementation = "candle-pool-release".into();
+            out.push(r);
+        }
+    }
     drop(big);
     for dtype in [DType::F32, DType::BF16] {
         let es = dtype.size_in_bytes() as f64;
@@ -450,6 +496,36 @@ pub fn bench(dev: &Device, s: &BenchShapes) -> Result<Vec<TimeRow>> {
                 None,
                 flops,
             ));
+            // no padding (mask all 0): nothing to skip; compare with SDPA without a mask
+            let nopad = Tensor::zeros((b, t_), DType::F32, dev)?;
+            let t = time(dev, s.trials, || ops::attention(&qkv, &nopad, h))?;
+            out.push(row(
+                "attention",
+                Kernels::Fused,
+                dtype,
+                format!("{shape} nopad"),
+                t,
+                None,
+                flops,
+            ));
+            if dev.is_cuda() && dtype == DType::BF16 {
+                for kern in [AttentionKernel::Fa2, AttentionKernel::Fa2Q128] {
+                    for (m, sfx) in [(&mask, ""), (&nopad, " nopad")] {
+                        let t = time(dev, s.trials, || ops::attention_with(&qkv, m, h, kern))?;
+                        let mut r = row(
+                            "attention",
+                            Kernels::Fused,
+                            dtype,
+                            format!("{shape}{sfx}"),
+                            t,
+                            None,
+                            flops,
+                        );
+                        r.implementation = format!("fused-{kern}");
+                        out.push(r);
+                    }
+                }
+            }
             let t = time(dev, s.trials, || candle_attention(&qkv, &mask, h))?;
             out.push(row(
                 "attention",

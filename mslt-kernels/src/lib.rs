@@ -21,7 +21,9 @@ pub mod nvrtc;
 pub mod ops;
 pub mod reference;
 
-pub use ops::{add_layer_norm, attention, bias_gelu, supported_head_dim};
+pub use ops::{
+    add_layer_norm, attention, attention_with, bias_gelu, supported_head_dim, AttentionKernel,
+};
 
 /// Whether this build was compiled with CUDA support (the `cuda` feature).
 pub const CUDA_ENABLED: bool = cfg!(feature = "cuda");
@@ -115,6 +117,7 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d128",
         "attention_fwd_bf16_d64_tc",
         "attention_fwd_bf16_d64_fa2",
+        "attention_fwd_bf16_d64_fa2_q128",
     ],
 };
 

@@ -184,8 +184,8 @@ pub struct PtxasUsage {
 }
 
 /// Assembles `ptx` for `arch` with the `ptxas` at `ptxas` (from the CUDA toolkit or the
-/// `nvidia-cuda-nvcc` wheel): this is what the driver's JIT does on the GPU, so it catches
-/// errors NVRTC lets through (inline PTX is only parsed here) and reports registers and spills.
+/// `nvidia-cuda-nvcc` wheel), as the driver's JIT does on the GPU, and reports registers,
+/// spills and shared memory per kernel.
 pub fn assemble(
     ptxas: &std::path::Path,
     file: &str,
@@ -259,4 +259,36 @@ pub fn parse_ptxas_log(log: &str) -> Vec<PtxasUsage> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ptxas_log_is_parsed_per_entry() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'attention_fwd_bf16_d64_fa2' for 'sm_90'\n\
+ptxas info    : Function properties for attention_fwd_bf16_d64_fa2\n\
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+ptxas info    : Used 128 registers, used 1 barriers, 46592 bytes smem, 380 bytes cmem[0]\n\
+ptxas info    : Compiling entry function 'k2' for 'sm_90'\n\
+ptxas info    : Function properties for k2\n\
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+ptxas info    : Used 31 registers, 380 bytes cmem[0]\n";
+        let u = super::parse_ptxas_log(log);
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[0].entry, "attention_fwd_bf16_d64_fa2");
+        assert_eq!(
+            (
+                u[0].registers,
+                u[0].spill_stores,
+                u[0].spill_loads,
+                u[0].shared_bytes
+            ),
+            (128, 4, 12, 46592)
+        );
+        assert_eq!(
+            (u[1].entry.as_str(), u[1].registers, u[1].shared_bytes),
+            ("k2", 31, 0)
+        );
+    }
 }

@@ -139,9 +139,93 @@ impl CustomOp2 for BiasGelu {
     }
 }
 
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has three; every other dtype and
+/// head dim has the CUDA-core kernel only. The CPU side ignores it (one reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2q128) where it applies, else `Tc` for bf16 with D = 64 and
+    /// `Simt` otherwise.
+    #[default]
+    Auto,
+    /// CUDA cores, f32 accumulation (`attention_fwd_{f32,bf16}_d{32,64,128}`).
+    Simt,
+    /// Tensor cores, mma.sync (`attention_fwd_bf16_d64_tc`; bf16, D = 64).
+    Tc,
+    /// Tensor cores, FlashAttention-2 style: ldmatrix, cp.async double buffering, padding tiles
+    /// skipped (`attention_fwd_bf16_d64_fa2`; bf16, D = 64). Not yet the default: it has not
+    /// been run on a GPU (docs/gpu-results.md).
+    Fa2,
+    /// `Fa2` with 32 query rows per warp, 128 per block, key tiles of 32
+    /// (`attention_fwd_bf16_d64_fa2_q128`; not yet run on a GPU either).
+    Fa2Q128,
+}
+
+impl std::str::FromStr for AttentionKernel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "simt" => Ok(Self::Simt),
+            "tc" => Ok(Self::Tc),
+            "fa2" => Ok(Self::Fa2),
+            "fa2q128" => Ok(Self::Fa2Q128),
+            o => Err(format!(
+                "attention kernel `{o}`: expected auto, simt, tc, fa2 or fa2q128"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AttentionKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Simt => "simt",
+            Self::Tc => "tc",
+            Self::Fa2 => "fa2",
+            Self::Fa2Q128 => "fa2q128",
+        })
+    }
+}
+
+/// The CUDA attention kernel that runs. An explicit choice must fit the inputs (an error
+/// otherwise); `Auto` takes `env` (the value of `MSLT_ATTENTION`) where it fits, else the
+/// tensor-core kernel for bf16 with D = 64 and 16-byte aligned rows, else the CUDA-core one.
+pub fn resolve_attention_kernel(
+    want: AttentionKernel,
+    env: Option<&str>,
+    dtype: DType,
+    d: usize,
+    aligned: bool,
+) -> Result<AttentionKernel> {
+    let tc_ok = dtype == DType::BF16 && d == 64 && aligned;
+    let want = match (want, env) {
+        (AttentionKernel::Auto, Some(v)) => v
+            .parse::<AttentionKernel>()
+            .map_err(|e| input_err("attention", format!("MSLT_ATTENTION: {e}")))?,
+        (AttentionKernel::Auto, None) => AttentionKernel::Auto,
+        (AttentionKernel::Simt, _) => return Ok(AttentionKernel::Simt),
+        (k, _) if tc_ok => return Ok(k),
+        (k, _) => {
+            return Err(input_err(
+                "attention",
+                format!(
+                    "the {k} kernel needs bf16 inputs with 64-wide heads and 16-byte aligned rows (got {dtype:?}, head dim {d})"
+                ),
+            ))
+        }
+    };
+    Ok(match want {
+        k @ (AttentionKernel::Tc | AttentionKernel::Fa2 | AttentionKernel::Fa2Q128) if tc_ok => k,
+        AttentionKernel::Auto if tc_ok => AttentionKernel::Tc,
+        _ => AttentionKernel::Simt,
+    })
+}
+
 /// Fused self-attention from a Q|K|V projection: (qkv (B, T, 3C), mask (B, T) f32) -> (B, T, C).
 pub struct Attention {
     pub heads: usize,
+    pub kernel: AttentionKernel,
 }
 
 impl CustomOp2 for Attention {
@@ -282,6 +366,17 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// column blocks (heads contiguous inside each), mask (B, T) f32 additive -> (B, T, C).
 /// Scale 1/sqrt(C / heads). Head dims 32, 64, 128. Forward only.
 pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
+    attention_with(qkv, mask, heads, AttentionKernel::Auto)
+}
+
+/// [`attention`] with a chosen CUDA kernel (for checks and A/B timings). An explicit `Tc` or
+/// `Fa2` on inputs it does not support (not bf16, head dim not 64) is an error on CUDA.
+pub fn attention_with(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
     let k = "attention";
     check_dtype(k, qkv, None)?;
     let (b, t, c3) = qkv.dims3().map_err(|_| {
@@ -315,5 +410,5 @@ pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
         ));
     }
     qkv.contiguous()?
-        .apply_op2_no_bwd(&mask.contiguous()?, &Attention { heads })
+        .apply_op2_no_bwd(&mask.contiguous()?, &Attention { heads, kernel })
 }

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use mslt_kernels::harness::{self, BenchShapes, CheckShapes};
-use mslt_kernels::{nvrtc, ops, Kernels};
+use mslt_kernels::{nvrtc, ops, AttentionKernel, Kernels};
 
 #[test]
 fn cpu_ops_match_candle_references() -> candle_core::Result<()> {
@@ -110,14 +110,78 @@ fn kernels_switch_parses() {
         .parse::<Kernels>()
         .unwrap_err()
         .contains("fused or candle"));
+    for k in ["auto", "simt", "tc", "fa2", "fa2q128"] {
+        assert_eq!(
+            k.parse::<AttentionKernel>().map(|v| v.to_string()),
+            Ok(k.to_string())
+        );
+    }
+    assert!("flash"
+        .parse::<AttentionKernel>()
+        .unwrap_err()
+        .contains("fa2q128"));
+}
+
+/// Which CUDA attention kernel runs (decided without a GPU).
+#[test]
+fn attention_kernel_dispatch() {
+    use AttentionKernel::*;
+    let r = |k, env, dt, d, al| ops::resolve_attention_kernel(k, env, dt, d, al);
+    // default: tensor cores for bf16 with 64-wide heads, CUDA cores otherwise
+    assert_eq!(r(Auto, None, DType::BF16, 64, true).unwrap(), Tc);
+    assert_eq!(r(Auto, None, DType::F32, 64, true).unwrap(), Simt);
+    assert_eq!(r(Auto, None, DType::BF16, 128, true).unwrap(), Simt);
+    assert_eq!(r(Auto, None, DType::BF16, 64, false).unwrap(), Simt);
+    // MSLT_ATTENTION where it fits, the CUDA-core kernel where it does not
+    assert_eq!(r(Auto, Some("fa2"), DType::BF16, 64, true).unwrap(), Fa2);
+    assert_eq!(
+        r(Auto, Some("fa2q128"), DType::BF16, 64, true).unwrap(),
+        Fa2Q128
+    );
+    assert_eq!(r(Auto, Some("simt"), DType::BF16, 64, true).unwrap(), Simt);
+    assert_eq!(r(Auto, Some("fa2"), DType::F32, 64, true).unwrap(), Simt);
+    let e = r(Auto, Some("flash"), DType::BF16, 64, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MSLT_ATTENTION") && e.contains("flash"), "{e}");
+    // an explicit choice must fit (the environment does not override it)
+    assert_eq!(r(Fa2, Some("tc"), DType::BF16, 64, true).unwrap(), Fa2);
+    assert_eq!(r(Simt, None, DType::BF16, 64, true).unwrap(), Simt);
+    let e = r(Fa2, None, DType::F32, 64, true).unwrap_err().to_string();
+    assert!(
+        e.contains("fa2") && e.contains("bf16") && e.contains("F32"),
+        "{e}"
+    );
+    assert!(r(Tc, None, DType::BF16, 32, true).is_err());
+}
+
+/// On CPU every attention kernel choice runs the one CPU reference.
+#[test]
+fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let qkv = Tensor::randn(0f32, 1.0, (2, 9, 3 * 2 * 64), &dev)?.to_dtype(DType::BF16)?;
+    let mask = harness::padding_mask(2, 9, 3, &dev)?;
+    let want = ops::attention(&qkv, &mask, 2)?.to_dtype(DType::F32)?;
+    for k in [
+        AttentionKernel::Simt,
+        AttentionKernel::Tc,
+        AttentionKernel::Fa2Q128,
+    ] {
+        let got = ops::attention_with(&qkv, &mask, 2, k)?.to_dtype(DType::F32)?;
+        let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(d, 0.0, "{k}");
+    }
+    Ok(())
 }
 
 #[test]
 fn timing_harness_runs_on_cpu() -> candle_core::Result<()> {
     let rows = harness::bench(&Device::Cpu, &BenchShapes::tiny())?;
     print!("{}", harness::bench_table(&rows));
-    // copy + per dtype: (2 LN + GELU) x (fused, candle) + attention x (fused, candle)
-    assert_eq!(rows.len(), 1 + 2 * (3 * 2 + 2));
+    // copy + per dtype: (2 LN + GELU) x (fused, candle) + attention x (fused, fused without
+    // padding, candle); the fa2 rows and the pool A/B of the copy are CUDA-only
+    assert_eq!(rows.len(), 1 + 2 * (3 * 2 + 3));
+    assert!(rows.iter().any(|r| r.shape.ends_with(" nopad")));
     assert!(rows
         .iter()
         .all(|r| r.median_us > 0.0 && r.min_us <= r.max_us));
@@ -151,6 +215,57 @@ fn every_kernel_source_compiles_with_nvrtc() {
         }
         assert_eq!(out.len(), mslt_kernels::SOURCES.len());
     }
+    // ptxas (MSLT_PTXAS, fetched with NVRTC by scripts/nvrtc-env.sh) assembles the PTX as the
+    // driver's JIT would and reports registers and spills: no kernel may spill.
+    match std::env::var_os("MSLT_PTXAS") {
+        Some(ptxas) => {
+            for arch in ["sm_80", "sm_90"] {
+                let mut n = 0;
+                for src in mslt_kernels::SOURCES {
+                    let ptx = nv.compile_ptx(src, arch).expect("compiled above");
+                    let usage = nvrtc::assemble(std::path::Path::new(&ptxas), src.file, &ptx, arch)
+                        .unwrap_or_else(|e| panic!("{arch}: {e}"));
+                    assert_eq!(usage.len(), src.entries.len(), "{}: {usage:?}", src.file);
+                    for u in &usage {
+                        eprintln!("ptxas {arch} {u:?}");
+                        assert!(u.registers > 0, "{arch} {u:?}: no register count parsed");
+                        assert_eq!(
+                            (u.spill_stores, u.spill_loads),
+                            (0, 0),
+                            "{arch} {u:?} spills"
+                        );
+                        n += 1;
+                    }
+                }
+                assert_eq!(
+                    n,
+                    mslt_kernels::SOURCES
+                        .iter()
+                        .map(|s| s.entries.len())
+                        .sum::<usize>()
+                );
+            }
+        }
+        None => {
+            assert!(
+                std::env::var("MSLT_REQUIRE_NVRTC").as_deref() != Ok("1"),
+                "MSLT_REQUIRE_NVRTC=1 but MSLT_PTXAS is not set (scripts/nvrtc-env.sh sets both)"
+            );
+            eprintln!("SKIPPED the ptxas part: MSLT_PTXAS not set (scripts/nvrtc-env.sh)");
+        }
+    }
+    // Bad inline PTX is refused already by NVRTC (it runs ptxas for a real sm_XX), naming the file.
+    let bad = mslt_kernels::Source {
+        module: "bad_asm",
+        file: "bad_asm.cu",
+        code: "extern \"C\" __global__ void k(float* x) { float y; asm(\"ex2.approx.nonsense.f32 %0, %1;\" : \"=f\"(y) : \"f\"(x[0])); x[0] = y; }",
+        entries: &["k"],
+    };
+    let e = nv
+        .compile_ptx(&bad, "sm_90")
+        .expect_err("bad inline PTX must fail")
+        .to_string();
+    assert!(e.contains("bad_asm.cu") && e.contains("nonsense"), "{e}");
     // A broken source is reported with NVRTC's log, naming the file.
     let bad = mslt_kernels::Source {
         module: "bad",

@@ -19,8 +19,8 @@ enum KernelsCmd {
         /// Target architecture.
         #[arg(long, default_value = "sm_90")]
         arch: String,
-        /// Also assemble the PTX with this `ptxas` (what the driver's JIT does; catches bad
-        /// inline PTX) and print registers, spills and shared memory per kernel.
+        /// Also assemble the PTX with this `ptxas` (as the driver's JIT does) and print
+        /// registers, spills and shared memory per kernel.
         #[arg(long)]
         ptxas: Option<PathBuf>,
     },
