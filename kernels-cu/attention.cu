@@ -587,3 +587,202 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2_q12
                                                                                   bf16_t* out, int T_, int H, float scale) {
   attention_fa2<2>(qkv, mask, out, T_, H, scale);
 }
+
+// ---------------------------------------------------------------------------------------------
+// attention_fwd_f32_d64_tf32x3: f32 attention (D = 64) on tensor cores with the 3xTF32 split
+// (as CUTLASS's OpMultiplyAddFastF32, which PyTorch's memory-efficient SDPA uses for f32): every
+// f32 operand x = hi + lo with hi = tf32(x), lo = tf32(x - hi), and a b ~= hi_a hi_b + hi_a lo_b +
+// lo_a hi_b with mma.sync.m16n8k8 (tf32 in, f32 accumulate): about 2^-21 relative error per
+// product instead of TF32's 2^-11. Same layout, mask convention, online softmax in base 2,
+// padding-tile skipping and cp.async double buffering as attention_fa2; the probabilities stay
+// f32 (split like the other operands).
+// The tf32 A fragment wants columns q4 and q4 + 4 of each 8-key step where the S accumulator
+// holds columns 2 q4 and 2 q4 + 1, so the keys of a step are taken in the order
+// (0, 2, 4, 6, 1, 3, 5, 7): a0/a1 = keys 2 q4, a2/a3 = keys 2 q4 + 1, and the V fragment reads
+// rows 2 q4 and 2 q4 + 1 to match (a sum over keys does not depend on their order).
+// Block: 4 warps x 16 query rows = 64 rows of one (batch, head); key tiles of 32; shared memory
+// rows of 68 floats (conflict-free fragment reads). Queries are read into registers once.
+// Launch: grid (ceil(T / 64), H, B), block 128; qkv rows 16-byte aligned.
+
+__device__ __forceinline__ unsigned tf32_of(float x) {
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+// x -> (hi, lo), both tf32 bit patterns, x ~= hi + lo
+__device__ __forceinline__ void split_tf32(float x, unsigned& hi, unsigned& lo) {
+  hi = tf32_of(x);
+  lo = tf32_of(x - __uint_as_float(hi));
+}
+__device__ __forceinline__ void mma_tf32_1688(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// c += a b with the 3xTF32 split (small terms first)
+__device__ __forceinline__ void mma_3xtf32(float* c, const unsigned* ahi, const unsigned* alo, unsigned bh0,
+                                           unsigned bh1, unsigned bl0, unsigned bl1) {
+  mma_tf32_1688(c, alo, bh0, bh1);
+  mma_tf32_1688(c, ahi, bl0, bl1);
+  mma_tf32_1688(c, ahi, bh0, bh1);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(const float* qkv, const float* mask,
+                                                                               float* out, int T_, int H, float scale) {
+  constexpr int D = 64, BQ = 64, BK = 32, DP = D + 4;
+  __shared__ __align__(16) float Ks[2][BK][DP];
+  __shared__ __align__(16) float Vs[2][BK][DP];
+  __shared__ float Ms[2][BK];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, q4 = lane & 3;
+  const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
+  const int C = H * D;
+  const long rs = 3L * C;
+  const float* base = qkv + (long)b * T_ * rs + (long)h * D;
+  const float* mrow = mask + (long)b * T_;
+  const float LOG2E = 1.4426950408889634f;
+  const float sl2 = scale * LOG2E;
+  const int ntiles = (T_ + BK - 1) / BK;
+
+  unsigned live = 0u;
+  for (int j = 0; j < ntiles && j < 32; ++j) {
+    const int k = j * BK + tid;
+    if (__syncthreads_or(tid < BK && k < T_ && mrow[k] > PAD_MASK)) live |= 1u << j;
+  }
+  int j = next_live(0, ntiles, live);
+  int buf = 0;
+#define TF3_LOAD_KV(jt, bf)                                                                  \
+  do {                                                                                       \
+    const int k0_ = (jt) * BK;                                                               \
+    for (int i = tid; i < BK * (D / 4); i += 128) {                                          \
+      const int r = i >> 4, c4 = (i & 15) * 4, k = k0_ + r;                                  \
+      const float* src = base + (long)(k < T_ ? k : 0) * rs + C + c4;                        \
+      cp_async16(&Ks[bf][r][c4], src, k < T_);                                               \
+      cp_async16(&Vs[bf][r][c4], src + C, k < T_);                                           \
+    }                                                                                        \
+    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? mrow[k0_ + tid] * LOG2E : NEG_INF;        \
+  } while (0)
+  if (j < ntiles) TF3_LOAD_KV(j, 0);
+  cp_async_commit();
+
+  // this warp's 16 query rows as split A fragments: 8 k-steps of 8 over D (zeros beyond T)
+  unsigned qh[8][4], ql[8][4];
+  {
+    const int r0 = q0 + w * 16 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks) {
+      const int c = ks * 8 + q4;
+      const float x0 = r0 < T_ ? base[(long)r0 * rs + c] : 0.0f;
+      const float x1 = r1 < T_ ? base[(long)r1 * rs + c] : 0.0f;
+      const float x2 = r0 < T_ ? base[(long)r0 * rs + c + 4] : 0.0f;
+      const float x3 = r1 < T_ ? base[(long)r1 * rs + c + 4] : 0.0f;
+      split_tf32(x0, qh[ks][0], ql[ks][0]);
+      split_tf32(x1, qh[ks][1], ql[ks][1]);
+      split_tf32(x2, qh[ks][2], ql[ks][2]);
+      split_tf32(x3, qh[ks][3], ql[ks][3]);
+    }
+  }
+  float o[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+
+  while (j < ntiles) {
+    const int jn = next_live(j + 1, ntiles, live);
+    if (jn < ntiles) TF3_LOAD_KV(jn, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait1();
+    __syncthreads();
+    // S = Q K^T: 4 n-tiles of 8 keys, 8 k-steps of 8 over D
+    float s[4][4];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks) {
+        unsigned bh0, bl0, bh1, bl1;  // B = K^T: (k = d, n = key): b0 (d = q4, key g), b1 (d = q4 + 4)
+        split_tf32(Ks[buf][nt * 8 + g][ks * 8 + q4], bh0, bl0);
+        split_tf32(Ks[buf][nt * 8 + g][ks * 8 + q4 + 4], bh1, bl1);
+        mma_3xtf32(s[nt], qh[ks], ql[ks], bh0, bh1, bl0, bl1);
+      }
+    }
+    float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float mk = Ms[buf][nt * 8 + q4 * 2 + e];
+        s[nt][e] = fmaf(s[nt][e], sl2, mk);
+        s[nt][2 + e] = fmaf(s[nt][2 + e], sl2, mk);
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
+    const float c0 = exp2f(m0 - mu0), c1 = exp2f(m1 - mu1);
+    float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - mu0);
+        s[nt][2 + e] = exp2f(s[nt][2 + e] - mu1);
+        ls0 += s[nt][e];
+        ls1 += s[nt][2 + e];
+      }
+    }
+    l0 = l0 * c0 + ls0;
+    l1 = l1 * c1 + ls1;
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      o[nt][0] *= c0;
+      o[nt][1] *= c0;
+      o[nt][2] *= c1;
+      o[nt][3] *= c1;
+    }
+    // O += P V: one k-step per n-tile of S (8 keys, in the order 2 q4 | 2 q4 + 1), 8 n-tiles of D
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      unsigned ph[4], pl[4];
+      split_tf32(s[kk][0], ph[0], pl[0]);  // (g, key 2 q4)
+      split_tf32(s[kk][2], ph[1], pl[1]);  // (g + 8, key 2 q4)
+      split_tf32(s[kk][1], ph[2], pl[2]);  // (g, key 2 q4 + 1)
+      split_tf32(s[kk][3], ph[3], pl[3]);  // (g + 8, key 2 q4 + 1)
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        unsigned bh0, bl0, bh1, bl1;  // B = V: b0 (key 2 q4, column g), b1 (key 2 q4 + 1)
+        split_tf32(Vs[buf][kk * 8 + 2 * q4][nt * 8 + g], bh0, bl0);
+        split_tf32(Vs[buf][kk * 8 + 2 * q4 + 1][nt * 8 + g], bh1, bl1);
+        mma_3xtf32(o[nt], ph, pl, bh0, bh1, bl0, bl1);
+      }
+    }
+    __syncthreads();
+    buf ^= 1;
+    j = jn;
+  }
+#undef TF3_LOAD_KV
+
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+  const int qa0 = q0 + w * 16 + g, qa1 = qa0 + 8;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const int col = h * D + nt * 8 + q4 * 2;
+    if (qa0 < T_)
+      *reinterpret_cast<float2*>(out + ((long)b * T_ + qa0) * C + col) = make_float2(o[nt][0] * i0, o[nt][1] * i0);
+    if (qa1 < T_)
+      *reinterpret_cast<float2*>(out + ((long)b * T_ + qa1) * C + col) = make_float2(o[nt][2] * i1, o[nt][3] * i1);
+  }
+}

@@ -40,6 +40,9 @@ run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 
 step "bench base, fused bf16 frozen layers, attention kernel fa2 (MSLT_ATTENTION=fa2)"
 MSLT_ATTENTION=fa2 run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
   --frozen-dropout off --kernels fused --frozen-dtype bf16 --warmup 2 --repeats 5 --json "$OUT/json/bench-base-fused-bf16-fa2.json"
+step "bench base, fused f32 frozen layers, attention kernel tf32x3 (MSLT_ATTENTION=tf32x3)"
+MSLT_ATTENTION=tf32x3 run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
+  --frozen-dropout off --kernels fused --warmup 2 --repeats 5 --json "$OUT/json/bench-base-fused-tf32x3.json"
 step "bench base, fused bf16 frozen layers, CUDA's default pool policy (MSLT_CUDA_POOL=release)"
 MSLT_CUDA_POOL=release run 60 "$BIN" bench --model-config base --device cuda --batch-size 32 --seq-len 128 \
   --frozen-dropout off --kernels fused --frozen-dtype bf16 --warmup 2 --repeats 5 --json "$OUT/json/bench-base-fused-bf16-pool-release.json"

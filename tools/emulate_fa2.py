@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Warp-level emulation of kernels-cu/attention.cu:attention_fa2<MT> (numpy only): the entry
-points attention_fwd_bf16_d64_fa2 (MT = 1) and attention_fwd_bf16_d64_fa2_q128 (MT = 2).
+"""Warp-level emulation of the tensor-core attention kernels of kernels-cu/attention.cu (numpy
+only): attention_fa2<MT> (entry points attention_fwd_bf16_d64_fa2, MT = 1, and
+attention_fwd_bf16_d64_fa2_q128, MT = 2) and attention_fwd_f32_d64_tf32x3.
 
 Runs the kernel's index arithmetic lane by lane against the PTX ISA's definitions of
-`ldmatrix.m8n8.x4[.trans].b16` and `mma.m16n8k16.row.col` (fragment layouts as the PTX manual
-gives them), on one (batch, head) with padded keys, and compares with a plain softmax attention
+`ldmatrix.m8n8.x4[.trans].b16`, `mma.m16n8k16.row.col` (bf16), `mma.m16n8k8.row.col` (tf32)
+and `cvt.rna.tf32.f32` (fragment layouts and rounding as the PTX manual gives them), on one (batch, head) with padded keys, and compares with a plain softmax attention
 in float64. It checks the fragment bookkeeping (which lane holds which element), the key-tile
 skipping and the double-buffer order, not the GPU: the GPU check is `mslt-cli kernels check`.
 
@@ -186,6 +187,149 @@ def block(qkv, mask, b, h, q0, H, scale, MT):
     return out, processed
 
 
+def tf32(x):
+    """cvt.rna.tf32.f32: 10 mantissa bits, nearest, ties away from zero (as float32)."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x1000) & 0xFFFFE000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def split(x):
+    hi = tf32(x)
+    return hi, tf32(np.asarray(x, np.float32) - hi)
+
+
+def mma_tf32(c, a, b0, b1):
+    """mma.m16n8k8.row.col f32 += tf32 x tf32. c (32, 4); a (32, 4); b0, b1 (32,)."""
+    A = np.zeros((16, 8))
+    B = np.zeros((8, 8))
+    C = np.zeros((16, 8))
+    A[G, Q4], A[G + 8, Q4], A[G, Q4 + 4], A[G + 8, Q4 + 4] = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+    B[Q4, G], B[Q4 + 4, G] = b0, b1
+    for e in range(2):
+        C[G, 2 * Q4 + e] = c[:, e]
+        C[G + 8, 2 * Q4 + e] = c[:, 2 + e]
+    Dm = (A @ B + C).astype(np.float32)
+    out = np.zeros_like(c)
+    for e in range(2):
+        out[:, e] = Dm[G, 2 * Q4 + e]
+        out[:, 2 + e] = Dm[G + 8, 2 * Q4 + e]
+    return out
+
+
+def mma_3x(c, ah, al, bh0, bh1, bl0, bl1):
+    c = mma_tf32(c, al, bh0, bh1)
+    c = mma_tf32(c, ah, bl0, bl1)
+    return mma_tf32(c, ah, bh0, bh1)
+
+
+def block_tf32x3(qkv, mask, b, h, q0, H, scale):
+    """attention_fwd_f32_d64_tf32x3, one block: rows q0 .. q0 + 63 of (b, h)."""
+    BQ, BK = 64, 32
+    T = qkv.shape[1]
+    C = H * D
+    base = qkv[b][:, h * D:]
+    mrow = mask[b]
+    sl2 = np.float32(scale * LOG2E)
+    ntiles = (T + BK - 1) // BK
+    live = 0
+    for j in range(min(ntiles, 32)):
+        if np.any(mrow[j * BK:min((j + 1) * BK, T)] > PAD_MASK):
+            live |= 1 << j
+
+    def next_live(j):
+        if live == 0:
+            return j
+        while j < ntiles and j < 32 and not (live >> j) & 1:
+            j += 1
+        return j
+
+    Ks = np.zeros((2, BK, 68), np.float32)
+    Vs = np.zeros((2, BK, 68), np.float32)
+    Ms = np.zeros((2, BK), np.float32)
+
+    def load_kv(jt, bf):
+        for r in range(BK):
+            k = jt * BK + r
+            Ks[bf, r, :D] = base[k, C:C + D] if k < T else 0
+            Vs[bf, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
+            Ms[bf, r] = np.float32(mrow[k]) * np.float32(LOG2E) if k < T else -np.inf
+
+    def qval(r, c):
+        return np.array([base[ri, ci] if ri < T else 0.0 for ri, ci in zip(r, c)], np.float32)
+
+    j = next_live(0)
+    buf = 0
+    if j < ntiles:
+        load_kv(j, 0)
+    warps = []
+    for w in range(4):
+        r0, r1 = q0 + w * 16 + G, q0 + w * 16 + G + 8
+        qh, ql = [], []
+        for ks in range(8):
+            c = ks * 8 + Q4
+            x = np.stack([qval(r0, c), qval(r1, c), qval(r0, c + 4), qval(r1, c + 4)], 1)
+            hi, lo = split(x)
+            qh.append(hi)
+            ql.append(lo)
+        warps.append(dict(qh=qh, ql=ql, o=np.zeros((8, 32, 4), np.float32), m0=np.full(32, -np.inf, np.float32),
+                          m1=np.full(32, -np.inf, np.float32), l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32)))
+    processed = []
+    while j < ntiles:
+        jn = next_live(j + 1)
+        if jn < ntiles:
+            load_kv(jn, buf ^ 1)
+        processed.append(j)
+        for st in warps:
+            s = np.zeros((4, 32, 4), np.float32)
+            for nt in range(4):
+                for ks in range(8):
+                    bh0, bl0 = split(Ks[buf][nt * 8 + G, ks * 8 + Q4])
+                    bh1, bl1 = split(Ks[buf][nt * 8 + G, ks * 8 + Q4 + 4])
+                    s[nt] = mma_3x(s[nt], st["qh"][ks], st["ql"][ks], bh0, bh1, bl0, bl1)
+            mx0 = np.full(32, -np.inf, np.float32)
+            mx1 = np.full(32, -np.inf, np.float32)
+            for nt in range(4):
+                for e in range(2):
+                    mk = Ms[buf][nt * 8 + Q4 * 2 + e]
+                    s[nt][:, e] = s[nt][:, e] * sl2 + mk
+                    s[nt][:, 2 + e] = s[nt][:, 2 + e] * sl2 + mk
+                    mx0 = np.maximum(mx0, s[nt][:, e])
+                    mx1 = np.maximum(mx1, s[nt][:, 2 + e])
+            mx0, mx1 = quad(mx0, np.maximum), quad(mx1, np.maximum)
+            mn0, mn1 = np.maximum(st["m0"], mx0), np.maximum(st["m1"], mx1)
+            mu0 = np.where(mn0 == -np.inf, 0, mn0).astype(np.float32)
+            mu1 = np.where(mn1 == -np.inf, 0, mn1).astype(np.float32)
+            c0, c1 = np.exp2(st["m0"] - mu0), np.exp2(st["m1"] - mu1)
+            for nt in range(4):
+                s[nt][:, 0:2] = np.exp2(s[nt][:, 0:2] - mu0[:, None])
+                s[nt][:, 2:4] = np.exp2(s[nt][:, 2:4] - mu1[:, None])
+            st["l0"] = st["l0"] * c0 + s[:, :, 0:2].sum((0, 2))
+            st["l1"] = st["l1"] * c1 + s[:, :, 2:4].sum((0, 2))
+            st["m0"], st["m1"] = mn0, mn1
+            st["o"][:, :, 0:2] *= c0[None, :, None]
+            st["o"][:, :, 2:4] *= c1[None, :, None]
+            for kk in range(4):
+                ph, pl = split(np.stack([s[kk][:, 0], s[kk][:, 2], s[kk][:, 1], s[kk][:, 3]], 1))
+                for nt in range(8):
+                    bh0, bl0 = split(Vs[buf][kk * 8 + 2 * Q4, nt * 8 + G])
+                    bh1, bl1 = split(Vs[buf][kk * 8 + 2 * Q4 + 1, nt * 8 + G])
+                    st["o"][nt] = mma_3x(st["o"][nt], ph, pl, bh0, bh1, bl0, bl1)
+        buf ^= 1
+        j = jn
+    out = np.full((BQ, D), np.nan, np.float32)
+    for w, st in enumerate(warps):
+        l0, l1 = quad(st["l0"], np.add), quad(st["l1"], np.add)
+        r0 = w * 16 + G
+        for nt in range(8):
+            for e in range(2):
+                col = nt * 8 + Q4 * 2 + e
+                ok0, ok1 = q0 + r0 < T, q0 + r0 + 8 < T
+                out[r0[ok0], col[ok0]] = (st["o"][nt][:, e] / l0)[ok0]
+                out[r0[ok1] + 8, col[ok1]] = (st["o"][nt][:, 2 + e] / l1)[ok1]
+    return out, processed
+
+
 def reference(qkv, mask, b, h, H, scale):
     C = H * D
     x = qkv[b].astype(np.float64)
@@ -222,6 +366,23 @@ def main():
             bad += not ok
             print(f"MT {MT} T {T:4} len {lens[b]:4}: key tiles processed {tiles[:8]}{'...' if len(tiles) > 8 else ''} "
                   f"max rel error {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    # attention_fwd_f32_d64_tf32x3: f32 inputs, tolerance 1e-5 (the f32 kernels' check)
+    for T, lens in [(150, [150, 1, 70]), (96, [96, 33]), (40, [40, 7])]:
+        qkv = (rng.standard_normal((len(lens), T, 3 * H * D)) * 1.5).astype(np.float32)
+        mask = np.array([[0.0 if j < n else -1e9 for j in range(T)] for n in lens], np.float32)
+        for b in range(len(lens)):
+            h = b % H
+            want = reference(qkv, mask, b, h, H, scale)
+            errs = []
+            for q0 in range(0, T, 64):
+                got, tiles = block_tf32x3(qkv, mask, b, h, q0, H, scale)
+                n = min(64, T - q0)
+                errs.append(np.abs(got[:n] - want[q0:q0 + n]).max() / np.abs(want).max())
+            err = max(errs)
+            ok = err < 1e-5 and np.isfinite(err)
+            bad += not ok
+            print(f"tf32x3 T {T:4} len {lens[b]:4}: key tiles processed {tiles} max rel error {err:.2e} "
+                  f"{'ok' if ok else 'MISMATCH'}")
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")
     sys.exit(1 if bad else 0)
 

@@ -262,18 +262,22 @@ pub fn attention(
         env.as_deref(),
         qkv.0.dtype(),
         d,
-        aligned16(qkv.1, 2),
+        aligned16(qkv.1, qkv.0.dtype().size_in_bytes()),
     )?;
     let entry = match kind {
         AttentionKernel::Tc => "attention_fwd_bf16_d64_tc".to_string(),
         AttentionKernel::Fa2 => "attention_fwd_bf16_d64_fa2".to_string(),
         AttentionKernel::Fa2Q128 => "attention_fwd_bf16_d64_fa2_q128".to_string(),
+        AttentionKernel::Tf32x3 => "attention_fwd_f32_d64_tf32x3".to_string(),
         _ => format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?),
     };
     let f = func(&dev, &ATTENTION, &entry)?;
     let rows_per_warp = if kind == AttentionKernel::Fa2Q128 {
         32
-    } else if matches!(kind, AttentionKernel::Tc | AttentionKernel::Fa2) {
+    } else if matches!(
+        kind,
+        AttentionKernel::Tc | AttentionKernel::Fa2 | AttentionKernel::Tf32x3
+    ) {
         16
     } else if d == 128 {
         4

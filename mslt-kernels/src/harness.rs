@@ -239,12 +239,17 @@ pub fn check(dev: &Device, shapes: &CheckShapes) -> Result<Vec<CheckRow>> {
                 )?);
             }
             // the other bf16 D = 64 kernels, each named (Auto runs one of them)
-            if dev.is_cuda() && dtype == DType::BF16 && d == 64 {
-                for kern in [
-                    AttentionKernel::Tc,
-                    AttentionKernel::Fa2,
-                    AttentionKernel::Fa2Q128,
-                ] {
+            if dev.is_cuda() && d == 64 {
+                let kernels: &[AttentionKernel] = if dtype == DType::BF16 {
+                    &[
+                        AttentionKernel::Tc,
+                        AttentionKernel::Fa2,
+                        AttentionKernel::Fa2Q128,
+                    ]
+                } else {
+                    &[AttentionKernel::Tf32x3]
+                };
+                for &kern in kernels {
                     let got = ops::attention_with(&qkv, &mask, h, kern)?;
                     rows.push(compare(
                         &format!("attention[{kern}]"),
@@ -508,8 +513,13 @@ pub fn bench(dev: &Device, s: &BenchShapes) -> Result<Vec<TimeRow>> {
                 None,
                 flops,
             ));
-            if dev.is_cuda() && dtype == DType::BF16 {
-                for kern in [AttentionKernel::Fa2, AttentionKernel::Fa2Q128] {
+            if dev.is_cuda() {
+                let kernels: &[AttentionKernel] = if dtype == DType::BF16 {
+                    &[AttentionKernel::Fa2, AttentionKernel::Fa2Q128]
+                } else {
+                    &[AttentionKernel::Tf32x3]
+                };
+                for &kern in kernels {
                     for (m, sfx) in [(&mask, ""), (&nopad, " nopad")] {
                         let t = time(dev, s.trials, || ops::attention_with(&qkv, m, h, kern))?;
                         let mut r = row(

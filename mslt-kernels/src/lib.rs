@@ -118,6 +118,7 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d64_tc",
         "attention_fwd_bf16_d64_fa2",
         "attention_fwd_bf16_d64_fa2_q128",
+        "attention_fwd_f32_d64_tf32x3",
     ],
 };
 

@@ -143,7 +143,7 @@ impl CustomOp2 for BiasGelu {
 /// head dim has the CUDA-core kernel only. The CPU side ignores it (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
-    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2q128) where it applies, else `Tc` for bf16 with D = 64 and
+    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2q128 | tf32x3) where it applies, else `Tc` for bf16 with D = 64 and
     /// `Simt` otherwise.
     #[default]
     Auto,
@@ -158,6 +158,9 @@ pub enum AttentionKernel {
     /// `Fa2` with 32 query rows per warp, 128 per block, key tiles of 32
     /// (`attention_fwd_bf16_d64_fa2_q128`; not yet run on a GPU either).
     Fa2Q128,
+    /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
+    /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64; not yet run on a GPU).
+    Tf32x3,
 }
 
 impl std::str::FromStr for AttentionKernel {
@@ -169,8 +172,9 @@ impl std::str::FromStr for AttentionKernel {
             "tc" => Ok(Self::Tc),
             "fa2" => Ok(Self::Fa2),
             "fa2q128" => Ok(Self::Fa2Q128),
+            "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2 or fa2q128"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2q128 or tf32x3"
             )),
         }
     }
@@ -184,13 +188,15 @@ impl std::fmt::Display for AttentionKernel {
             Self::Tc => "tc",
             Self::Fa2 => "fa2",
             Self::Fa2Q128 => "fa2q128",
+            Self::Tf32x3 => "tf32x3",
         })
     }
 }
 
 /// The CUDA attention kernel that runs. An explicit choice must fit the inputs (an error
 /// otherwise); `Auto` takes `env` (the value of `MSLT_ATTENTION`) where it fits, else the
-/// tensor-core kernel for bf16 with D = 64 and 16-byte aligned rows, else the CUDA-core one.
+/// default: the tensor-core kernel for bf16 with D = 64 and 16-byte aligned rows, else the
+/// CUDA-core one.
 pub fn resolve_attention_kernel(
     want: AttentionKernel,
     env: Option<&str>,
@@ -198,28 +204,31 @@ pub fn resolve_attention_kernel(
     d: usize,
     aligned: bool,
 ) -> Result<AttentionKernel> {
-    let tc_ok = dtype == DType::BF16 && d == 64 && aligned;
-    let want = match (want, env) {
-        (AttentionKernel::Auto, Some(v)) => v
-            .parse::<AttentionKernel>()
-            .map_err(|e| input_err("attention", format!("MSLT_ATTENTION: {e}")))?,
-        (AttentionKernel::Auto, None) => AttentionKernel::Auto,
-        (AttentionKernel::Simt, _) => return Ok(AttentionKernel::Simt),
-        (k, _) if tc_ok => return Ok(k),
-        (k, _) => {
-            return Err(input_err(
-                "attention",
-                format!(
-                    "the {k} kernel needs bf16 inputs with 64-wide heads and 16-byte aligned rows (got {dtype:?}, head dim {d})"
-                ),
-            ))
-        }
+    use AttentionKernel::*;
+    let d64 = d == 64 && aligned;
+    let fits = |k: AttentionKernel| match k {
+        Auto | Simt => true,
+        Tc | Fa2 | Fa2Q128 => dtype == DType::BF16 && d64,
+        Tf32x3 => dtype == DType::F32 && d64,
     };
-    Ok(match want {
-        k @ (AttentionKernel::Tc | AttentionKernel::Fa2 | AttentionKernel::Fa2Q128) if tc_ok => k,
-        AttentionKernel::Auto if tc_ok => AttentionKernel::Tc,
-        _ => AttentionKernel::Simt,
-    })
+    let default = if fits(Tc) { Tc } else { Simt };
+    match (want, env) {
+        (Auto, None) => Ok(default),
+        (Auto, Some(v)) => {
+            let k = v
+                .parse::<AttentionKernel>()
+                .map_err(|e| input_err("attention", format!("MSLT_ATTENTION: {e}")))?;
+            Ok(if k != Auto && fits(k) { k } else { default })
+        }
+        (k, _) if fits(k) => Ok(k),
+        (k, _) => Err(input_err(
+            "attention",
+            format!(
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, rows {}16-byte aligned): tc, fa2 and fa2q128 take bf16, tf32x3 takes f32, all with 64-wide heads",
+                if aligned { "" } else { "not " }
+            ),
+        )),
+    }
 }
 
 /// Fused self-attention from a Q|K|V projection: (qkv (B, T, 3C), mask (B, T) f32) -> (B, T, C).

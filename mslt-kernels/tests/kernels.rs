@@ -110,7 +110,7 @@ fn kernels_switch_parses() {
         .parse::<Kernels>()
         .unwrap_err()
         .contains("fused or candle"));
-    for k in ["auto", "simt", "tc", "fa2", "fa2q128"] {
+    for k in ["auto", "simt", "tc", "fa2", "fa2q128", "tf32x3"] {
         assert_eq!(
             k.parse::<AttentionKernel>().map(|v| v.to_string()),
             Ok(k.to_string())
@@ -140,6 +140,15 @@ fn attention_kernel_dispatch() {
     );
     assert_eq!(r(Auto, Some("simt"), DType::BF16, 64, true).unwrap(), Simt);
     assert_eq!(r(Auto, Some("fa2"), DType::F32, 64, true).unwrap(), Simt);
+    assert_eq!(
+        r(Auto, Some("tf32x3"), DType::F32, 64, true).unwrap(),
+        Tf32x3
+    );
+    assert_eq!(r(Auto, Some("tf32x3"), DType::BF16, 64, true).unwrap(), Tc);
+    assert_eq!(r(Auto, Some("tf32x3"), DType::F32, 32, true).unwrap(), Simt);
+    assert_eq!(r(Tf32x3, None, DType::F32, 64, true).unwrap(), Tf32x3);
+    assert!(r(Tf32x3, None, DType::BF16, 64, true).is_err());
+    assert!(r(Tf32x3, None, DType::F32, 64, false).is_err());
     let e = r(Auto, Some("flash"), DType::BF16, 64, true)
         .unwrap_err()
         .to_string();
