@@ -383,6 +383,115 @@ __device__ __forceinline__ int next_live(int j, int ntiles, unsigned live) {
   return j;
 }
 
+#define LOG2E_F 1.4426950408889634f
+
+// bit j: key tile j (BK keys, j < 32) holds a key that is not padding. Block-uniform: every
+// thread of the block calls it (BK <= blockDim.x).
+__device__ __forceinline__ unsigned live_tiles(const float* __restrict__ mrow, int T_, int BK, int ntiles) {
+  const int tid = threadIdx.x;
+  unsigned bits = 0u;
+  for (int j = 0; j < ntiles && j < 32; ++j) {
+    const int k = j * BK + tid;
+    if (__syncthreads_or(tid < BK && k < T_ && mrow[k] > PAD_MASK)) bits |= 1u << j;
+  }
+  return bits;
+}
+
+// Key tile jt (keys jt BK .. jt BK + BK) of one (batch, head) -> buffer bf of Ks, Vs (cp.async,
+// 16-byte chunks, zero rows beyond T) and of Ms (mask * log2(e), -inf beyond T); run by all 128
+// threads. Expects in scope: tid, base (the (batch, head) start of qkv), rs (its row stride), C,
+// T_, mrow, BK, D and the shared arrays Ks, Vs, Ms. T: the element type; SH = log2(D / (16 bytes
+// / sizeof(T))), the 16-byte chunks per row. (A macro: as an inline function the same code takes
+// 130 registers instead of 128 in the bf16 kernel on sm_90, i.e. 3 blocks per SM instead of 4.)
+#define LOAD_KV_TILE(T, SH, jt, bf)                                                        \
+  do {                                                                                     \
+    const int k0_ = (jt) * BK;                                                             \
+    constexpr int E_ = 16 / sizeof(T);                                                     \
+    static_assert(D / E_ == (1 << (SH)), "chunks per row");                                \
+    for (int i = tid; i < BK * (D / E_); i += 128) {                                       \
+      const int r = i >> (SH), c = (i & ((1 << (SH)) - 1)) * E_, k = k0_ + r;              \
+      const T* src = base + (long)(k < T_ ? k : 0) * rs + C + c;                           \
+      cp_async16(&Ks[bf][r][c], src, k < T_);                                              \
+      cp_async16(&Vs[bf][r][c], src + C, k < T_);                                          \
+    }                                                                                      \
+    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? mrow[k0_ + tid] * LOG2E_F : NEG_INF;    \
+  } while (0)
+
+// One key tile of the base-2 online softmax for rows g and g + 8 of an m16 tile: the scores s
+// (NKT n-tiles of 8 keys, mma accumulator layout, raw q.k) become probabilities in place; the
+// running maxima m0, m1 and this lane's partial row sums l0, l1 are updated and the output o
+// (8 n-tiles) rescaled. ms: the tile's mask * log2(e). APPROX: ex2.approx, else exp2f.
+template <int NKT, bool APPROX>
+__device__ __forceinline__ void softmax_tile(float (&s)[NKT][4], const float* ms, int q4, float sl2, float& m0,
+                                             float& m1, float& l0, float& l1, float (&o)[8][4]) {
+  float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float mk = ms[nt * 8 + q4 * 2 + e];
+      s[nt][e] = fmaf(s[nt][e], sl2, mk);
+      s[nt][2 + e] = fmaf(s[nt][2 + e], sl2, mk);
+      mx0 = fmaxf(mx0, s[nt][e]);
+      mx1 = fmaxf(mx1, s[nt][2 + e]);
+    }
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+  const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
+  const float c0 = APPROX ? ex2(m0 - mu0) : exp2f(m0 - mu0);  // 0 while nothing was seen (o, l are 0)
+  const float c1 = APPROX ? ex2(m1 - mu1) : exp2f(m1 - mu1);
+  float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s[nt][e] = APPROX ? ex2(s[nt][e] - mu0) : exp2f(s[nt][e] - mu0);
+      s[nt][2 + e] = APPROX ? ex2(s[nt][2 + e] - mu1) : exp2f(s[nt][2 + e] - mu1);
+      ls0 += s[nt][e];
+      ls1 += s[nt][2 + e];
+    }
+  }
+  l0 = l0 * c0 + ls0;
+  l1 = l1 * c1 + ls1;
+  m0 = mn0;
+  m1 = mn1;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    o[nt][0] *= c0;
+    o[nt][1] *= c0;
+    o[nt][2] *= c1;
+    o[nt][3] *= c1;
+  }
+}
+
+__device__ __forceinline__ void store_pair(bf16_t* p, float a, float b) {
+  *reinterpret_cast<unsigned*>(p) = pack_bf16(a, b);
+}
+__device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+
+// o / l for query rows qa0 (the m16 tile's row g) and qa0 + 8 -> out (B, T, C), columns
+// col0 + 8 nt + 2 q4 + {0, 1}; l0, l1 are this lane's partial sums (summed over the quad here).
+template <typename T>
+__device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, float l1, T* __restrict__ out, int b,
+                                           int T_, int C, int col0, int qa0, int q4) {
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+  const int qa1 = qa0 + 8;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const int col = col0 + nt * 8 + q4 * 2;
+    if (qa0 < T_) store_pair(out + ((long)b * T_ + qa0) * C + col, o[nt][0] * i0, o[nt][1] * i0);
+    if (qa1 < T_) store_pair(out + ((long)b * T_ + qa1) * C + col, o[nt][2] * i1, o[nt][3] * i1);
+  }
+}
+
 // MT m-tiles of 16 query rows per warp: BQ = 64 MT query rows per block, key tiles of BK = 64 / MT
 // (static shared memory stays under 48 KB: 46.6 KB for MT = 1, 36.9 KB for MT = 2). With MT = 2
 // each K/V fragment loaded from shared memory feeds two mma and each K/V tile serves twice the
@@ -405,16 +514,10 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
   const long rs = 3L * C;
   const bf16_t* base = qkv + (long)b * T_ * rs + (long)h * D;
   const float* mrow = mask + (long)b * T_;
-  const float LOG2E = 1.4426950408889634f;
-  const float sl2 = scale * LOG2E;
+  const float sl2 = scale * LOG2E_F;
   const int ntiles = (T_ + BK - 1) / BK;
 
-  // bit j: key tile j (j < 32) holds a key that is not padding
-  unsigned live = 0u;
-  for (int j = 0; j < ntiles && j < 32; ++j) {
-    const int k = j * BK + tid;
-    if (__syncthreads_or(tid < BK && k < T_ && mrow[k] > PAD_MASK)) live |= 1u << j;
-  }
+  const unsigned live = live_tiles(mrow, T_, BK, ntiles);
 
   // Q tile (zero rows beyond T), then the first live K/V tile: one cp.async group
   for (int i = tid; i < BQ * (D / 8); i += 128) {
@@ -423,19 +526,7 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
   }
   int j = next_live(0, ntiles, live);
   int buf = 0;
-  // keys k0 .. k0 + BK of tile jt -> Ks/Vs[bf] (cp.async, zeros beyond T), Ms[bf]
-#define FA2_LOAD_KV(jt, bf)                                                                  \
-  do {                                                                                       \
-    const int k0_ = (jt) * BK;                                                               \
-    for (int i = tid; i < BK * (D / 8); i += 128) {                                          \
-      const int r = i >> 3, c8 = (i & 7) * 8, k = k0_ + r;                                   \
-      const bf16_t* src = base + (long)(k < T_ ? k : 0) * rs + C + c8;                       \
-      cp_async16(&Ks[bf][r][c8], src, k < T_);                                               \
-      cp_async16(&Vs[bf][r][c8], src + C, k < T_);                                           \
-    }                                                                                        \
-    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? mrow[k0_ + tid] * LOG2E : NEG_INF;        \
-  } while (0)
-  if (j < ntiles) FA2_LOAD_KV(j, 0);
+  if (j < ntiles) LOAD_KV_TILE(bf16_t, 3, j, 0);
   cp_async_commit();
 
   unsigned qa[MT][4][4];  // A fragments of this warp's query rows: m-tile, 4 k-steps of 16 over D
@@ -452,7 +543,7 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
 
   while (j < ntiles) {
     const int jn = next_live(j + 1, ntiles, live);
-    if (jn < ntiles) FA2_LOAD_KV(jn, buf ^ 1);
+    if (jn < ntiles) LOAD_KV_TILE(bf16_t, 3, jn, buf ^ 1);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" = tile j
     cp_async_wait1();
     __syncthreads();
@@ -483,49 +574,8 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
     }
     // online softmax in base 2, per m-tile
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float mx0 = NEG_INF, mx1 = NEG_INF;
-#pragma unroll
-      for (int nt = 0; nt < NKT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float mk = Ms[buf][nt * 8 + q4 * 2 + e];
-          s[mt][nt][e] = fmaf(s[mt][nt][e], sl2, mk);
-          s[mt][nt][2 + e] = fmaf(s[mt][nt][2 + e], sl2, mk);
-          mx0 = fmaxf(mx0, s[mt][nt][e]);
-          mx1 = fmaxf(mx1, s[mt][nt][2 + e]);
-        }
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float mn0 = fmaxf(m[mt][0], mx0), mn1 = fmaxf(m[mt][1], mx1);
-      const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
-      const float c0 = ex2(m[mt][0] - mu0), c1 = ex2(m[mt][1] - mu1);  // 0 while nothing was seen
-      float ls0 = 0.0f, ls1 = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < NKT; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[mt][nt][e] = ex2(s[mt][nt][e] - mu0);
-          s[mt][nt][2 + e] = ex2(s[mt][nt][2 + e] - mu1);
-          ls0 += s[mt][nt][e];
-          ls1 += s[mt][nt][2 + e];
-        }
-      }
-      l[mt][0] = l[mt][0] * c0 + ls0;
-      l[mt][1] = l[mt][1] * c1 + ls1;
-      m[mt][0] = mn0;
-      m[mt][1] = mn1;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        o[mt][nt][0] *= c0;
-        o[mt][nt][1] *= c0;
-        o[mt][nt][2] *= c1;
-        o[mt][nt][3] *= c1;
-      }
-    }
+    for (int mt = 0; mt < MT; ++mt)
+      softmax_tile<NKT, true>(s[mt], Ms[buf], q4, sl2, m[mt][0], m[mt][1], l[mt][0], l[mt][1], o[mt]);
     // O += P V: KKS k-steps of 16 keys; one ldmatrix.x4.trans = the B fragments of 2 n-tiles
 #pragma unroll
     for (int kk = 0; kk < KKS; ++kk) {
@@ -552,28 +602,9 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
     buf ^= 1;
     j = jn;
   }
-#undef FA2_LOAD_KV
-
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    float l0 = l[mt][0], l1 = l[mt][1];
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    const int qa0 = q0 + (w * MT + mt) * 16 + g, qa1 = qa0 + 8;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const int col = h * D + nt * 8 + q4 * 2;
-      if (qa0 < T_)
-        *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa0) * C + col) =
-            pack_bf16(o[mt][nt][0] * i0, o[mt][nt][1] * i0);
-      if (qa1 < T_)
-        *reinterpret_cast<unsigned*>(out + ((long)b * T_ + qa1) * C + col) =
-            pack_bf16(o[mt][nt][2] * i1, o[mt][nt][3] * i1);
-    }
-  }
+  for (int mt = 0; mt < MT; ++mt)
+    store_rows(o[mt], l[mt][0], l[mt][1], out, b, T_, C, h * D, q0 + (w * MT + mt) * 16 + g, q4);
 }
 
 // Launch: grid (ceil(T / 64), H, B), block 128.
@@ -642,29 +673,13 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(c
   const long rs = 3L * C;
   const float* base = qkv + (long)b * T_ * rs + (long)h * D;
   const float* mrow = mask + (long)b * T_;
-  const float LOG2E = 1.4426950408889634f;
-  const float sl2 = scale * LOG2E;
+  const float sl2 = scale * LOG2E_F;
   const int ntiles = (T_ + BK - 1) / BK;
 
-  unsigned live = 0u;
-  for (int j = 0; j < ntiles && j < 32; ++j) {
-    const int k = j * BK + tid;
-    if (__syncthreads_or(tid < BK && k < T_ && mrow[k] > PAD_MASK)) live |= 1u << j;
-  }
+  const unsigned live = live_tiles(mrow, T_, BK, ntiles);
   int j = next_live(0, ntiles, live);
   int buf = 0;
-#define TF3_LOAD_KV(jt, bf)                                                                  \
-  do {                                                                                       \
-    const int k0_ = (jt) * BK;                                                               \
-    for (int i = tid; i < BK * (D / 4); i += 128) {                                          \
-      const int r = i >> 4, c4 = (i & 15) * 4, k = k0_ + r;                                  \
-      const float* src = base + (long)(k < T_ ? k : 0) * rs + C + c4;                        \
-      cp_async16(&Ks[bf][r][c4], src, k < T_);                                               \
-      cp_async16(&Vs[bf][r][c4], src + C, k < T_);                                           \
-    }                                                                                        \
-    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? mrow[k0_ + tid] * LOG2E : NEG_INF;        \
-  } while (0)
-  if (j < ntiles) TF3_LOAD_KV(j, 0);
+  if (j < ntiles) LOAD_KV_TILE(float, 4, j, 0);
   cp_async_commit();
 
   // this warp's 16 query rows as split A fragments: 8 k-steps of 8 over D (zeros beyond T)
@@ -691,7 +706,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(c
 
   while (j < ntiles) {
     const int jn = next_live(j + 1, ntiles, live);
-    if (jn < ntiles) TF3_LOAD_KV(jn, buf ^ 1);
+    if (jn < ntiles) LOAD_KV_TILE(float, 4, jn, buf ^ 1);
     cp_async_commit();
     cp_async_wait1();
     __syncthreads();
@@ -708,47 +723,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(c
         mma_3xtf32(s[nt], qh[ks], ql[ks], bh0, bh1, bl0, bl1);
       }
     }
-    float mx0 = NEG_INF, mx1 = NEG_INF;
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float mk = Ms[buf][nt * 8 + q4 * 2 + e];
-        s[nt][e] = fmaf(s[nt][e], sl2, mk);
-        s[nt][2 + e] = fmaf(s[nt][2 + e], sl2, mk);
-        mx0 = fmaxf(mx0, s[nt][e]);
-        mx1 = fmaxf(mx1, s[nt][2 + e]);
-      }
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
-    const float c0 = exp2f(m0 - mu0), c1 = exp2f(m1 - mu1);
-    float ls0 = 0.0f, ls1 = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - mu0);
-        s[nt][2 + e] = exp2f(s[nt][2 + e] - mu1);
-        ls0 += s[nt][e];
-        ls1 += s[nt][2 + e];
-      }
-    }
-    l0 = l0 * c0 + ls0;
-    l1 = l1 * c1 + ls1;
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      o[nt][0] *= c0;
-      o[nt][1] *= c0;
-      o[nt][2] *= c1;
-      o[nt][3] *= c1;
-    }
+    softmax_tile<4, false>(s, Ms[buf], q4, sl2, m0, m1, l0, l1, o);
     // O += P V: one k-step per n-tile of S (8 keys, in the order 2 q4 | 2 q4 + 1), 8 n-tiles of D
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -769,20 +744,5 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(c
     buf ^= 1;
     j = jn;
   }
-#undef TF3_LOAD_KV
-
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-  const int qa0 = q0 + w * 16 + g, qa1 = qa0 + 8;
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    const int col = h * D + nt * 8 + q4 * 2;
-    if (qa0 < T_)
-      *reinterpret_cast<float2*>(out + ((long)b * T_ + qa0) * C + col) = make_float2(o[nt][0] * i0, o[nt][1] * i0);
-    if (qa1 < T_)
-      *reinterpret_cast<float2*>(out + ((long)b * T_ + qa1) * C + col) = make_float2(o[nt][2] * i1, o[nt][3] * i1);
-  }
+  store_rows(o, l0, l1, out, b, T_, C, h * D, q0 + w * 16 + g, q4);
 }

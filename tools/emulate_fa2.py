@@ -43,18 +43,11 @@ def ldsm_x4(smem, rows, cols, trans=False):
     return r
 
 
-def mma(c, a, b0, b1):
-    """mma.m16n8k16.row.col f32 += bf16 x bf16. c (32, 4); a (32, 4, 2); b0, b1 (32, 2)."""
-    A = np.zeros((16, 16))
-    B = np.zeros((16, 8))
+def mma_acc(A, B, c):
+    """D = A B + C for the m16n8 f32 accumulator fragment c (32, 4): c0, c1 at (g, 2 q4 + {0,1}),
+    c2, c3 at (g + 8, 2 q4 + {0,1})."""
     C = np.zeros((16, 8))
     for e in range(2):
-        A[G, 2 * Q4 + e] = a[:, 0, e]
-        A[G + 8, 2 * Q4 + e] = a[:, 1, e]
-        A[G, 2 * Q4 + 8 + e] = a[:, 2, e]
-        A[G + 8, 2 * Q4 + 8 + e] = a[:, 3, e]
-        B[2 * Q4 + e, G] = b0[:, e]
-        B[2 * Q4 + 8 + e, G] = b1[:, e]
         C[G, 2 * Q4 + e] = c[:, e]
         C[G + 8, 2 * Q4 + e] = c[:, 2 + e]
     Dm = (A @ B + C).astype(np.float32)
@@ -65,6 +58,20 @@ def mma(c, a, b0, b1):
     return out
 
 
+def mma(c, a, b0, b1):
+    """mma.m16n8k16.row.col f32 += bf16 x bf16. c (32, 4); a (32, 4, 2); b0, b1 (32, 2)."""
+    A = np.zeros((16, 16))
+    B = np.zeros((16, 8))
+    for e in range(2):
+        A[G, 2 * Q4 + e] = a[:, 0, e]
+        A[G + 8, 2 * Q4 + e] = a[:, 1, e]
+        A[G, 2 * Q4 + 8 + e] = a[:, 2, e]
+        A[G + 8, 2 * Q4 + 8 + e] = a[:, 3, e]
+        B[2 * Q4 + e, G] = b0[:, e]
+        B[2 * Q4 + 8 + e, G] = b1[:, e]
+    return mma_acc(A, B, c)
+
+
 def quad(v, op):
     """__shfl_xor_sync over offsets 1 and 2 (the four lanes of a row)."""
     for o in (1, 2):
@@ -72,96 +79,127 @@ def quad(v, op):
     return v
 
 
+class KV:
+    """The kernels' key side: which tiles are live (bit j: tile j < 32 has a key that is not
+    padding), the next processed tile, and the double-buffered K/V/mask tiles in shared memory."""
+
+    def __init__(self, base, mrow, T, C, BK, DPK, dtype):
+        self.base, self.mrow, self.T, self.C, self.BK = base, mrow, T, C, BK
+        self.ntiles = (T + BK - 1) // BK
+        self.live = 0
+        for j in range(min(self.ntiles, 32)):
+            if np.any(mrow[j * BK:min((j + 1) * BK, T)] > PAD_MASK):
+                self.live |= 1 << j
+        self.K = np.zeros((2, BK, DPK), dtype)
+        self.V = np.zeros((2, BK, DPK), dtype)
+        self.M = np.zeros((2, BK), np.float32)
+
+    def next_live(self, j):
+        if self.live == 0:  # only padding keys: nothing is skipped
+            return j
+        while j < self.ntiles and j < 32 and not (self.live >> j) & 1:
+            j += 1
+        return j
+
+    def load(self, jt, bf):
+        C, T = self.C, self.T
+        for r in range(self.BK):
+            k = jt * self.BK + r
+            self.K[bf, r, :D] = self.base[k, C:C + D] if k < T else 0
+            self.V[bf, r, :D] = self.base[k, 2 * C:2 * C + D] if k < T else 0
+            self.M[bf, r] = np.float32(self.mrow[k]) * np.float32(LOG2E) if k < T else -np.inf
+
+    def tiles(self):
+        """Yields (tile, buffer) in the kernels' order, loading the next live tile first."""
+        j, buf = self.next_live(0), 0
+        if j < self.ntiles:
+            self.load(j, 0)
+        while j < self.ntiles:
+            jn = self.next_live(j + 1)
+            if jn < self.ntiles:
+                self.load(jn, buf ^ 1)  # the kernel's cp.async into the other buffer
+            yield j, buf
+            buf ^= 1
+            j = jn
+
+
+def new_state(row0):
+    return dict(row0=row0, o=np.zeros((8, 32, 4), np.float32), m0=np.full(32, -np.inf, np.float32),
+                m1=np.full(32, -np.inf, np.float32), l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32))
+
+
+def online_softmax(st, s, ms, sl2):
+    """Scores s (n-tiles, 32, 4) of one key tile -> probabilities in place; updates the running
+    max, the per-lane sums and rescales the output (the kernels' base-2 online softmax)."""
+    mx0 = np.full(32, -np.inf, np.float32)
+    mx1 = np.full(32, -np.inf, np.float32)
+    for nt in range(s.shape[0]):
+        for e in range(2):
+            mk = ms[nt * 8 + Q4 * 2 + e]
+            s[nt][:, e] = s[nt][:, e] * sl2 + mk
+            s[nt][:, 2 + e] = s[nt][:, 2 + e] * sl2 + mk
+            mx0 = np.maximum(mx0, s[nt][:, e])
+            mx1 = np.maximum(mx1, s[nt][:, 2 + e])
+    mx0, mx1 = quad(mx0, np.maximum), quad(mx1, np.maximum)
+    mn0, mn1 = np.maximum(st["m0"], mx0), np.maximum(st["m1"], mx1)
+    mu0 = np.where(mn0 == -np.inf, 0, mn0).astype(np.float32)
+    mu1 = np.where(mn1 == -np.inf, 0, mn1).astype(np.float32)
+    c0, c1 = np.exp2(st["m0"] - mu0), np.exp2(st["m1"] - mu1)
+    s[:, :, 0:2] = np.exp2(s[:, :, 0:2] - mu0[None, :, None])
+    s[:, :, 2:4] = np.exp2(s[:, :, 2:4] - mu1[None, :, None])
+    st["l0"] = st["l0"] * c0 + s[:, :, 0:2].sum((0, 2))
+    st["l1"] = st["l1"] * c1 + s[:, :, 2:4].sum((0, 2))
+    st["m0"], st["m1"] = mn0, mn1
+    st["o"][:, :, 0:2] *= c0[None, :, None]
+    st["o"][:, :, 2:4] *= c1[None, :, None]
+
+
+def finish(states, BQ, q0, T, rnd):
+    """o / l per row, rounded by `rnd`, into (BQ, D) (NaN beyond T)."""
+    out = np.full((BQ, D), np.nan, np.float32)
+    for st in states:
+        l0, l1 = quad(st["l0"], np.add), quad(st["l1"], np.add)
+        r0 = st["row0"] + G
+        ok0, ok1 = q0 + r0 < T, q0 + r0 + 8 < T
+        for nt in range(8):
+            for e in range(2):
+                col = nt * 8 + Q4 * 2 + e
+                out[r0[ok0], col[ok0]] = rnd(st["o"][nt][:, e] / l0)[ok0]
+                out[r0[ok1] + 8, col[ok1]] = rnd(st["o"][nt][:, 2 + e] / l1)[ok1]
+    return out
+
+
 def block(qkv, mask, b, h, q0, H, scale, MT):
-    """One thread block: rows q0 .. q0 + BQ of (b, h). Returns out rows (BQ, D) (NaN beyond T)."""
+    """attention_fa2<MT>, one thread block: rows q0 .. q0 + BQ of (b, h). Returns out rows
+    (BQ, D) (NaN beyond T) and the key tiles processed."""
     BQ, BK = 64 * MT, 64 // MT
     NKT, KKS = BK // 8, BK // 16
     T = qkv.shape[1]
     C = H * D
     base = qkv[b][:, h * D:]  # row k: q at [0:D], k at [C:C+D], v at [2C:2C+D]
-    mrow = mask[b]
     sl2 = np.float32(scale * LOG2E)
-    ntiles = (T + BK - 1) // BK
-    live = 0
-    for j in range(min(ntiles, 32)):
-        ks = np.arange(j * BK, min((j + 1) * BK, T))
-        if np.any(mrow[ks] > PAD_MASK):
-            live |= 1 << j
-
-    def next_live(j):
-        if live == 0:
-            return j
-        while j < ntiles and j < 32 and not (live >> j) & 1:
-            j += 1
-        return j
-
+    kv = KV(base, mask[b], T, C, BK, DP, np.float32)
     Qs = np.zeros((BQ, DP), np.float32)
-    Ks = np.zeros((2, BK, DP), np.float32)
-    Vs = np.zeros((2, BK, DP), np.float32)
-    Ms = np.zeros((2, BK), np.float32)
     for r in range(BQ):
         if q0 + r < T:
             Qs[r, :D] = base[q0 + r, 0:D]
-
-    def load_kv(jt, bf):
-        for r in range(BK):
-            k = jt * BK + r
-            Ks[bf, r, :D] = base[k, C:C + D] if k < T else 0
-            Vs[bf, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
-            Ms[bf, r] = np.float32(mrow[k]) * np.float32(LOG2E) if k < T else -np.inf
-
-    j = next_live(0)
-    buf = 0
-    if j < ntiles:
-        load_kv(j, 0)
     warps = []  # one state per (warp, m-tile): rows (w MT + mt) 16 + {g, g + 8}
     for w in range(4):
         for mt in range(MT):
-            row0 = (w * MT + mt) * 16
-            qa = [ldsm_x4(Qs, row0 + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
-            warps.append(dict(row0=row0, qa=qa, o=np.zeros((8, 32, 4), np.float32),
-                              m0=np.full(32, -np.inf, np.float32), m1=np.full(32, -np.inf, np.float32),
-                              l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32)))
+            st = new_state((w * MT + mt) * 16)
+            st["qa"] = [ldsm_x4(Qs, st["row0"] + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
+            warps.append(st)
     processed = []
-    while j < ntiles:
-        jn = next_live(j + 1)
-        if jn < ntiles:
-            load_kv(jn, buf ^ 1)  # the kernel's cp.async into the other buffer
+    for j, buf in kv.tiles():
         processed.append(j)
         for st in warps:
             s = np.zeros((NKT, 32, 4), np.float32)
             for nt in range(NKT):
                 for p in range(2):
-                    kb = ldsm_x4(Ks[buf], nt * 8 + LR, p * 32 + LM * 8)
+                    kb = ldsm_x4(kv.K[buf], nt * 8 + LR, p * 32 + LM * 8)
                     s[nt] = mma(s[nt], st["qa"][2 * p], kb[:, 0], kb[:, 1])
                     s[nt] = mma(s[nt], st["qa"][2 * p + 1], kb[:, 2], kb[:, 3])
-            mx0 = np.full(32, -np.inf, np.float32)
-            mx1 = np.full(32, -np.inf, np.float32)
-            for nt in range(NKT):
-                for e in range(2):
-                    mk = Ms[buf][nt * 8 + Q4 * 2 + e]
-                    s[nt][:, e] = s[nt][:, e] * sl2 + mk
-                    s[nt][:, 2 + e] = s[nt][:, 2 + e] * sl2 + mk
-                    mx0 = np.maximum(mx0, s[nt][:, e])
-                    mx1 = np.maximum(mx1, s[nt][:, 2 + e])
-            mx0, mx1 = quad(mx0, np.maximum), quad(mx1, np.maximum)
-            mn0, mn1 = np.maximum(st["m0"], mx0), np.maximum(st["m1"], mx1)
-            mu0 = np.where(mn0 == -np.inf, 0, mn0).astype(np.float32)
-            mu1 = np.where(mn1 == -np.inf, 0, mn1).astype(np.float32)
-            c0, c1 = np.exp2(st["m0"] - mu0), np.exp2(st["m1"] - mu1)
-            ls0 = np.zeros(32, np.float32)
-            ls1 = np.zeros(32, np.float32)
-            for nt in range(NKT):
-                for e in range(2):
-                    s[nt][:, e] = np.exp2(s[nt][:, e] - mu0)
-                    s[nt][:, 2 + e] = np.exp2(s[nt][:, 2 + e] - mu1)
-                    ls0 += s[nt][:, e]
-                    ls1 += s[nt][:, 2 + e]
-            st["l0"] = st["l0"] * c0 + ls0
-            st["l1"] = st["l1"] * c1 + ls1
-            st["m0"], st["m1"] = mn0, mn1
-            st["o"][:, :, 0:2] *= c0[None, :, None]
-            st["o"][:, :, 2:4] *= c1[None, :, None]
+            online_softmax(st, s, kv.M[buf], sl2)
             for kk in range(KKS):
                 pa = np.zeros((32, 4, 2), np.float32)
                 pa[:, 0] = bf16(s[2 * kk][:, 0:2])
@@ -169,22 +207,10 @@ def block(qkv, mask, b, h, q0, H, scale, MT):
                 pa[:, 2] = bf16(s[2 * kk + 1][:, 0:2])
                 pa[:, 3] = bf16(s[2 * kk + 1][:, 2:4])
                 for np_ in range(4):
-                    vb = ldsm_x4(Vs[buf], kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
+                    vb = ldsm_x4(kv.V[buf], kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
                     st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
                     st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
-        buf ^= 1
-        j = jn
-    out = np.full((BQ, D), np.nan, np.float32)
-    for st in warps:
-        l0, l1 = quad(st["l0"], np.add), quad(st["l1"], np.add)
-        r0 = st["row0"] + G
-        for nt in range(8):
-            for e in range(2):
-                col = nt * 8 + Q4 * 2 + e
-                ok0, ok1 = q0 + r0 < T, q0 + r0 + 8 < T
-                out[r0[ok0], col[ok0]] = bf16(st["o"][nt][:, e] / l0)[ok0]
-                out[r0[ok1] + 8, col[ok1]] = bf16(st["o"][nt][:, 2 + e] / l1)[ok1]
-    return out, processed
+    return finish(warps, BQ, q0, T, bf16), processed
 
 
 def tf32(x):
@@ -203,18 +229,9 @@ def mma_tf32(c, a, b0, b1):
     """mma.m16n8k8.row.col f32 += tf32 x tf32. c (32, 4); a (32, 4); b0, b1 (32,)."""
     A = np.zeros((16, 8))
     B = np.zeros((8, 8))
-    C = np.zeros((16, 8))
     A[G, Q4], A[G + 8, Q4], A[G, Q4 + 4], A[G + 8, Q4 + 4] = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
     B[Q4, G], B[Q4 + 4, G] = b0, b1
-    for e in range(2):
-        C[G, 2 * Q4 + e] = c[:, e]
-        C[G + 8, 2 * Q4 + e] = c[:, 2 + e]
-    Dm = (A @ B + C).astype(np.float32)
-    out = np.zeros_like(c)
-    for e in range(2):
-        out[:, e] = Dm[G, 2 * Q4 + e]
-        out[:, 2 + e] = Dm[G + 8, 2 * Q4 + e]
-    return out
+    return mma_acc(A, B, c)
 
 
 def mma_3x(c, ah, al, bh0, bh1, bl0, bl1):
@@ -229,105 +246,41 @@ def block_tf32x3(qkv, mask, b, h, q0, H, scale):
     T = qkv.shape[1]
     C = H * D
     base = qkv[b][:, h * D:]
-    mrow = mask[b]
     sl2 = np.float32(scale * LOG2E)
-    ntiles = (T + BK - 1) // BK
-    live = 0
-    for j in range(min(ntiles, 32)):
-        if np.any(mrow[j * BK:min((j + 1) * BK, T)] > PAD_MASK):
-            live |= 1 << j
-
-    def next_live(j):
-        if live == 0:
-            return j
-        while j < ntiles and j < 32 and not (live >> j) & 1:
-            j += 1
-        return j
-
-    Ks = np.zeros((2, BK, 68), np.float32)
-    Vs = np.zeros((2, BK, 68), np.float32)
-    Ms = np.zeros((2, BK), np.float32)
-
-    def load_kv(jt, bf):
-        for r in range(BK):
-            k = jt * BK + r
-            Ks[bf, r, :D] = base[k, C:C + D] if k < T else 0
-            Vs[bf, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
-            Ms[bf, r] = np.float32(mrow[k]) * np.float32(LOG2E) if k < T else -np.inf
+    kv = KV(base, mask[b], T, C, BK, 68, np.float32)
 
     def qval(r, c):
         return np.array([base[ri, ci] if ri < T else 0.0 for ri, ci in zip(r, c)], np.float32)
 
-    j = next_live(0)
-    buf = 0
-    if j < ntiles:
-        load_kv(j, 0)
     warps = []
     for w in range(4):
+        st = new_state(w * 16)
         r0, r1 = q0 + w * 16 + G, q0 + w * 16 + G + 8
-        qh, ql = [], []
+        st["qh"], st["ql"] = [], []
         for ks in range(8):
             c = ks * 8 + Q4
-            x = np.stack([qval(r0, c), qval(r1, c), qval(r0, c + 4), qval(r1, c + 4)], 1)
-            hi, lo = split(x)
-            qh.append(hi)
-            ql.append(lo)
-        warps.append(dict(qh=qh, ql=ql, o=np.zeros((8, 32, 4), np.float32), m0=np.full(32, -np.inf, np.float32),
-                          m1=np.full(32, -np.inf, np.float32), l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32)))
+            hi, lo = split(np.stack([qval(r0, c), qval(r1, c), qval(r0, c + 4), qval(r1, c + 4)], 1))
+            st["qh"].append(hi)
+            st["ql"].append(lo)
+        warps.append(st)
     processed = []
-    while j < ntiles:
-        jn = next_live(j + 1)
-        if jn < ntiles:
-            load_kv(jn, buf ^ 1)
+    for j, buf in kv.tiles():
         processed.append(j)
         for st in warps:
             s = np.zeros((4, 32, 4), np.float32)
             for nt in range(4):
                 for ks in range(8):
-                    bh0, bl0 = split(Ks[buf][nt * 8 + G, ks * 8 + Q4])
-                    bh1, bl1 = split(Ks[buf][nt * 8 + G, ks * 8 + Q4 + 4])
+                    bh0, bl0 = split(kv.K[buf][nt * 8 + G, ks * 8 + Q4])
+                    bh1, bl1 = split(kv.K[buf][nt * 8 + G, ks * 8 + Q4 + 4])
                     s[nt] = mma_3x(s[nt], st["qh"][ks], st["ql"][ks], bh0, bh1, bl0, bl1)
-            mx0 = np.full(32, -np.inf, np.float32)
-            mx1 = np.full(32, -np.inf, np.float32)
-            for nt in range(4):
-                for e in range(2):
-                    mk = Ms[buf][nt * 8 + Q4 * 2 + e]
-                    s[nt][:, e] = s[nt][:, e] * sl2 + mk
-                    s[nt][:, 2 + e] = s[nt][:, 2 + e] * sl2 + mk
-                    mx0 = np.maximum(mx0, s[nt][:, e])
-                    mx1 = np.maximum(mx1, s[nt][:, 2 + e])
-            mx0, mx1 = quad(mx0, np.maximum), quad(mx1, np.maximum)
-            mn0, mn1 = np.maximum(st["m0"], mx0), np.maximum(st["m1"], mx1)
-            mu0 = np.where(mn0 == -np.inf, 0, mn0).astype(np.float32)
-            mu1 = np.where(mn1 == -np.inf, 0, mn1).astype(np.float32)
-            c0, c1 = np.exp2(st["m0"] - mu0), np.exp2(st["m1"] - mu1)
-            for nt in range(4):
-                s[nt][:, 0:2] = np.exp2(s[nt][:, 0:2] - mu0[:, None])
-                s[nt][:, 2:4] = np.exp2(s[nt][:, 2:4] - mu1[:, None])
-            st["l0"] = st["l0"] * c0 + s[:, :, 0:2].sum((0, 2))
-            st["l1"] = st["l1"] * c1 + s[:, :, 2:4].sum((0, 2))
-            st["m0"], st["m1"] = mn0, mn1
-            st["o"][:, :, 0:2] *= c0[None, :, None]
-            st["o"][:, :, 2:4] *= c1[None, :, None]
+            online_softmax(st, s, kv.M[buf], sl2)
             for kk in range(4):
                 ph, pl = split(np.stack([s[kk][:, 0], s[kk][:, 2], s[kk][:, 1], s[kk][:, 3]], 1))
                 for nt in range(8):
-                    bh0, bl0 = split(Vs[buf][kk * 8 + 2 * Q4, nt * 8 + G])
-                    bh1, bl1 = split(Vs[buf][kk * 8 + 2 * Q4 + 1, nt * 8 + G])
+                    bh0, bl0 = split(kv.V[buf][kk * 8 + 2 * Q4, nt * 8 + G])
+                    bh1, bl1 = split(kv.V[buf][kk * 8 + 2 * Q4 + 1, nt * 8 + G])
                     st["o"][nt] = mma_3x(st["o"][nt], ph, pl, bh0, bh1, bl0, bl1)
-        buf ^= 1
-        j = jn
-    out = np.full((BQ, D), np.nan, np.float32)
-    for w, st in enumerate(warps):
-        l0, l1 = quad(st["l0"], np.add), quad(st["l1"], np.add)
-        r0 = w * 16 + G
-        for nt in range(8):
-            for e in range(2):
-                col = nt * 8 + Q4 * 2 + e
-                ok0, ok1 = q0 + r0 < T, q0 + r0 + 8 < T
-                out[r0[ok0], col[ok0]] = (st["o"][nt][:, e] / l0)[ok0]
-                out[r0[ok1] + 8, col[ok1]] = (st["o"][nt][:, 2 + e] / l1)[ok1]
-    return out, processed
+    return finish(warps, BQ, q0, T, lambda x: x), processed
 
 
 def reference(qkv, mask, b, h, H, scale):

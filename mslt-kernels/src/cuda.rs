@@ -354,26 +354,38 @@ fn pool_err(e: &dyn std::fmt::Display) -> candle_core::Error {
     .into()
 }
 
-/// The default memory pool's release threshold in bytes (None: no memory pools).
-pub fn pool_release_threshold(dev: &CudaDevice) -> Result<Option<u64>> {
-    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+/// The device's default memory pool (None: the device has no memory pools).
+fn default_pool(
+    dev: &CudaDevice,
+) -> Result<Option<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool>> {
+    use candle_core::cuda_backend::cudarc::driver::result;
     let stream = dev.cuda_stream();
     let ctx = stream.context();
     if !ctx.has_async_alloc() {
         return Ok(None);
     }
+    // SAFETY: `cu_device` comes from a live context.
+    let pool = unsafe { result::device::get_default_mem_pool(ctx.cu_device()) }
+        .map_err(|e| pool_err(&e))?;
+    Ok(Some(pool))
+}
+
+/// The default memory pool's release threshold in bytes (None: no memory pools).
+pub fn pool_release_threshold(dev: &CudaDevice) -> Result<Option<u64>> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let Some(pool) = default_pool(dev)? else {
+        return Ok(None);
+    };
     let mut v: u64 = 0;
-    // SAFETY: as in `set_pool_release_threshold`; the attribute is written as a cuuint64_t.
+    // SAFETY: a valid pool; CU_MEMPOOL_ATTR_RELEASE_THRESHOLD is written as a cuuint64_t.
     unsafe {
-        let pool =
-            result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| pool_err(&e))?;
         result::mem_pool::get_attribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             (&mut v as *mut u64).cast(),
         )
-        .map_err(|e| pool_err(&e))?;
     }
+    .map_err(|e| pool_err(&e))?;
     Ok(Some(v))
 }
 
@@ -381,23 +393,18 @@ pub fn pool_release_threshold(dev: &CudaDevice) -> Result<Option<u64>> {
 /// Returns false where the device has no memory pools (nothing changed).
 pub fn set_pool_release_threshold(dev: &CudaDevice, bytes: u64) -> Result<bool> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    let stream = dev.cuda_stream();
-    let ctx = stream.context();
-    if !ctx.has_async_alloc() {
+    let Some(pool) = default_pool(dev)? else {
         return Ok(false);
-    }
+    };
     let mut threshold: u64 = bytes;
-    // SAFETY: `cu_device` comes from a live context; CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes a
-    // pointer to a cuuint64_t, which `threshold` is.
+    // SAFETY: a valid pool; CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes a pointer to a cuuint64_t.
     unsafe {
-        let pool =
-            result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| pool_err(&e))?;
         result::mem_pool::set_attribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             (&mut threshold as *mut u64).cast(),
         )
-        .map_err(|e| pool_err(&e))?;
     }
+    .map_err(|e| pool_err(&e))?;
     Ok(true)
 }

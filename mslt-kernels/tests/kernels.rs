@@ -263,28 +263,30 @@ fn every_kernel_source_compiles_with_nvrtc() {
             eprintln!("SKIPPED the ptxas part: MSLT_PTXAS not set (scripts/nvrtc-env.sh)");
         }
     }
-    // Bad inline PTX is refused already by NVRTC (it runs ptxas for a real sm_XX), naming the file.
-    let bad = mslt_kernels::Source {
-        module: "bad_asm",
-        file: "bad_asm.cu",
-        code: "extern \"C\" __global__ void k(float* x) { float y; asm(\"ex2.approx.nonsense.f32 %0, %1;\" : \"=f\"(y) : \"f\"(x[0])); x[0] = y; }",
-        entries: &["k"],
-    };
-    let e = nv
-        .compile_ptx(&bad, "sm_90")
-        .expect_err("bad inline PTX must fail")
-        .to_string();
-    assert!(e.contains("bad_asm.cu") && e.contains("nonsense"), "{e}");
-    // A broken source is reported with NVRTC's log, naming the file.
-    let bad = mslt_kernels::Source {
-        module: "bad",
-        file: "bad.cu",
-        code: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }",
-        entries: &["k"],
-    };
-    let e = nv
-        .compile_ptx(&bad, "sm_90")
-        .expect_err("must fail")
-        .to_string();
-    assert!(e.contains("bad.cu") && e.contains("undefined_name"), "{e}");
+    // A broken source, and bad inline PTX (NVRTC runs ptxas for a real sm_XX), are reported
+    // with the compiler's log, naming the file.
+    for (file, code, needle) in [
+        (
+            "bad.cu",
+            "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }",
+            "undefined_name",
+        ),
+        (
+            "bad_asm.cu",
+            "extern \"C\" __global__ void k(float* x) { float y; asm(\"ex2.approx.nonsense.f32 %0, %1;\" : \"=f\"(y) : \"f\"(x[0])); x[0] = y; }",
+            "nonsense",
+        ),
+    ] {
+        let bad = mslt_kernels::Source {
+            module: "bad",
+            file,
+            code,
+            entries: &["k"],
+        };
+        let e = nv
+            .compile_ptx(&bad, "sm_90")
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains(file) && e.contains(needle), "{e}");
+    }
 }
