@@ -329,8 +329,10 @@ extern "C" __global__ void attention_fwd_bf16_d64_tc(const bf16_t* qkv, const fl
 //  - key tiles in which every key is padding (additive mask <= -1e8; mslt and the checks use
 //    -1e9) are skipped whenever the batch row has a key that is not padding. Their
 //    probabilities are exp(-1e9 + score differences), exactly 0 in f32 for any score difference
-//    below ~1e8, so the result is the same; a row with only padding keys processes every tile,
-//    as the reference does.
+//    below ~1e8, so the result is the same. A batch row whose keys are all padding processes
+//    every tile, but its output is not specified: near -1e9 f32 has a spacing of 64 (128 after
+//    the log2(e) scaling), so the scores that decide such a softmax are rounded away, here and in
+//    the reference alike, differently (mslt never builds such a row: every sequence has [CLS]).
 // Same layout, mask convention and accumulation (f32) as attention_fwd_bf16_d64_tc; the
 // probabilities are rounded to bf16 for P V. Block: 4 warps of one (batch, head); qkv rows
 // 16-byte aligned. Two entry points: attention_fwd_bf16_d64_fa2 (16 query rows per warp, 64 per
@@ -384,6 +386,7 @@ __device__ __forceinline__ int next_live(int j, int ntiles, unsigned live) {
 }
 
 #define LOG2E_F 1.4426950408889634f
+#define FLT_MAX_F 3.402823466e+38f  // a mask scaled by log2(e) stays finite (f32::MIN * log2(e) would be -inf)
 
 // bit j: key tile j (BK keys, j < 32) holds a key that is not padding. Block-uniform: every
 // thread of the block calls it (BK <= blockDim.x).
@@ -414,7 +417,7 @@ __device__ __forceinline__ unsigned live_tiles(const float* __restrict__ mrow, i
       cp_async16(&Ks[bf][r][c], src, k < T_);                                              \
       cp_async16(&Vs[bf][r][c], src + C, k < T_);                                          \
     }                                                                                      \
-    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? mrow[k0_ + tid] * LOG2E_F : NEG_INF;    \
+    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? fmaxf(mrow[k0_ + tid] * LOG2E_F, -FLT_MAX_F) : NEG_INF; \
   } while (0)
 
 // One key tile of the base-2 online softmax for rows g and g + 8 of an m16 tile: the scores s

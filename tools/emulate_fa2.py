@@ -18,6 +18,7 @@ import numpy as np
 D, DP = 64, 72
 LOG2E = 1.4426950408889634
 PAD_MASK = -1.0e8
+FLT_MAX = np.float32(3.402823466e38)
 LANES = np.arange(32)
 G, Q4 = LANES >> 2, LANES & 3  # accumulator row g (and g + 8), columns 2 q4 + {0, 1}
 LM, LR = LANES >> 3, LANES & 7  # ldmatrix: lane addresses row LR of matrix LM
@@ -107,7 +108,8 @@ class KV:
             k = jt * self.BK + r
             self.K[bf, r, :D] = self.base[k, C:C + D] if k < T else 0
             self.V[bf, r, :D] = self.base[k, 2 * C:2 * C + D] if k < T else 0
-            self.M[bf, r] = np.float32(self.mrow[k]) * np.float32(LOG2E) if k < T else -np.inf
+            # mask * log2(e), clamped to -FLT_MAX, as the kernels' LOAD_KV_TILE
+            self.M[bf, r] = max(np.float32(self.mrow[k]) * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
 
     def tiles(self):
         """Yields (tile, buffer) in the kernels' order, loading the next live tile first."""
@@ -136,8 +138,9 @@ def online_softmax(st, s, ms, sl2):
     for nt in range(s.shape[0]):
         for e in range(2):
             mk = ms[nt * 8 + Q4 * 2 + e]
-            s[nt][:, e] = s[nt][:, e] * sl2 + mk
-            s[nt][:, 2 + e] = s[nt][:, 2 + e] * sl2 + mk
+            # fmaf: one rounding (exact product and sum in float64, then rounded to f32)
+            s[nt][:, e] = (s[nt][:, e].astype(np.float64) * sl2 + mk).astype(np.float32)
+            s[nt][:, 2 + e] = (s[nt][:, 2 + e].astype(np.float64) * sl2 + mk).astype(np.float32)
             mx0 = np.maximum(mx0, s[nt][:, e])
             mx1 = np.maximum(mx1, s[nt][:, 2 + e])
     mx0, mx1 = quad(mx0, np.maximum), quad(mx1, np.maximum)
@@ -292,50 +295,59 @@ def reference(qkv, mask, b, h, H, scale):
     return (p / p.sum(1, keepdims=True)) @ v
 
 
+def key_mask(T, keys):
+    """Additive mask row: keys = n (the first n keys valid) or (a, b) (keys a .. b - 1 valid:
+    padding before, after, or with a = b around a gap given as (a, b, c, d): [a, b) and [c, d))."""
+    if isinstance(keys, int):
+        keys = (0, keys)
+    valid = np.zeros(T, bool)
+    for a, b in zip(keys[0::2], keys[1::2]):
+        valid[a:b] = True
+    return np.where(valid, 0.0, -1e9).astype(np.float32)
+
+
+def run(name, kernel, T, rows, tol, bq, rng, H, scale, as_bf16):
+    """Every row of a batch with `rows` key patterns through `kernel`: each query block for
+    T <= 256, else the first, a middle one and the last (partial) one."""
+    x = rng.standard_normal((len(rows), T, 3 * H * D)).astype(np.float32) * 1.5
+    qkv = bf16(x) if as_bf16 else x
+    mask = np.stack([key_mask(T, r) for r in rows])
+    bad = 0
+    for b, keys in enumerate(rows):
+        h = b % H
+        nb = (T + bq - 1) // bq
+        blocks = range(nb) if T <= 256 else sorted({0, nb // 2, nb - 1})
+        want = reference(qkv, mask, b, h, H, scale)
+        errs, tiles = [], None
+        for qb in blocks:
+            got, tiles = kernel(qkv, mask, b, h, qb * bq)
+            n = min(bq, T - qb * bq)
+            errs.append(np.abs(got[:n] - want[qb * bq:qb * bq + n]).max() / np.abs(want).max())
+        err = max(errs)
+        ok = err < tol and np.isfinite(err)
+        bad += not ok
+        more = "..." if len(tiles) > 8 else ""
+        print(f"{name:<8} T {T:4} keys {str(keys):<20} tiles processed {str(tiles[:8]) + more:<28} "
+              f"max rel error {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    return bad
+
+
 def main():
     rng = np.random.default_rng(0)
     H, scale = 2, 1 / 8
     bad = 0
-    # (T, key lengths per batch row): padding in whole tiles (skipped), in part of a tile,
-    # length 1, T not a multiple of 64, more than 32 tiles (the later ones are always processed)
-    for MT, T, lens in [(mt, T, lens) for mt in (1, 2) for T, lens in
-                        [(150, [150, 1, 70]), (128, [128, 64, 65]), (40, [40, 7]), (200, [129]),
-                         (2200 // mt, [2200 // mt, 90])]]:
-        BQ = 64 * MT
-        qkv = bf16(rng.standard_normal((len(lens), T, 3 * H * D)).astype(np.float32) * 1.5)
-        mask = np.array([[0.0 if j < n else -1e9 for j in range(T)] for n in lens], np.float32)
-        for b in range(len(lens)):
-            h = b % H
-            blocks = range(0, T, BQ) if T <= 256 else [0, (T // BQ - 1) * BQ]
-            errs, tiles = [], None
-            want = reference(qkv, mask, b, h, H, scale)
-            for q0 in blocks:
-                got, processed = block(qkv, mask, b, h, q0, H, scale, MT)
-                tiles = processed
-                n = min(BQ, T - q0)
-                errs.append(np.abs(got[:n] - want[q0:q0 + n]).max() / np.abs(want).max())
-            err = max(errs)
-            ok = err < 1e-2 and np.isfinite(err)
-            bad += not ok
-            print(f"MT {MT} T {T:4} len {lens[b]:4}: key tiles processed {tiles[:8]}{'...' if len(tiles) > 8 else ''} "
-                  f"max rel error {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    # key patterns: full, length 1, padding in whole tiles (skipped) and in part of a tile,
+    # leading padding, a gap in the middle; T not a multiple of the tile; more than 32 key tiles
+    # (the later ones are always processed) with a partial last query block
+    cases = [(150, [150, 1, 70]), (128, [128, 64, 65]), (40, [40, 7]), (200, [129, (70, 200), (0, 10, 140, 200)])]
+    for MT in (1, 2):
+        kern = lambda q, m, b, h, q0, MT=MT: block(q, m, b, h, q0, H, scale, MT)
+        for T, rows in cases + [(2200 // MT, [2200 // MT, 90, (0, 5, 1050 // MT, 1100 // MT)])]:
+            bad += run(f"fa2 MT{MT}", kern, T, rows, 1e-2, 64 * MT, rng, H, scale, True)
     # attention_fwd_f32_d64_tf32x3: f32 inputs, tolerance 1e-5 (the f32 kernels' check)
-    for T, lens in [(150, [150, 1, 70]), (96, [96, 33]), (40, [40, 7])]:
-        qkv = (rng.standard_normal((len(lens), T, 3 * H * D)) * 1.5).astype(np.float32)
-        mask = np.array([[0.0 if j < n else -1e9 for j in range(T)] for n in lens], np.float32)
-        for b in range(len(lens)):
-            h = b % H
-            want = reference(qkv, mask, b, h, H, scale)
-            errs = []
-            for q0 in range(0, T, 64):
-                got, tiles = block_tf32x3(qkv, mask, b, h, q0, H, scale)
-                n = min(64, T - q0)
-                errs.append(np.abs(got[:n] - want[q0:q0 + n]).max() / np.abs(want).max())
-            err = max(errs)
-            ok = err < 1e-5 and np.isfinite(err)
-            bad += not ok
-            print(f"tf32x3 T {T:4} len {lens[b]:4}: key tiles processed {tiles} max rel error {err:.2e} "
-                  f"{'ok' if ok else 'MISMATCH'}")
+    kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale)
+    for T, rows in cases[:3] + [(96, [96, 33, (40, 96)]), (1100, [90, (0, 5, 1050, 1100)])]:
+        bad += run("tf32x3", kern, T, rows, 1e-5, 64, rng, H, scale, False)
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")
     sys.exit(1 if bad else 0)
 

@@ -97,9 +97,11 @@ pub struct BenchReport {
     pub communication: &'static str,
     /// Frozen-layer settings: kernels, dtype, dropout.
     pub frozen: String,
-    /// CUDA memory pool policy (`MSLT_CUDA_POOL`: retain or release); absent on the CPU.
+    /// The CUDA memory pool's policy as the driver reports it (`retain` freed memory,
+    /// `release` it at synchronisations, or the threshold in bytes; see `MSLT_CUDA_POOL`);
+    /// absent on the CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cuda_pool: Option<&'static str>,
+    pub cuda_pool: Option<String>,
 }
 
 /// Counts the host heap (the binary's global allocator implements it).
@@ -466,16 +468,24 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
             bc.frozen_dtype,
             if bc.frozen_dropout { "on" } else { "off" }
         ),
-        cuda_pool: if bc.device.is_cuda() {
-            Some(if crate::cuda_pool_retain()? {
-                "retain"
-            } else {
-                "release"
-            })
-        } else {
-            None
-        },
+        cuda_pool: cuda_pool_policy(bc.device)?,
     })
+}
+
+/// The device's memory pool release threshold as a policy name (None on the CPU).
+fn cuda_pool_policy(dev: &Device) -> Result<Option<String>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        return Ok(
+            mslt_kernels::cuda::pool_release_threshold(d)?.map(|t| match t {
+                u64::MAX => "retain".to_string(),
+                0 => "release".to_string(),
+                t => format!("release threshold {t} bytes"),
+            }),
+        );
+    }
+    let _ = dev;
+    Ok(None)
 }
 
 /// The report as a text table.
@@ -484,7 +494,7 @@ pub fn table(r: &BenchReport) -> String {
         "device {} | threads {} | batch {} x seq {} | {} masked rows | matmul {:.1} GFLOP/s\n",
         r.device, r.threads, r.batch_size, r.seq_len, r.masked_rows, r.matmul_gflops
     );
-    if let Some(p) = r.cuda_pool {
+    if let Some(p) = &r.cuda_pool {
         s.push_str(&format!(
             "CUDA memory pool: {p} freed memory (MSLT_CUDA_POOL)\n"
         ));

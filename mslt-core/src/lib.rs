@@ -63,7 +63,10 @@ pub fn device(spec: &str) -> Result<candle_core::Device> {
             let dev = candle_core::Device::new_cuda(ordinal)?;
             #[cfg(feature = "cuda")]
             if let (true, candle_core::Device::Cuda(d)) = (retain, &dev) {
-                mslt_kernels::cuda::retain_pool_memory(d)?;
+                // Not fatal: without it Candle still runs, at CUDA's default pool policy.
+                if let Err(e) = mslt_kernels::cuda::retain_pool_memory(d) {
+                    tracing::warn!("CUDA memory pool left at the driver's default: {e}");
+                }
             }
             #[cfg(not(feature = "cuda"))]
             let _ = retain;
