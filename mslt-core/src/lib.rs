@@ -82,7 +82,7 @@ pub fn device(spec: &str) -> Result<candle_core::Device> {
 /// Whether CUDA devices keep freed memory in their memory pool (`MSLT_CUDA_POOL=retain`, the
 /// default) or hand it back to the driver at every synchronisation (`MSLT_CUDA_POOL=release`,
 /// CUDA's own default; for A/B timings). See `mslt_kernels::cuda::retain_pool_memory`.
-pub fn cuda_pool_retain() -> Result<bool> {
+fn cuda_pool_retain() -> Result<bool> {
     match std::env::var("MSLT_CUDA_POOL") {
         Err(std::env::VarError::NotPresent) => parse_cuda_pool(None),
         Ok(v) => parse_cuda_pool(Some(&v)),

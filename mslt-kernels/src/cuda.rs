@@ -256,7 +256,9 @@ pub fn attention(
     let (b, t, c3) = qkv.1.shape().dims3()?;
     let c = c3 / 3;
     let d = c / op.heads;
-    let env = std::env::var("MSLT_ATTENTION").ok();
+    // read once per process: this runs in every frozen layer's forward
+    static ENV: OnceLock<Option<String>> = OnceLock::new();
+    let env = ENV.get_or_init(|| std::env::var("MSLT_ATTENTION").ok());
     let kind = crate::ops::resolve_attention_kernel(
         op.kernel,
         env.as_deref(),
