@@ -23,7 +23,10 @@ run() { local t=$1; shift; timeout "$t" "$@" 2>&1 | tee -a "$LOG"; echo "exit ${
 step "device and libraries"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$LOG"
 echo "NCCL_LIB=$NCCL_LIB" | tee -a "$LOG"; ls "$NCCL_LIB" 2>&1 | tee -a "$LOG"
-if ldd "$BIN" | grep 'not found' | tee -a "$LOG"; then echo "missing libraries for $BIN" | tee -a "$LOG"; exit 1; fi
+# (the status of `grep`, not of a `tee` after it: that one is always 0)
+if MISSING=$(ldd "$BIN" | grep 'not found'); then
+  echo "$MISSING" | tee -a "$LOG"; echo "missing libraries for $BIN" | tee -a "$LOG"; exit 1
+fi
 COMMON=(train --data "$DATA" --model-config base --device cuda --steps 40 --batch-size 32
   --schedule mslt --stages 3,6,9,12 --eval-batches 2 --save-every 0 --keep-last 1 --log-every 1
   --frozen-dropout off --kernels fused --frozen-dtype bf16 --no-progress)

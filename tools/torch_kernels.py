@@ -32,11 +32,16 @@ def timeit(fn, trials=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
-    ap.add_argument("--ours", help="kbench.json of `mslt-cli kernels bench`")
+    ap.add_argument("--ours", nargs="+", help="kbench JSON files of `mslt-cli kernels bench` (rows of all of them)")
     ap.add_argument("--load", help="print the summary from a saved torch JSON (no timing)")
     a = ap.parse_args()
     if a.load:
-        summary(json.load(open(a.load)), a.ours)
+        try:
+            rows = json.load(open(a.load))
+        except (OSError, ValueError) as e:  # the torch step failed: still summarise ours
+            print(f"no torch timings ({a.load}: {e})")
+            rows = []
+        summary(rows, a.ours)
         return
     import torch
     import torch.nn.functional as F
@@ -92,10 +97,15 @@ def main():
     summary(rows, a.ours)
 
 
-def summary(rows, ours_path):
-    if ours_path:
-        ours = json.load(open(ours_path))
-        copy_bw = max(r["gb_per_s"] for r in ours + rows if r["op"] == "copy")
+def summary(rows, ours_paths):
+    if ours_paths:
+        ours = []
+        for p in ours_paths:  # a step that crashed leaves no file or a partial one: say so, go on
+            try:
+                ours += json.load(open(p))
+            except (OSError, ValueError) as e:
+                print(f"skipping {p}: {e}")
+        copy_bw = max((r["gb_per_s"] for r in ours + rows if r["op"] == "copy"), default=float("nan"))
         key = lambda r: (r["op"], r["dtype"], r["shape"])
         torch_by = {}
         for r in rows:
@@ -103,7 +113,8 @@ def summary(rows, ours_path):
         print(f"\nSUMMARY (median us; ratio = fused / other, < 1 means ours is faster); copy bandwidth {copy_bw:.0f} GB/s")
         print("attention: 'nopad' rows have no padding (mask all 0) and are compared with SDPA without a mask; the others with")
         print("SDPA given the additive padding mask (our lengths and torch's are drawn differently; SDPA's time does not depend on them)")
-        print(f"{'op':<15} {'impl':<9} {'dtype':<5} {'shape':<26} {'fused':>9} {'candle':>9} {'torch':>9} {'f/candle':>8} {'f/torch':>8} {'%copy-bw':>8}")
+        print("'fused-into' rows write a buffer allocated once (as torch's y.copy_(x)); 'fused' rows allocate their output per call")
+        print(f"{'op':<15} {'impl':<16} {'dtype':<5} {'shape':<26} {'fused':>9} {'candle':>9} {'torch':>9} {'f/candle':>8} {'f/torch':>8} {'%copy-bw':>8}")
         cand = {key(r): r for r in ours if r["implementation"] == "candle"}
         for r in ours:
             if not r["implementation"].startswith("fused"):
@@ -114,7 +125,7 @@ def summary(rows, ours_path):
             tr = t.get("torch") or (t.get("torch-sdpa-nomask") if nopad else t.get("torch-sdpa-mask"))
             c = cand.get(key(r))
             bw = f"{100 * r['gb_per_s'] / copy_bw:.0f}%" if r["gb_per_s"] else ""
-            print(f"{r['op']:<15} {r['implementation']:<9} {r['dtype']:<5} {r['shape']:<26} {r['median_us']:>9.1f} "
+            print(f"{r['op']:<15} {r['implementation']:<16} {r['dtype']:<5} {r['shape']:<26} {r['median_us']:>9.1f} "
                   f"{c['median_us'] if c else float('nan'):>9.1f} "
                   f"{tr['median_us'] if tr else float('nan'):>9.1f} {r['median_us'] / c['median_us'] if c else float('nan'):>8.2f} "
                   f"{r['median_us'] / tr['median_us'] if tr else float('nan'):>8.2f} {bw:>8}")

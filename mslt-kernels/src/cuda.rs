@@ -9,7 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
-use candle_core::{DType, Layout, Result, Shape};
+use candle_core::{DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
@@ -140,13 +140,40 @@ pub fn add_layer_norm(
     r: (&CudaStorage, &Layout),
     wb: (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    const K: &str = "add_layer_norm";
+    dtype_suffix("add_layer_norm", x.0.dtype())?;
     let dev = x.0.device().clone();
+    let n = x.1.shape().elem_count();
+    macro_rules! go {
+        ($t:ty) => {{
+            // SAFETY: every element of `out` is written by the kernel (one warp per row, all C).
+            let mut out = unsafe { dev.alloc::<$t>(n)? };
+            launch_add_layer_norm::<$t>(op, x, r, wb, &mut out)?;
+            wrap(out, &dev)
+        }};
+    }
+    let s = match x.0.dtype() {
+        DType::F32 => go!(f32),
+        DType::BF16 => go!(half::bf16),
+        _ => go!(half::bf16),
+    };
+    Ok((s, x.1.shape().clone()))
+}
+
+/// Launches `add_layer_norm_{f32,bf16}` writing `out` (at least as many elements as x).
+fn launch_add_layer_norm<T: CudaDType + DeviceRepr>(
+    op: &AddLayerNorm,
+    x: (&CudaStorage, &Layout),
+    r: (&CudaStorage, &Layout),
+    wb: (&CudaStorage, &Layout),
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    const K: &str = "add_layer_norm";
+    let dev = x.0.device();
     let c = *x.1.dims().last().expect("rank checked");
     let n = x.1.shape().elem_count();
     let rows = n / c;
     let entry = format!("{K}_{}", dtype_suffix(K, x.0.dtype())?);
-    let f = func(&dev, &LAYER_NORM, &entry)?;
+    let f = func(dev, &LAYER_NORM, &entry)?;
     let cfg = LaunchConfig {
         grid_dim: (rows.div_ceil(8) as u32, 1, 1), // 8 warps = 8 rows per block
         block_dim: (256, 1, 1),
@@ -160,49 +187,64 @@ pub fn add_layer_norm(
     let es = x.0.dtype().size_in_bytes();
     let vec = ((c * es) & 15 == 0 && c <= 1024 && [x.1, r.1, wb.1].iter().all(|l| aligned16(l, es)))
         as i32;
-    macro_rules! go {
-        ($t:ty) => {{
-            let (xv, rv, wv) = (
-                view::<$t>(K, x.0, x.1)?,
-                view::<$t>(K, r.0, r.1)?,
-                view::<$t>(K, wb.0, wb.1)?,
-            );
-            // SAFETY: every element of `out` is written by the kernel (one warp per row, all C).
-            let mut out = unsafe { dev.alloc::<$t>(n)? };
-            let stream = dev.cuda_stream();
-            let mut b = stream.launch_builder(&f);
-            b.arg(&xv);
-            b.arg(&rv);
-            b.arg(&wv);
-            b.arg(&mut out);
-            b.arg(&rows_i);
-            b.arg(&c_i);
-            b.arg(&op.eps);
-            b.arg(&has);
-            b.arg(&vec);
-            // SAFETY: argument types and order match `add_layer_norm_*` in layer_norm.cu.
-            unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
-            wrap(out, &dev)
-        }};
-    }
-    let s = match x.0.dtype() {
-        DType::F32 => go!(f32),
-        _ => go!(half::bf16),
-    };
-    Ok((s, x.1.shape().clone()))
+    let (xv, rv, wv) = (
+        view::<T>(K, x.0, x.1)?,
+        view::<T>(K, r.0, r.1)?,
+        view::<T>(K, wb.0, wb.1)?,
+    );
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(&xv);
+    b.arg(&rv);
+    b.arg(&wv);
+    b.arg(out);
+    b.arg(&rows_i);
+    b.arg(&c_i);
+    b.arg(&op.eps);
+    b.arg(&has);
+    b.arg(&vec);
+    // SAFETY: argument types and order match `add_layer_norm_*` in layer_norm.cu; `out` holds
+    // rows x C elements (checked by the callers).
+    unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
+    Ok(())
 }
 
 pub fn bias_gelu(
     x: (&CudaStorage, &Layout),
     bias: (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    const K: &str = "bias_gelu";
+    dtype_suffix("bias_gelu", x.0.dtype())?;
     let dev = x.0.device().clone();
+    let n = x.1.shape().elem_count();
+    macro_rules! go {
+        ($t:ty) => {{
+            // SAFETY: every element of `out` is written (all rows x C, by row or by 16-byte group).
+            let mut out = unsafe { dev.alloc::<$t>(n)? };
+            launch_bias_gelu::<$t>(x, bias, &mut out)?;
+            wrap(out, &dev)
+        }};
+    }
+    let s = match x.0.dtype() {
+        DType::F32 => go!(f32),
+        DType::BF16 => go!(half::bf16),
+        _ => go!(half::bf16),
+    };
+    Ok((s, x.1.shape().clone()))
+}
+
+/// Launches `bias_gelu_{f32,bf16}` writing `out` (at least as many elements as x).
+fn launch_bias_gelu<T: CudaDType + DeviceRepr>(
+    x: (&CudaStorage, &Layout),
+    bias: (&CudaStorage, &Layout),
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    const K: &str = "bias_gelu";
+    let dev = x.0.device();
     let c = *x.1.dims().last().expect("rank checked");
     let n = x.1.shape().elem_count();
     let rows = n / c;
     let entry = format!("{K}_{}", dtype_suffix(K, x.0.dtype())?);
-    let f = func(&dev, &BIAS_GELU, &entry)?;
+    let f = func(dev, &BIAS_GELU, &entry)?;
     let es = x.0.dtype().size_in_bytes();
     let vec = (c * es) & 15 == 0 && n < (1 << 32) && aligned16(x.1, es) && aligned16(bias.1, es);
     let cfg = if vec {
@@ -221,29 +263,118 @@ pub fn bias_gelu(
         }
     };
     let (rows_i, c_i, vec_i) = (i32_of(K, "rows", rows)?, i32_of(K, "C", c)?, vec as i32);
-    macro_rules! go {
-        ($t:ty) => {{
-            let (xv, bv) = (view::<$t>(K, x.0, x.1)?, view::<$t>(K, bias.0, bias.1)?);
-            // SAFETY: every element of `out` is written (all rows x C, by row or by 16-byte group).
-            let mut out = unsafe { dev.alloc::<$t>(n)? };
-            let stream = dev.cuda_stream();
-            let mut b = stream.launch_builder(&f);
-            b.arg(&xv);
-            b.arg(&bv);
-            b.arg(&mut out);
-            b.arg(&rows_i);
-            b.arg(&c_i);
-            b.arg(&vec_i);
-            // SAFETY: argument types and order match `bias_gelu_*` in bias_gelu.cu.
-            unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
-            wrap(out, &dev)
-        }};
+    let (xv, bv) = (view::<T>(K, x.0, x.1)?, view::<T>(K, bias.0, bias.1)?);
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(&xv);
+    b.arg(&bv);
+    b.arg(out);
+    b.arg(&rows_i);
+    b.arg(&c_i);
+    b.arg(&vec_i);
+    // SAFETY: argument types and order match `bias_gelu_*` in bias_gelu.cu; `out` holds rows x C
+    // elements (checked by the callers).
+    unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
+    Ok(())
+}
+
+/// The CUDA storage and layout behind a tensor (a read guard), or an error naming `kernel`.
+fn cuda_storage<'a>(
+    kernel: &'static str,
+    t: &'a Tensor,
+) -> Result<(candle_core::StorageRef<'a>, &'a Layout)> {
+    let (s, l) = t.storage_and_layout();
+    if !matches!(&*s, Storage::Cuda(_)) {
+        return Err(KernelError::Input {
+            kernel,
+            what: "the tensor is not on a CUDA device".into(),
+        }
+        .into());
     }
-    let s = match x.0.dtype() {
-        DType::F32 => go!(f32),
-        _ => go!(half::bf16),
-    };
-    Ok((s, x.1.shape().clone()))
+    Ok((s, l))
+}
+
+fn as_cuda(s: &Storage) -> &CudaStorage {
+    match s {
+        Storage::Cuda(c) => c,
+        _ => unreachable!("checked by cuda_storage"),
+    }
+}
+
+/// Checks that `out` can take `x`'s elements of type `T`.
+fn check_out<T: WithDType>(kernel: &'static str, x: &Tensor, out_len: usize) -> Result<()> {
+    if x.dtype() != T::DTYPE || out_len < x.elem_count() {
+        return Err(KernelError::Input {
+            kernel,
+            what: format!(
+                "output buffer of {out_len} {:?} for an input of {} {:?}",
+                T::DTYPE,
+                x.elem_count(),
+                x.dtype()
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Timing aid for `kernels bench`: the fused add + LayerNorm of contiguous `x`, `res`, `wb`
+/// written into `out`, a buffer the caller allocated once. The time is the kernel's alone,
+/// without the allocation of a fresh output that the custom op makes at each call (PyTorch's
+/// `y.copy_(x)`, the copy-bandwidth reference, writes a preallocated `y` too).
+pub fn add_layer_norm_into<T: CudaDType + DeviceRepr + WithDType>(
+    x: &Tensor,
+    res: &Tensor,
+    wb: &Tensor,
+    eps: f32,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    const K: &str = "add_layer_norm";
+    check_out::<T>(K, x, out.len())?;
+    let ((xs, xl), (rs, rl), (ws, wl)) = (
+        cuda_storage(K, x)?,
+        cuda_storage(K, res)?,
+        cuda_storage(K, wb)?,
+    );
+    let op = AddLayerNorm { eps, has_res: true };
+    launch_add_layer_norm(
+        &op,
+        (as_cuda(&xs), xl),
+        (as_cuda(&rs), rl),
+        (as_cuda(&ws), wl),
+        out,
+    )
+}
+
+/// Timing aid for `kernels bench`: the fused bias + GELU of contiguous `x`, `bias` written into
+/// `out`, a buffer the caller allocated once (see [`add_layer_norm_into`]).
+pub fn bias_gelu_into<T: CudaDType + DeviceRepr + WithDType>(
+    x: &Tensor,
+    bias: &Tensor,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    const K: &str = "bias_gelu";
+    check_out::<T>(K, x, out.len())?;
+    let ((xs, xl), (bs, bl)) = (cuda_storage(K, x)?, cuda_storage(K, bias)?);
+    launch_bias_gelu((as_cuda(&xs), xl), (as_cuda(&bs), bl), out)
+}
+
+/// Timing aid for `kernels bench`: a device-to-device copy of contiguous `x` into `out`
+/// (`cuMemcpyDtoDAsync`, what PyTorch's `y.copy_(x)` runs): the card's copy bandwidth without
+/// Candle's allocation of the destination.
+pub fn copy_into<T: CudaDType + DeviceRepr + WithDType>(
+    x: &Tensor,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    const K: &str = "copy";
+    check_out::<T>(K, x, out.len())?;
+    let (xs, xl) = cuda_storage(K, x)?;
+    let xs = as_cuda(&xs);
+    let src = view::<T>(K, xs, xl)?;
+    xs.device()
+        .cuda_stream()
+        .memcpy_dtod(&src, out)
+        .map_err(|e| launch_err("copy (cuMemcpyDtoDAsync)", e))
 }
 
 pub fn attention(

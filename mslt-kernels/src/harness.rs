@@ -2,7 +2,7 @@
 //! beside the plain Candle path the model would otherwise run. Used by `mslt-cli kernels` (and
 //! `scripts/gpu-check.sh` on a GPU) and by the CPU tests.
 
-use crate::{ops, reference, AttentionKernel, Kernels};
+use crate::{ops, reference, AttentionKernel};
 use candle_core::{DType, Device, Result, Tensor};
 use serde::Serialize;
 use std::time::Instant;
@@ -98,6 +98,114 @@ pub fn padding_mask(b: usize, t: usize, seed: u64, dev: &Device) -> Result<Tenso
     Tensor::from_vec(v, (b, t), dev)
 }
 
+/// A part of `kernels check` / `kernels bench` (`--only`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The bandwidth reference (bench only).
+    Copy,
+    /// add + LayerNorm (and plain LayerNorm in the checks).
+    Ln,
+    /// bias + GELU.
+    Gelu,
+    /// Attention through the default kernel choice (what the model runs), and the Candle path.
+    Attention,
+    /// The attention kernels named in [`Select::attention_kernels`] (CUDA only).
+    Named,
+    /// The whole frozen encoder, fused vs the Candle model (check only; run by the CLI).
+    Model,
+}
+
+impl Part {
+    pub const ALL: [Part; 6] = [
+        Part::Copy,
+        Part::Ln,
+        Part::Gelu,
+        Part::Attention,
+        Part::Named,
+        Part::Model,
+    ];
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "copy" => Part::Copy,
+            "ln" => Part::Ln,
+            "gelu" => Part::Gelu,
+            "attention" => Part::Attention,
+            "named" => Part::Named,
+            "model" => Part::Model,
+            o => {
+                return Err(format!(
+                    "part `{o}`: expected copy, ln, gelu, attention, named or model"
+                ))
+            }
+        })
+    }
+}
+
+/// What a check or timing run covers. A GPU script runs kernels that have never run on a GPU
+/// each in its own process (`--only named --attention-kernels fa2`), so that one which crashes
+/// or hangs costs its own rows only.
+#[derive(Clone, Debug)]
+pub struct Select {
+    pub parts: Vec<Part>,
+    /// Attention kernels checked / timed by name besides the default choice (part `named`; CUDA
+    /// only, each where it fits the dtype and head dim).
+    pub attention_kernels: Vec<AttentionKernel>,
+}
+
+impl Select {
+    /// Every part, every named attention kernel.
+    pub fn all() -> Self {
+        Self {
+            parts: Part::ALL.to_vec(),
+            attention_kernels: vec![
+                AttentionKernel::Tc,
+                AttentionKernel::Fa2,
+                AttentionKernel::Fa2Q128,
+                AttentionKernel::Tf32x3,
+            ],
+        }
+    }
+
+    pub fn has(&self, p: Part) -> bool {
+        self.parts.contains(&p)
+    }
+
+    /// Parses comma-separated lists (`--only`, `--attention-kernels`); `all` selects everything,
+    /// `none` nothing.
+    pub fn parse_list<T: std::str::FromStr<Err = String> + Clone>(
+        what: &str,
+        s: &str,
+        all: &[T],
+    ) -> std::result::Result<Vec<T>, String> {
+        match s.trim() {
+            "all" => Ok(all.to_vec()),
+            "none" | "" => Ok(Vec::new()),
+            s => s
+                .split(',')
+                .map(|p| p.trim().parse::<T>().map_err(|e| format!("{what}: {e}")))
+                .collect(),
+        }
+    }
+}
+
+/// Collects rows and hands each to `sink` as soon as it exists (the CLI prints it then, so a
+/// run that dies keeps what it measured before).
+struct Rows<'a, R> {
+    rows: Vec<R>,
+    sink: &'a mut dyn FnMut(&R),
+}
+
+impl<R> Rows<'_, R> {
+    fn push(&mut self, r: R) {
+        (self.sink)(&r);
+        self.rows.push(r);
+    }
+}
+
 /// Shapes for the checks. `large` adds BERT-base-sized cases (for a GPU).
 pub struct CheckShapes {
     pub ln: Vec<(usize, usize)>,
@@ -146,14 +254,23 @@ impl CheckShapes {
     }
 }
 
-/// Compares every kernel (f32 and bf16) with the reference on `dev`; on a non-CPU device the
-/// small cases are also compared with the CPU op on the same inputs.
-pub fn check(dev: &Device, shapes: &CheckShapes) -> Result<Vec<CheckRow>> {
-    let mut rows = Vec::new();
+/// Compares every selected kernel (f32 and bf16) with the reference on `dev`; on a non-CPU
+/// device the small cases are also compared with the CPU op on the same inputs. Each row goes
+/// to `sink` as soon as it is computed. (Part `model` is the CLI's.)
+pub fn check(
+    dev: &Device,
+    shapes: &CheckShapes,
+    sel: &Select,
+    sink: &mut dyn FnMut(&CheckRow),
+) -> Result<Vec<CheckRow>> {
+    let mut rows = Rows {
+        rows: Vec::new(),
+        sink,
+    };
     let cpu = Device::Cpu;
     let small = |n: usize| !dev.is_cpu() && n <= 1 << 20;
     for dtype in [DType::F32, DType::BF16] {
-        for &(r, c) in &shapes.ln {
+        for &(r, c) in shapes.ln.iter().filter(|_| sel.has(Part::Ln)) {
             for has_res in [true, false] {
                 let x = randn(&[r, c], 2.0, 0.5, dev)?.to_dtype(dtype)?;
                 let res = randn(&[r, c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
@@ -193,7 +310,7 @@ pub fn check(dev: &Device, shapes: &CheckShapes) -> Result<Vec<CheckRow>> {
                 }
             }
         }
-        for &(r, c) in &shapes.gelu {
+        for &(r, c) in shapes.gelu.iter().filter(|_| sel.has(Part::Gelu)) {
             let x = randn(&[r, c], 2.0, 0.0, dev)?.to_dtype(dtype)?;
             let b = randn(&[c], 0.5, 0.0, dev)?.to_dtype(dtype)?;
             let got = ops::bias_gelu(&x, &b)?;
@@ -213,57 +330,57 @@ pub fn check(dev: &Device, shapes: &CheckShapes) -> Result<Vec<CheckRow>> {
             }
         }
         for (i, &(b, t, h, d)) in shapes.attn.iter().enumerate() {
+            // the named kernels that fit (CUDA only: the CPU side has one reference)
+            let named: Vec<AttentionKernel> = if dev.is_cuda() && sel.has(Part::Named) {
+                let ks = sel.attention_kernels.iter().copied();
+                ks.filter(|k| k.fits(dtype, d)).collect()
+            } else {
+                Vec::new()
+            };
+            if !sel.has(Part::Attention) && named.is_empty() {
+                continue;
+            }
             let c = h * d;
             let qkv = randn(&[b, t, 3 * c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
             let mask = padding_mask(b, t, i as u64 + 1, dev)?;
-            let got = ops::attention(&qkv, &mask, h)?;
             let want = reference::attention(&qkv, &mask, h)?;
             let shape = format!("B{b} T{t} H{h} D{d}");
-            rows.push(compare(
-                "attention",
-                dtype,
-                shape.clone(),
-                "candle reference",
-                &got,
-                &want,
-            )?);
-            if small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
-                let on_cpu = ops::attention(&qkv.to_device(&cpu)?, &mask.to_device(&cpu)?, h)?;
+            if sel.has(Part::Attention) {
+                let got = ops::attention(&qkv, &mask, h)?;
                 rows.push(compare(
                     "attention",
                     dtype,
                     shape.clone(),
-                    "cpu op",
+                    "candle reference",
                     &got,
-                    &on_cpu,
+                    &want,
                 )?);
-            }
-            // the other bf16 D = 64 kernels, each named (Auto runs one of them)
-            if dev.is_cuda() && d == 64 {
-                let kernels: &[AttentionKernel] = if dtype == DType::BF16 {
-                    &[
-                        AttentionKernel::Tc,
-                        AttentionKernel::Fa2,
-                        AttentionKernel::Fa2Q128,
-                    ]
-                } else {
-                    &[AttentionKernel::Tf32x3]
-                };
-                for &kern in kernels {
-                    let got = ops::attention_with(&qkv, &mask, h, kern)?;
+                if small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
+                    let on_cpu = ops::attention(&qkv.to_device(&cpu)?, &mask.to_device(&cpu)?, h)?;
                     rows.push(compare(
-                        &format!("attention[{kern}]"),
+                        "attention",
                         dtype,
                         shape.clone(),
-                        "candle reference",
+                        "cpu op",
                         &got,
-                        &want,
+                        &on_cpu,
                     )?);
                 }
             }
+            for kern in named {
+                let got = ops::attention_with(&qkv, &mask, h, kern)?;
+                rows.push(compare(
+                    &format!("attention[{kern}]"),
+                    dtype,
+                    shape.clone(),
+                    "candle reference",
+                    &got,
+                    &want,
+                )?);
+            }
         }
     }
-    Ok(rows)
+    Ok(rows.rows)
 }
 
 /// Median and spread of one timed operation.
@@ -285,7 +402,7 @@ pub struct TimeRow {
 
 /// Times `f`: warm-up, then the median over `trials` of the mean of `inner` back-to-back calls
 /// (inner sized to ~5 ms), with the device synchronised before each clock read.
-fn time<F: FnMut() -> Result<Tensor>>(
+fn time<R, F: FnMut() -> Result<R>>(
     dev: &Device,
     trials: usize,
     mut f: F,
@@ -349,10 +466,12 @@ impl BenchShapes {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One timing row: `implementation` is `candle` (the plain path), `fused` (the kernel through
+/// its custom op, output allocated per call), `fused-into` (the kernel into a buffer allocated
+/// once), `fused-<kernel>` (a named attention kernel), or a copy variant.
 fn row(
     op: &str,
-    k: Kernels,
+    implementation: &str,
     dtype: DType,
     shape: String,
     t: (f64, f64, f64),
@@ -361,7 +480,7 @@ fn row(
 ) -> TimeRow {
     TimeRow {
         op: op.into(),
-        implementation: k.to_string(),
+        implementation: implementation.into(),
         dtype: dname(dtype).into(),
         shape,
         median_us: t.0,
@@ -385,48 +504,98 @@ pub fn candle_attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Ten
     p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))
 }
 
-/// Times every kernel beside the plain Candle path (f32 and bf16), and a device copy (the
-/// bandwidth reference).
-pub fn bench(dev: &Device, s: &BenchShapes) -> Result<Vec<TimeRow>> {
-    let mut out = Vec::new();
-    let n = s.copy_mib * 1024 * 1024 / 4;
-    let big = randn(&[n], 1.0, 0.0, dev)?;
-    let t = time(dev, s.trials, || big.copy())?;
-    out.push(row(
-        "copy",
-        Kernels::Candle,
-        DType::F32,
-        format!("{} MiB", s.copy_mib),
-        t,
-        Some(2.0 * (n * 4) as f64),
-        None,
-    ));
-    // The same copy with the CUDA default pool policy (freed memory handed back to the driver at
-    // every synchronisation, MSLT_CUDA_POOL=release): what each Candle allocation costs then.
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(cd) = dev {
-        if let Some(prev) = crate::cuda::pool_release_threshold(cd)? {
-            crate::cuda::set_pool_release_threshold(cd, 0)?;
-            let t = time(dev, s.trials, || big.copy());
-            crate::cuda::set_pool_release_threshold(cd, prev)?;
-            let mut r = row(
+/// Times `f(out)` where `out` is a device buffer of `n` elements of `dtype`, allocated once
+/// (CUDA only: the `*_into` timing aids of `crate::cuda`).
+#[cfg(feature = "cuda")]
+fn time_into(
+    dev: &Device,
+    trials: usize,
+    dtype: DType,
+    n: usize,
+    mut f32_fn: impl FnMut(&mut candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>) -> Result<()>,
+    mut bf16_fn: impl FnMut(
+        &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<half::bf16>,
+    ) -> Result<()>,
+) -> Result<(f64, f64, f64)> {
+    let Device::Cuda(cd) = dev else {
+        candle_core::bail!("time_into: not a CUDA device")
+    };
+    if dtype == DType::F32 {
+        // SAFETY: the buffer is only written by the timed op, never read.
+        let mut out = unsafe { cd.alloc::<f32>(n)? };
+        time(dev, trials, || f32_fn(&mut out))
+    } else {
+        // SAFETY: as above.
+        let mut out = unsafe { cd.alloc::<half::bf16>(n)? };
+        time(dev, trials, || bf16_fn(&mut out))
+    }
+}
+
+/// Times every selected kernel beside the plain Candle path (f32 and bf16), and a device copy
+/// (the bandwidth reference). Each row goes to `sink` as soon as it is timed.
+pub fn bench(
+    dev: &Device,
+    s: &BenchShapes,
+    sel: &Select,
+    sink: &mut dyn FnMut(&TimeRow),
+) -> Result<Vec<TimeRow>> {
+    let mut out = Rows {
+        rows: Vec::new(),
+        sink,
+    };
+    if sel.has(Part::Copy) {
+        let n = s.copy_mib * 1024 * 1024 / 4;
+        let big = randn(&[n], 1.0, 0.0, dev)?;
+        let bytes = Some(2.0 * (n * 4) as f64);
+        let shape = format!("{} MiB", s.copy_mib);
+        let t = time(dev, s.trials, || big.copy())?;
+        out.push(row(
+            "copy",
+            "candle",
+            DType::F32,
+            shape.clone(),
+            t,
+            bytes,
+            None,
+        ));
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(cd) = dev {
+            // into a buffer allocated once, as PyTorch's `y.copy_(x)`: the card's bandwidth
+            // SAFETY: the buffer is only written by the copy, never read.
+            let mut dst = unsafe { cd.alloc::<f32>(n)? };
+            let t = time(dev, s.trials, || crate::cuda::copy_into(&big, &mut dst))?;
+            drop(dst);
+            out.push(row(
                 "copy",
-                Kernels::Candle,
+                "into",
                 DType::F32,
-                format!("{} MiB", s.copy_mib),
-                t?,
-                Some(2.0 * (n * 4) as f64),
+                shape.clone(),
+                t,
+                bytes,
                 None,
-            );
-            r.implementation = "candle-pool-release".into();
-            out.push(r);
+            ));
+            // The CUDA default pool policy (freed memory handed back to the driver at every
+            // synchronisation, MSLT_CUDA_POOL=release): what each Candle allocation costs then.
+            if let Some(prev) = crate::cuda::pool_release_threshold(cd)? {
+                crate::cuda::set_pool_release_threshold(cd, 0)?;
+                let t = time(dev, s.trials, || big.copy());
+                crate::cuda::set_pool_release_threshold(cd, prev)?;
+                out.push(row(
+                    "copy",
+                    "candle-pool-release",
+                    DType::F32,
+                    shape,
+                    t?,
+                    bytes,
+                    None,
+                ));
+            }
         }
     }
-    drop(big);
     for dtype in [DType::F32, DType::BF16] {
         let es = dtype.size_in_bytes() as f64;
         for &r in &s.rows {
-            for c in [768usize, 1024] {
+            for c in [768usize, 1024].into_iter().filter(|_| sel.has(Part::Ln)) {
                 let x = randn(&[r, c], 2.0, 0.5, dev)?.to_dtype(dtype)?;
                 let res = randn(&[r, c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
                 let w = randn(&[c], 0.5, 1.0, dev)?.to_dtype(dtype)?;
@@ -437,161 +606,153 @@ pub fn bench(dev: &Device, s: &BenchShapes) -> Result<Vec<TimeRow>> {
                 let t = time(dev, s.trials, || {
                     ops::add_layer_norm(&x, Some(&res), &wb, 1e-12)
                 })?;
-                out.push(row(
-                    "add_layer_norm",
-                    Kernels::Fused,
-                    dtype,
-                    shape.clone(),
-                    t,
-                    bytes,
-                    None,
-                ));
+                let op = "add_layer_norm";
+                out.push(row(op, "fused", dtype, shape.clone(), t, bytes, None));
+                #[cfg(feature = "cuda")]
+                if dev.is_cuda() {
+                    let t = time_into(
+                        dev,
+                        s.trials,
+                        dtype,
+                        r * c,
+                        |o| crate::cuda::add_layer_norm_into(&x, &res, &wb, 1e-12, o),
+                        |o| crate::cuda::add_layer_norm_into(&x, &res, &wb, 1e-12, o),
+                    )?;
+                    out.push(row(op, "fused-into", dtype, shape.clone(), t, bytes, None));
+                }
                 let t = time(dev, s.trials, || {
                     candle_nn::ops::layer_norm(&(&x + &res)?, &w, &b, 1e-12)
                 })?;
-                out.push(row(
-                    "add_layer_norm",
-                    Kernels::Candle,
-                    dtype,
-                    shape,
-                    t,
-                    bytes,
-                    None,
-                ));
+                out.push(row(op, "candle", dtype, shape, t, bytes, None));
             }
-            let c = 3072;
-            let x = randn(&[r, c], 2.0, 0.0, dev)?.to_dtype(dtype)?;
-            let b = randn(&[c], 0.5, 0.0, dev)?.to_dtype(dtype)?;
-            let bytes = Some(2.0 * (r * c) as f64 * es);
-            let shape = format!("{r}x{c}");
-            let t = time(dev, s.trials, || ops::bias_gelu(&x, &b))?;
-            out.push(row(
-                "bias_gelu",
-                Kernels::Fused,
-                dtype,
-                shape.clone(),
-                t,
-                bytes,
-                None,
-            ));
-            let t = time(dev, s.trials, || x.broadcast_add(&b)?.gelu_erf())?;
-            out.push(row(
-                "bias_gelu",
-                Kernels::Candle,
-                dtype,
-                shape,
-                t,
-                bytes,
-                None,
-            ));
+            if sel.has(Part::Gelu) {
+                let c = 3072;
+                let x = randn(&[r, c], 2.0, 0.0, dev)?.to_dtype(dtype)?;
+                let b = randn(&[c], 0.5, 0.0, dev)?.to_dtype(dtype)?;
+                let bytes = Some(2.0 * (r * c) as f64 * es);
+                let shape = format!("{r}x{c}");
+                let op = "bias_gelu";
+                let t = time(dev, s.trials, || ops::bias_gelu(&x, &b))?;
+                out.push(row(op, "fused", dtype, shape.clone(), t, bytes, None));
+                #[cfg(feature = "cuda")]
+                if dev.is_cuda() {
+                    let t = time_into(
+                        dev,
+                        s.trials,
+                        dtype,
+                        r * c,
+                        |o| crate::cuda::bias_gelu_into(&x, &b, o),
+                        |o| crate::cuda::bias_gelu_into(&x, &b, o),
+                    )?;
+                    out.push(row(op, "fused-into", dtype, shape.clone(), t, bytes, None));
+                }
+                let t = time(dev, s.trials, || x.broadcast_add(&b)?.gelu_erf())?;
+                out.push(row(op, "candle", dtype, shape, t, bytes, None));
+            }
         }
         for (i, &(b, t_)) in s.attn.iter().enumerate() {
             let (h, d) = (12, 64);
+            let named: Vec<AttentionKernel> = if dev.is_cuda() && sel.has(Part::Named) {
+                let ks = sel.attention_kernels.iter().copied();
+                ks.filter(|k| k.fits(dtype, d)).collect()
+            } else {
+                Vec::new()
+            };
+            if !sel.has(Part::Attention) && named.is_empty() {
+                continue;
+            }
             let qkv = randn(&[b, t_, 3 * h * d], 1.0, 0.0, dev)?.to_dtype(dtype)?;
             let mask = padding_mask(b, t_, i as u64 + 7, dev)?;
+            // no padding (mask all 0): nothing to skip; compared with SDPA without a mask
+            let nopad = Tensor::zeros((b, t_), DType::F32, dev)?;
             let flops = Some(4.0 * (b * h * t_ * t_ * d) as f64);
             let shape = format!("B{b} T{t_} H{h} D{d}");
-            let t = time(dev, s.trials, || ops::attention(&qkv, &mask, h))?;
-            out.push(row(
-                "attention",
-                Kernels::Fused,
-                dtype,
-                shape.clone(),
-                t,
-                None,
-                flops,
-            ));
-            // no padding (mask all 0): nothing to skip; compare with SDPA without a mask
-            let nopad = Tensor::zeros((b, t_), DType::F32, dev)?;
-            let t = time(dev, s.trials, || ops::attention(&qkv, &nopad, h))?;
-            out.push(row(
-                "attention",
-                Kernels::Fused,
-                dtype,
-                format!("{shape} nopad"),
-                t,
-                None,
-                flops,
-            ));
-            if dev.is_cuda() {
-                let kernels: &[AttentionKernel] = if dtype == DType::BF16 {
-                    &[AttentionKernel::Fa2, AttentionKernel::Fa2Q128]
-                } else {
-                    &[AttentionKernel::Tf32x3]
-                };
-                for &kern in kernels {
-                    for (m, sfx) in [(&mask, ""), (&nopad, " nopad")] {
-                        let t = time(dev, s.trials, || ops::attention_with(&qkv, m, h, kern))?;
-                        let mut r = row(
-                            "attention",
-                            Kernels::Fused,
-                            dtype,
-                            format!("{shape}{sfx}"),
-                            t,
-                            None,
-                            flops,
-                        );
-                        r.implementation = format!("fused-{kern}");
-                        out.push(r);
-                    }
+            let op = "attention";
+            if sel.has(Part::Attention) {
+                for (m, sfx) in [(&mask, ""), (&nopad, " nopad")] {
+                    let t = time(dev, s.trials, || ops::attention(&qkv, m, h))?;
+                    let shape = format!("{shape}{sfx}");
+                    out.push(row(op, "fused", dtype, shape, t, None, flops));
                 }
             }
-            let t = time(dev, s.trials, || candle_attention(&qkv, &mask, h))?;
-            out.push(row(
-                "attention",
-                Kernels::Candle,
-                dtype,
-                shape,
-                t,
-                None,
-                flops,
-            ));
+            for kern in named {
+                let imp = format!("fused-{kern}");
+                for (m, sfx) in [(&mask, ""), (&nopad, " nopad")] {
+                    let t = time(dev, s.trials, || ops::attention_with(&qkv, m, h, kern))?;
+                    let shape = format!("{shape}{sfx}");
+                    out.push(row(op, &imp, dtype, shape, t, None, flops));
+                }
+            }
+            if sel.has(Part::Attention) {
+                let t = time(dev, s.trials, || candle_attention(&qkv, &mask, h))?;
+                out.push(row(op, "candle", dtype, shape, t, None, flops));
+            }
         }
     }
-    Ok(out)
+    Ok(out.rows)
+}
+
+/// The header line of [`check_line`].
+pub fn check_header() -> String {
+    format!(
+        "{:<18} {:<5} {:<20} {:<17} {:>10} {:>10} {:>8} {:>4} {}",
+        "kernel", "dtype", "shape", "against", "max|err|", "rel err", "tol", "nan", "result"
+    )
+}
+
+/// One check row as a line of text.
+pub fn check_line(r: &CheckRow) -> String {
+    format!(
+        "{:<18} {:<5} {:<20} {:<17} {:>10.2e} {:>10.2e} {:>8.0e} {:>4} {}",
+        r.kernel,
+        r.dtype,
+        r.shape,
+        r.against,
+        r.max_abs_err,
+        r.rel_err,
+        r.tol,
+        r.nonfinite,
+        if r.pass { "ok" } else { "FAIL" }
+    )
 }
 
 /// Check rows as a text table.
 pub fn check_table(rows: &[CheckRow]) -> String {
-    let mut s = format!(
-        "{:<15} {:<5} {:<20} {:<17} {:>10} {:>10} {:>8} {:>4} {}\n",
-        "kernel", "dtype", "shape", "against", "max|err|", "rel err", "tol", "nan", "result"
-    );
+    let mut s = check_header() + "\n";
     for r in rows {
-        s.push_str(&format!(
-            "{:<15} {:<5} {:<20} {:<17} {:>10.2e} {:>10.2e} {:>8.0e} {:>4} {}\n",
-            r.kernel,
-            r.dtype,
-            r.shape,
-            r.against,
-            r.max_abs_err,
-            r.rel_err,
-            r.tol,
-            r.nonfinite,
-            if r.pass { "ok" } else { "FAIL" }
-        ));
+        s += &(check_line(r) + "\n");
     }
     s
 }
 
-/// Time rows as a text table, each fused row followed by its Candle row and the ratio.
-pub fn bench_table(rows: &[TimeRow]) -> String {
-    let mut s = format!(
-        "{:<15} {:<7} {:<5} {:<20} {:>11} {:>21} {:>9} {:>9}\n",
+/// The header line of [`bench_line`].
+pub fn bench_header() -> String {
+    format!(
+        "{:<15} {:<19} {:<5} {:<20} {:>11} {:>21} {:>9} {:>9}",
         "op", "impl", "dtype", "shape", "median us", "(min-max)", "GB/s", "TFLOP/s"
-    );
+    )
+}
+
+/// One timing row as a line of text.
+pub fn bench_line(r: &TimeRow) -> String {
+    format!(
+        "{:<15} {:<19} {:<5} {:<20} {:>11.1} {:>21} {:>9} {:>9}",
+        r.op,
+        r.implementation,
+        r.dtype,
+        r.shape,
+        r.median_us,
+        format!("({:.1}-{:.1})", r.min_us, r.max_us),
+        r.gb_per_s.map(|v| format!("{v:.0}")).unwrap_or_default(),
+        r.tflop_per_s.map(|v| format!("{v:.2}")).unwrap_or_default(),
+    )
+}
+
+/// Time rows as a text table.
+pub fn bench_table(rows: &[TimeRow]) -> String {
+    let mut s = bench_header() + "\n";
     for r in rows {
-        s.push_str(&format!(
-            "{:<15} {:<7} {:<5} {:<20} {:>11.1} {:>21} {:>9} {:>9}\n",
-            r.op,
-            r.implementation,
-            r.dtype,
-            r.shape,
-            r.median_us,
-            format!("({:.1}-{:.1})", r.min_us, r.max_us),
-            r.gb_per_s.map(|v| format!("{v:.0}")).unwrap_or_default(),
-            r.tflop_per_s.map(|v| format!("{v:.2}")).unwrap_or_default(),
-        ));
+        s += &(bench_line(r) + "\n");
     }
     s
 }

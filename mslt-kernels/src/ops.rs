@@ -163,6 +163,19 @@ pub enum AttentionKernel {
     Tf32x3,
 }
 
+impl AttentionKernel {
+    /// Whether this kernel takes inputs of `dtype` with head dim `d` (16-byte aligned rows):
+    /// tc, fa2 and fa2q128 take bf16, tf32x3 f32, all with D = 64; simt (and auto) everything.
+    pub fn fits(self, dtype: DType, d: usize) -> bool {
+        use AttentionKernel::*;
+        match self {
+            Auto | Simt => true,
+            Tc | Fa2 | Fa2Q128 => dtype == DType::BF16 && d == 64,
+            Tf32x3 => dtype == DType::F32 && d == 64,
+        }
+    }
+}
+
 impl std::str::FromStr for AttentionKernel {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -205,12 +218,8 @@ pub fn resolve_attention_kernel(
     aligned: bool,
 ) -> Result<AttentionKernel> {
     use AttentionKernel::*;
-    let d64 = d == 64 && aligned;
-    let fits = |k: AttentionKernel| match k {
-        Auto | Simt => true,
-        Tc | Fa2 | Fa2Q128 => dtype == DType::BF16 && d64,
-        Tf32x3 => dtype == DType::F32 && d64,
-    };
+    // the tensor-core kernels load 16-byte vectors; simt has no alignment need
+    let fits = |k: AttentionKernel| k.fits(dtype, d) && (aligned || matches!(k, Auto | Simt));
     let default = if fits(Tc) { Tc } else { Simt };
     match (want, env) {
         (Auto, None) => Ok(default),

@@ -3,13 +3,20 @@
 //! the NVRTC compile check of every `.cu` source.
 
 use candle_core::{DType, Device, Tensor, Var};
-use mslt_kernels::harness::{self, BenchShapes, CheckShapes};
+use mslt_kernels::harness::{self, BenchShapes, CheckShapes, Part, Select};
 use mslt_kernels::{nvrtc, ops, AttentionKernel, Kernels};
 
 #[test]
 fn cpu_ops_match_candle_references() -> candle_core::Result<()> {
-    let rows = harness::check(&Device::Cpu, &CheckShapes::small())?;
+    let mut streamed = 0;
+    let rows = harness::check(
+        &Device::Cpu,
+        &CheckShapes::small(),
+        &Select::all(),
+        &mut |_| streamed += 1,
+    )?;
     print!("{}", harness::check_table(&rows));
+    assert_eq!(streamed, rows.len(), "every row goes to the sink");
     // 7 LN shapes x 2 (residual or not) + 4 GELU + 5 attention, in f32 and bf16.
     assert_eq!(rows.len(), 2 * (7 * 2 + 4 + 5));
     for r in &rows {
@@ -185,10 +192,16 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
 
 #[test]
 fn timing_harness_runs_on_cpu() -> candle_core::Result<()> {
-    let rows = harness::bench(&Device::Cpu, &BenchShapes::tiny())?;
+    let rows = harness::bench(
+        &Device::Cpu,
+        &BenchShapes::tiny(),
+        &Select::all(),
+        &mut |_| {},
+    )?;
     print!("{}", harness::bench_table(&rows));
     // copy + per dtype: (2 LN + GELU) x (fused, candle) + attention x (fused, fused without
-    // padding, candle); the fa2 rows and the pool A/B of the copy are CUDA-only
+    // padding, candle); the named-kernel rows, the `into` rows (kernel into a buffer allocated
+    // once) and the pool A/B of the copy are CUDA-only
     assert_eq!(rows.len(), 1 + 2 * (3 * 2 + 3));
     assert!(rows.iter().any(|r| r.shape.ends_with(" nopad")));
     assert!(rows
@@ -289,4 +302,60 @@ fn every_kernel_source_compiles_with_nvrtc() {
             .to_string();
         assert!(e.contains(file) && e.contains(needle), "{e}");
     }
+}
+
+#[test]
+fn check_and_bench_run_the_selected_parts_only() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let only = |parts: &[Part]| Select {
+        parts: parts.to_vec(),
+        attention_kernels: vec![AttentionKernel::Fa2],
+    };
+    let rows = harness::check(
+        &dev,
+        &CheckShapes::small(),
+        &only(&[Part::Gelu]),
+        &mut |_| {},
+    )?;
+    assert_eq!(rows.len(), 2 * 4);
+    assert!(rows.iter().all(|r| r.kernel == "bias_gelu" && r.pass));
+    // named kernels are CUDA-only: nothing to check on the CPU
+    let rows = harness::check(
+        &dev,
+        &CheckShapes::small(),
+        &only(&[Part::Named]),
+        &mut |_| {},
+    )?;
+    assert!(rows.is_empty());
+    let rows = harness::bench(
+        &dev,
+        &BenchShapes::tiny(),
+        &only(&[Part::Attention]),
+        &mut |_| {},
+    )?;
+    assert_eq!(rows.len(), 2 * 3);
+    assert!(rows.iter().all(|r| r.op == "attention"));
+    Ok(())
+}
+
+#[test]
+fn select_lists_parse_and_name_bad_entries() {
+    let all = Select::all();
+    let k = Select::parse_list("--attention-kernels", "fa2, tf32x3", &all.attention_kernels);
+    assert_eq!(k, Ok(vec![AttentionKernel::Fa2, AttentionKernel::Tf32x3]));
+    assert_eq!(
+        Select::parse_list("--only", "all", &all.parts),
+        Ok(Part::ALL.to_vec())
+    );
+    assert_eq!(Select::parse_list("--only", "none", &all.parts), Ok(vec![]));
+    let e = Select::parse_list("--only", "ln,attn", &all.parts).unwrap_err();
+    assert!(e.contains("--only") && e.contains("`attn`"), "{e}");
+    let e = Select::parse_list("--attention-kernels", "fa3", &all.attention_kernels).unwrap_err();
+    assert!(e.contains("`fa3`"), "{e}");
+    // fits: which kernel takes which inputs
+    assert!(AttentionKernel::Fa2.fits(DType::BF16, 64));
+    assert!(!AttentionKernel::Fa2.fits(DType::F32, 64));
+    assert!(!AttentionKernel::Tc.fits(DType::BF16, 128));
+    assert!(AttentionKernel::Tf32x3.fits(DType::F32, 64));
+    assert!(AttentionKernel::Simt.fits(DType::F32, 32));
 }

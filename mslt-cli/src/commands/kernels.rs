@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use mslt_kernels::harness::{self, BenchShapes, CheckShapes};
+use mslt_kernels::harness::{self, BenchShapes, CheckShapes, Part, Select};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -31,6 +31,8 @@ enum KernelsCmd {
         /// Add BERT-base-sized shapes (for a GPU).
         #[arg(long)]
         large: bool,
+        #[command(flatten)]
+        sel: SelectArgs,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -41,9 +43,43 @@ enum KernelsCmd {
         /// The small CPU-sized shapes instead of the GPU ones.
         #[arg(long)]
         tiny: bool,
+        #[command(flatten)]
+        sel: SelectArgs,
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct SelectArgs {
+    /// Parts to run, comma-separated: copy (bench), ln, gelu, attention (the default kernel
+    /// choice and the Candle path), named (the kernels of --attention-kernels), model (check:
+    /// the whole frozen encoder), or all.
+    #[arg(long, default_value = "all")]
+    only: String,
+    /// Attention kernels checked / timed by name on CUDA (part `named`), comma-separated:
+    /// simt, tc, fa2, fa2q128, tf32x3, all or none. Each runs where it fits the dtype and head
+    /// dim.
+    #[arg(long, default_value = "all")]
+    attention_kernels: String,
+}
+
+impl SelectArgs {
+    fn select(&self) -> Result<Select> {
+        let all = Select::all();
+        let parts =
+            Select::parse_list("--only", &self.only, &all.parts).map_err(anyhow::Error::msg)?;
+        let attention_kernels = Select::parse_list(
+            "--attention-kernels",
+            &self.attention_kernels,
+            &all.attention_kernels,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Select {
+            parts,
+            attention_kernels,
+        })
+    }
 }
 
 fn write_json(p: &Option<PathBuf>, v: &impl serde::Serialize) -> Result<()> {
@@ -78,18 +114,32 @@ pub fn run(a: KernelsArgs) -> Result<()> {
         KernelsCmd::Check {
             device,
             large,
+            sel,
             json,
         } => {
+            let sel = sel.select()?;
             let dev = mslt_core::device(&device)?;
             let shapes = if large {
                 CheckShapes::large()
             } else {
                 CheckShapes::small()
             };
-            let mut rows = harness::check(&dev, &shapes)?;
-            rows.extend(model_check(&dev, if large { "base" } else { "mini" })?);
-            print!("{}", harness::check_table(&rows));
+            // rows are printed as they come: a run that dies keeps what it checked before
+            println!("{}", harness::check_header());
+            let mut print = |r: &harness::CheckRow| println!("{}", harness::check_line(r));
+            let mut rows = harness::check(&dev, &shapes, &sel, &mut print)?;
+            if sel.has(Part::Model) {
+                let model = model_check(&dev, if large { "base" } else { "mini" })?;
+                model.iter().for_each(&mut print);
+                rows.extend(model);
+            }
             write_json(&json, &rows)?;
+            anyhow::ensure!(
+                !rows.is_empty(),
+                "no check ran: --only {:?} with --attention-kernels {:?} selects nothing on {device} (named kernels run on CUDA only)",
+                sel.parts,
+                sel.attention_kernels
+            );
             let failed = rows.iter().filter(|r| !r.pass).count();
             anyhow::ensure!(
                 failed == 0,
@@ -99,15 +149,22 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             println!("all {} kernel checks passed", rows.len());
             Ok(())
         }
-        KernelsCmd::Bench { device, tiny, json } => {
+        KernelsCmd::Bench {
+            device,
+            tiny,
+            sel,
+            json,
+        } => {
+            let sel = sel.select()?;
             let dev = mslt_core::device(&device)?;
             let shapes = if tiny {
                 BenchShapes::tiny()
             } else {
                 BenchShapes::gpu()
             };
-            let rows = harness::bench(&dev, &shapes)?;
-            print!("{}", harness::bench_table(&rows));
+            println!("{}", harness::bench_header());
+            let mut print = |r: &harness::TimeRow| println!("{}", harness::bench_line(r));
+            let rows = harness::bench(&dev, &shapes, &sel, &mut print)?;
             write_json(&json, &rows)
         }
     }

@@ -1,0 +1,72 @@
+//! The GPU scripts run once per lent GPU, never in CI, so a flag renamed in the CLI or a slip in
+//! their control flow would cost a GPU session. This runs `scripts/gpu-all.sh` (gpu-check.sh,
+//! then gpu-dist-check.sh) on the CPU with a stand-in binary that hands every command line to
+//! the real `mslt-cli` (which parses it, then stops at `--device cuda` on this build) and reports
+//! success, so every branch runs. A command line the CLI rejects (clap's exit code 2) fails the
+//! test. (It found that gpu-dist-check.sh stopped at its library check on every machine.)
+
+use std::path::Path;
+use std::process::Command;
+
+const STANDIN: &str = r#"#!/usr/bin/env bash
+"$REAL_MSLT_CLI" "$@" > /dev/null 2> "$STANDIN_ERR"
+rc=$?
+if [ "$rc" -eq 2 ]; then echo "REJECTED: $*"; cat "$STANDIN_ERR"; exit 2; fi
+echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }$*"
+exit 0
+"#;
+
+#[test]
+fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = tempfile::tempdir().unwrap();
+    let dist = tmp.path().join("dist");
+    std::fs::create_dir(&dist).unwrap();
+    for name in ["mslt-cli", "mslt-cli-nccl"] {
+        let p = dist.join(name);
+        std::fs::write(&p, STANDIN).unwrap();
+        Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    }
+    // gpu-all.sh runs in the repo root with dist/ carried over: a root of links and the stand-ins
+    for d in ["scripts", "tools"] {
+        std::os::unix::fs::symlink(root.join(d), tmp.path().join(d)).unwrap();
+    }
+    let o = Command::new("bash")
+        .arg("scripts/gpu-all.sh")
+        .arg("out")
+        .current_dir(tmp.path())
+        .env("REAL_MSLT_CLI", env!("CARGO_BIN_EXE_mslt-cli"))
+        .env("STANDIN_ERR", tmp.path().join("err"))
+        .env("TORCH_PY", "true")
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&o.stdout).to_string();
+    println!("{all}");
+    assert!(
+        !all.contains("REJECTED"),
+        "a GPU script passes a command line the CLI rejects"
+    );
+    let ran = |s: &str| {
+        all.lines()
+            .filter(|l| l.starts_with("RAN ") && l.contains(s))
+            .count()
+    };
+    // gpu-check: the default check, one check and one timing per new attention kernel (all
+    // "pass" here), the base benches (incl. one per new kernel and the pool A/B)
+    assert_eq!(ran("kernels check"), 4, "{all}");
+    assert_eq!(ran("kernels bench"), 4, "{all}");
+    for k in ["fa2", "fa2q128", "tf32x3"] {
+        assert_eq!(
+            ran(&format!("--only named --attention-kernels {k} ")),
+            2,
+            "{k}"
+        );
+        assert_eq!(ran(&format!("MSLT_ATTENTION={k} bench")), 1, "{k}");
+    }
+    assert_eq!(ran("MSLT_CUDA_POOL=release bench"), 1);
+    assert_eq!(ran("bench --model-config base"), 8);
+    assert!(all.contains("new attention kernels that passed their checks: fa2 fa2q128 tf32x3"));
+    // gpu-dist-check: the single-process run and the one-rank NCCL run
+    assert_eq!(ran("train --data"), 2, "{all}");
+    assert_eq!(ran("--nproc 1"), 1);
+}
