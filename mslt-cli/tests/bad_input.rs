@@ -218,6 +218,11 @@ fn bad_frozen_layer_switches() {
         e.contains("--frozen-dtype") && e.contains("f32 or bf16"),
         "{e}"
     );
+    let e = with(&["--matmul-precision", "bf16"]);
+    assert!(
+        e.contains("matmul-precision") && e.contains("\"bf16\"") && e.contains("tf32"),
+        "{e}"
+    );
     // On CPU `--kernels fused` is accepted and falls back to Candle's ops (no fused layers).
     let out = common::run_ok(&[
         "bench",
@@ -268,6 +273,8 @@ fn data_parallel_without_nccl_or_with_a_bad_world_is_a_clear_error() {
     }
     let e = with(&["--nproc", "0"], &[]);
     assert!(e.contains("--nproc 0: expected at least 1"), "{e}");
+    let e = with(&["--matmul-precision", "fp8"], &[]);
+    assert!(e.contains("matmul_precision \"fp8\": expected f32"), "{e}");
     let e = with(&["--rank", "1"], &[]);
     assert!(e.contains("need --world-size"), "{e}");
     let e = with(&["--world-size", "2", "--rank", "2"], &[]);

@@ -64,7 +64,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         assert_eq!(ran(&format!("MSLT_ATTENTION={k} bench")), 1, "{k}");
     }
     assert_eq!(ran("MSLT_CUDA_POOL=release bench"), 1);
-    assert_eq!(ran("bench --model-config base"), 8);
+    assert_eq!(ran("--matmul-precision tf32"), 1);
+    assert_eq!(ran("bench --model-config base"), 9);
     assert!(all.contains("new attention kernels that passed their checks: fa2 fa2q128 tf32x3"));
     // gpu-dist-check: the single-process run and the one-rank NCCL run
     assert_eq!(ran("train --data"), 2, "{all}");

@@ -241,8 +241,17 @@ fn exact_resume_after_a_crash_during_checkpoint_writing() {
 fn checkpoint_is_a_hf_model_directory_for_encode() {
     let env = setup();
     let r = env.s("run");
-    let o = run_train(&train_args(&env, &r, "2", &[]), &[]);
+    let o = run_train(
+        &train_args(&env, &r, "2", &["--matmul-precision", "tf32"]),
+        &[],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // the run's resolved config records the matmul precision (no effect on the CPU)
+    let run_cfg = std::fs::read_to_string(env.p("run/config.json")).unwrap();
+    assert!(
+        run_cfg.contains("\"matmul_precision\": \"tf32\""),
+        "{run_cfg}"
+    );
     let ck = env.s("run/checkpoints/step-00000002");
     std::fs::write(env.p("s.txt"), "the people of the union.\nwe must work.\n").unwrap();
     run_ok(&[
@@ -715,6 +724,8 @@ fn bench_reports_every_stage_against_the_cost_model() {
         "100",
         "--final-joint-frac",
         "0",
+        "--matmul-precision",
+        "tf32",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -722,6 +733,14 @@ fn bench_reports_every_stage_against_the_cost_model() {
     assert!(out.contains("stage 1") && out.contains("speedup"), "{out}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // recorded, and said to change nothing on the CPU
+    assert_eq!(r["matmul_precision"], "tf32");
+    assert!(out.contains("GFLOP/s (tf32)"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("tf32 has no effect on Cpu"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "full, stage 0, stage 1, forward-only");
     assert_eq!(rows[0]["name"], "full");

@@ -88,8 +88,10 @@ pub struct BenchReport {
     pub batch_size: usize,
     pub seq_len: usize,
     pub masked_rows: usize,
-    /// measured f32 matmul rate, GFLOP/s (the MFU denominator)
+    /// measured f32 matmul rate at `matmul_precision`, GFLOP/s (the MFU denominator)
     pub matmul_gflops: f64,
+    /// f32 matrix products: f32 or tf32 (CUDA tensor cores; no effect on the CPU)
+    pub matmul_precision: String,
     pub rows: Vec<BenchRow>,
     /// sum over stages of steps x step time, vs the same steps at the full model's step time
     pub schedule_speedup: f64,
@@ -127,6 +129,8 @@ pub struct BenchConfig<'a> {
     pub frozen_dropout: bool,
     pub kernels: crate::Kernels,
     pub frozen_dtype: candle_core::DType,
+    /// f32 matrix products: f32 or tf32 (see [`crate::set_matmul_precision`]).
+    pub matmul_precision: &'a str,
 }
 
 fn layer_flops(c: f64, i: f64, b: f64, t: f64) -> f64 {
@@ -408,6 +412,7 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
     if bc.repeats == 0 {
         return Err(crate::Error::Input("--repeats must be at least 1".into()));
     }
+    crate::set_matmul_precision(bc.matmul_precision, bc.device)?;
     let rate = matmul_gflops(bc.device)?;
     let full = Stage {
         index: 0,
@@ -458,6 +463,7 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
         seq_len: bc.seq_len,
         masked_rows: m,
         matmul_gflops: rate,
+        matmul_precision: bc.matmul_precision.to_string(),
         schedule_speedup: total as f64 * fstep / sched_time.max(1e-12),
         schedule_ideal_speedup: total as f64 * fflops / sched_flops.max(1e-12),
         rows: all,
@@ -491,8 +497,14 @@ fn cuda_pool_policy(dev: &Device) -> Result<Option<String>> {
 /// The report as a text table.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "device {} | threads {} | batch {} x seq {} | {} masked rows | matmul {:.1} GFLOP/s\n",
-        r.device, r.threads, r.batch_size, r.seq_len, r.masked_rows, r.matmul_gflops
+        "device {} | threads {} | batch {} x seq {} | {} masked rows | matmul {:.1} GFLOP/s ({})\n",
+        r.device,
+        r.threads,
+        r.batch_size,
+        r.seq_len,
+        r.masked_rows,
+        r.matmul_gflops,
+        r.matmul_precision
     );
     if let Some(p) = &r.cuda_pool {
         s.push_str(&format!(

@@ -102,6 +102,31 @@ fn parse_cuda_pool(v: Option<&str>) -> Result<bool> {
 
 pub use mslt_kernels::Kernels;
 
+/// Parses a matmul precision (`--matmul-precision`, config `matmul_precision`): `f32` (the
+/// default) or `tf32`; returns whether TF32 is allowed.
+pub fn matmul_tf32(s: &str) -> Result<bool> {
+    match s {
+        "f32" => Ok(false),
+        "tf32" => Ok(true),
+        o => Err(Error::Input(format!(
+            "matmul_precision {o:?}: expected f32 (full f32 products) or tf32 (tensor cores)"
+        ))),
+    }
+}
+
+/// Sets the precision of f32 matrix products on CUDA, for the whole process. `f32`: cuBLAS in
+/// full f32 (PyTorch's default). `tf32`: tensor cores on inputs rounded to TF32 (10-bit
+/// mantissa), accumulated in f32 (PyTorch's `torch.backends.cuda.matmul.allow_tf32 = True`).
+/// The CPU has no TF32: there `tf32` changes nothing (a warning says so).
+pub fn set_matmul_precision(s: &str, dev: &candle_core::Device) -> Result<()> {
+    let tf32 = matmul_tf32(s)?;
+    if tf32 && !dev.is_cuda() {
+        tracing::warn!("matmul precision tf32 has no effect on {dev:?}: products stay f32");
+    }
+    candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
+    Ok(())
+}
+
 #[cfg(test)]
 mod device_tests {
     #[test]
@@ -114,6 +139,17 @@ mod device_tests {
             .to_string();
         assert!(
             e.contains("MSLT_CUDA_POOL") && e.contains("keep") && e.contains("release"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn matmul_precision_parses_and_names_bad_values() {
+        assert!(!super::matmul_tf32("f32").unwrap());
+        assert!(super::matmul_tf32("tf32").unwrap());
+        let e = super::matmul_tf32("bf16").unwrap_err().to_string();
+        assert!(
+            e.contains("matmul_precision") && e.contains("bf16") && e.contains("tf32"),
             "{e}"
         );
     }

@@ -85,6 +85,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
                     max_train: ft.max_train,
                     max_dev: ft.max_dev,
                     device: cfg.device.clone(),
+                    matmul_precision: cfg.matmul_precision.clone(),
                     ..Default::default()
                 };
                 let t = mslt_core::finetune::finetune(&fc, &task, &mut |_, _, _, _| {})

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// dtype of the fused frozen layers: f32 or bf16.
     #[arg(long, default_value = "f32")]
     frozen_dtype: String,
+    /// f32 matrix products on CUDA: f32 (full precision) or tf32 (tensor cores, 10-bit
+    /// mantissa inputs, f32 accumulation; PyTorch's allow_tf32). No effect on the CPU.
+    #[arg(long, default_value = "f32")]
+    matmul_precision: String,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -63,6 +67,7 @@ pub struct BenchArgs {
 }
 
 pub fn run_cmd(a: BenchArgs) -> Result<()> {
+    mslt_core::matmul_tf32(&a.matmul_precision).context("--matmul-precision")?;
     let device = mslt_core::device(&a.device)?;
     let model = resolve_model_config(&a.model_config)?;
     anyhow::ensure!(
@@ -105,6 +110,7 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         frozen_dtype: mslt_core::train::frozen_dtype(&a.frozen_dtype).map_err(|_| {
             anyhow::anyhow!("--frozen-dtype {:?}: expected f32 or bf16", a.frozen_dtype)
         })?,
+        matmul_precision: &a.matmul_precision,
     })?;
     println!(
         "bench: {} ({} layers x {}), schedule {} {:?}",

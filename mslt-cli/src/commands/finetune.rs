@@ -42,6 +42,10 @@ pub struct FinetuneArgs {
     max_dev: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// f32 matrix products on CUDA: f32 (full precision) or tf32 (tensor cores, 10-bit
+    /// mantissa inputs, f32 accumulation). No effect on the CPU.
+    #[arg(long, default_value = "f32")]
+    matmul_precision: String,
     /// Do not write the fine-tuned model (of the first seed) to OUT/model.
     #[arg(long)]
     no_save: bool,
@@ -94,6 +98,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
             max_train: a.max_train,
             max_dev: a.max_dev,
             device: a.device.clone(),
+            matmul_precision: a.matmul_precision.clone(),
         };
         let bar = if a.no_progress {
             indicatif::ProgressBar::hidden()

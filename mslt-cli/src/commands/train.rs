@@ -100,6 +100,10 @@ pub struct TrainArgs {
     /// dtype of the fused frozen layers: f32 or bf16.
     #[arg(long)]
     frozen_dtype: Option<String>,
+    /// f32 matrix products on CUDA: f32 (default, full precision) or tf32 (tensor cores,
+    /// 10-bit mantissa inputs, f32 accumulation; PyTorch's allow_tf32). No effect on the CPU.
+    #[arg(long)]
+    matmul_precision: Option<String>,
     /// Continue from the newest complete checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -196,6 +200,9 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(d) = &a.frozen_dtype {
         cfg.frozen_dtype = d.clone();
+    }
+    if let Some(p) = &a.matmul_precision {
+        cfg.matmul_precision = p.clone();
     }
     cfg.keep_optimizer_state |= a.keep_optimizer_state;
     cfg.global_lr_schedule |= a.global_lr_schedule;

@@ -41,6 +41,8 @@ pub struct FinetuneConfig {
     /// Use only the first N dev examples (0: all).
     pub max_dev: usize,
     pub device: String,
+    /// f32 matrix products on CUDA: f32 or tf32 (see [`crate::set_matmul_precision`]).
+    pub matmul_precision: String,
 }
 
 impl Default for FinetuneConfig {
@@ -58,6 +60,7 @@ impl Default for FinetuneConfig {
             max_train: 0,
             max_dev: 0,
             device: "cpu".into(),
+            matmul_precision: "f32".into(),
         }
     }
 }
@@ -262,6 +265,7 @@ pub fn finetune(cfg: &FinetuneConfig, task: &Task, progress: Progress) -> Result
         ));
     }
     let device = crate::device(&cfg.device)?;
+    crate::set_matmul_precision(&cfg.matmul_precision, &device)?;
     let files = resolve_model(&cfg.checkpoint)?;
     if files.tokenizer_json.is_none() && files.vocab_txt.is_none() {
         return Err(Error::Input(format!(

@@ -109,6 +109,9 @@ pub struct TrainConfig {
     pub kernels: mslt_kernels::Kernels,
     /// dtype of the fused frozen layers: f32 or bf16 (the trainable layers stay f32).
     pub frozen_dtype: String,
+    /// f32 matrix products on CUDA: f32 (full precision) or tf32 (tensor cores, 10-bit mantissa
+    /// inputs, f32 accumulation). No effect on the CPU.
+    pub matmul_precision: String,
 }
 
 impl Default for TrainConfig {
@@ -152,6 +155,7 @@ impl Default for TrainConfig {
             frozen_dropout: true,
             kernels: mslt_kernels::Kernels::Fused,
             frozen_dtype: "f32".into(),
+            matmul_precision: "f32".into(),
         }
     }
 }
@@ -159,6 +163,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         frozen_dtype(&self.frozen_dtype)?;
+        crate::matmul_tf32(&self.matmul_precision)?;
         let bad = |f: &str, m: String| {
             Err(Error::Config {
                 origin: "train config".into(),
@@ -807,6 +812,7 @@ pub fn train_on(
 ) -> Result<Summary> {
     cfg.validate()?;
     let device = device.clone();
+    crate::set_matmul_precision(&cfg.matmul_precision, &device)?;
     let (rank, world) = (comm.rank(), comm.world_size());
     let rank0 = rank == 0;
     // Data-parallel: any real process group, even of one rank (then the collectives run too).
