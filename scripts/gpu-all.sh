@@ -4,7 +4,8 @@
 # path). Build first on the CPU machine with scripts/build-cuda.sh, then carry dist/mslt-cli.gz,
 # dist/mslt-cli-nccl.gz and data/sotu-128 and run, in the repo root on the GPU machine:
 #   bash scripts/gpu-all.sh "$OUT"        (estimated 5-7 minutes on one H100; not yet run as a whole)
-# Logs and JSON go under OUT/check and OUT/dist; each script prints its summary last.
+# Logs and JSON go under OUT/check and OUT/dist, the kernel run as markdown to OUT/check/report.md
+# (tools/gpu_report.py); each script prints its summary last.
 set -u
 OUT=${1:-${OUT:-out/gpu}}
 mkdir -p "$OUT"

@@ -77,9 +77,10 @@ step "bench base, fused bf16 frozen layers, CUDA's default pool policy (MSLT_CUD
 MSLT_CUDA_POOL=release run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 \
   --json "$OUT/json/bench-base-fused-bf16-pool-release.json"
 step "summary"
-run 20 "$PY" tools/torch_kernels.py --load "$OUT/json/torch.json" --ours "$OUT"/json/kbench*.json
-for f in "$OUT"/json/bench-base-*.json; do
-  "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], r['frozen'], 'pool', r.get('cuda_pool'), 'matmul', r.get('matmul_precision'), round(r['matmul_gflops'] / 1e3, 1), 'TFLOP/s', [(x['name'], round(x['step']['median_ms'],1), x['fused_layers'], round(x['speedup'],2)) for x in r['rows']])" "$f" 2>&1 | tee -a "$LOG"
-done
-echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}"
+echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee -a "$LOG"
+# the whole run as markdown for docs/gpu-results.md (tables, ratios, the goals' verdicts)
+timeout 20 "$PY" tools/gpu_report.py "$OUT/json" --log "$LOG" > "$OUT/report.md" 2>> "$LOG"
+sed -n '/^## `bench/,$p' "$OUT/report.md"
 grep -E "FAIL|kernel checks (passed|failed)|all .* kernel checks passed|no check ran" "$LOG" | head -20
+sed -n '/^## Goals/,/^## `bench/p' "$OUT/report.md" | grep '^- '
+echo "report: $OUT/report.md"

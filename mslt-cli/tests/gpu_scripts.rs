@@ -71,3 +71,47 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("train --data"), 2, "{all}");
     assert_eq!(ran("--nproc 1"), 1);
 }
+
+/// tools/gpu_report.py turns a run's JSON into the tables and verdicts of docs/gpu-results.md:
+/// on the committed H100 run 3 it must reproduce the figures written there by hand.
+#[test]
+fn gpu_report_reproduces_the_committed_h100_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let o = Command::new("python3")
+        .arg("tools/gpu_report.py")
+        .arg("docs/gpu")
+        .arg("--log")
+        .arg("docs/gpu/gpu-check-h100.log")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "Card: NVIDIA H100 80GB HBM3, 580.159.04",
+        "146 of 146 checks passed.",
+        "Reference: the fastest, **2979 GB/s**.",
+        // docs/gpu-results.md: 131072 x 768 f32 add + LN 616.8 us, 66% of copy, 0.44 of Candle
+        "| add_layer_norm | f32 | 131072x768 | 616.8 | 66% |",
+        "fused: 59-83% -> **not met**",
+        "| fused | bf16 | B32 T128 H12 D64 | 115.5 | 13.9 | 42.2 (mask) | 2.74 | 458.7 |",
+        "fused bf16: ours / SDPA 2.74-20.24 -> **not met**",
+    ] {
+        assert!(r.contains(want), "missing `{want}` in\n{r}");
+    }
+    assert!(!r.contains("Missing or unreadable"), "{r}");
+    // a step that crashed leaves no file or a partial one: named in the report, not fatal
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("kbench-fa2.json"), "[{\"op\": ").unwrap();
+    let o = Command::new("python3")
+        .arg(root.join("tools/gpu_report.py"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        r.contains("- kbench-fa2.json: ") && r.contains("- torch.json: "),
+        "{r}"
+    );
+}

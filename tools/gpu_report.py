@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Markdown report of one run of scripts/gpu-check.sh, for docs/gpu-results.md.
+
+    python3 tools/gpu_report.py OUT/check/json [--log OUT/check/gpu-check.log] > report.md
+
+Reads every JSON file the script writes in that folder: check*.json (`kernels check`),
+kbench*.json (`kernels bench`), torch.json (tools/torch_kernels.py) and bench-base-*.json
+(`bench`). A file that is missing or unreadable (its step crashed) is named in the report and
+skipped. It prints the card (from the log, when given), every check's worst error per kernel,
+the copy bandwidth reference, the LayerNorm / GELU and attention tables with their ratios, the
+verdict on issue 5's two goals, and the `base` benches. Standard library only.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+LN_GOAL = 0.85  # LayerNorm >= 85% of the measured copy bandwidth
+BERT_ROWS = 32768  # LN rows from which a shape counts as BERT-base sized (B x T >= 32 x 1024)
+
+
+def load(paths, skipped):
+    rows = []
+    for p in paths:
+        try:
+            with open(p) as f:
+                v = json.load(f)
+            rows.append((os.path.basename(p), v))
+        except (OSError, ValueError) as e:
+            skipped.append(f"{os.path.basename(p)}: {e}")
+    return rows
+
+
+def fmt(v, spec=".1f"):
+    return "" if v is None else format(v, spec)
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir", help="the json/ folder of one gpu-check.sh run")
+    ap.add_argument("--log", help="gpu-check.log of the run (for the card and driver)")
+    ap.add_argument("--torch", help="tools/torch_kernels.py JSON (default: DIR/torch.json)")
+    a = ap.parse_args()
+    skipped = []
+    out = []
+    p = out.append
+    p(f"# GPU run report ({a.dir})\n")
+    if a.log:
+        try:
+            log = open(a.log).read()
+            m = re.search(r"^name, driver_version.*\n(.+)$", log, re.M)
+            p(f"Card: {m.group(1).strip() if m else '(no nvidia-smi line in the log)'}\n")
+            new = re.search(r"new attention kernels that passed their checks: (.*)", log)
+            if new:
+                p(f"New attention kernels that passed their checks: {new.group(1).strip()}\n")
+        except OSError as e:
+            skipped.append(f"{a.log}: {e}")
+
+    # ---- checks
+    checks = load(sorted(glob.glob(os.path.join(a.dir, "check*.json"))), skipped)
+    if checks:
+        p("## Checks\n")
+        groups = {}
+        for _, rows in checks:
+            for r in rows:
+                g = groups.setdefault((r["kernel"], r["dtype"]), dict(n=0, failed=0, err=0.0, tol=r["tol"], nan=0, worst=""))
+                g["n"] += 1
+                g["failed"] += 0 if r["pass"] else 1
+                g["nan"] += r["nonfinite"]
+                if r["rel_err"] >= g["err"]:
+                    g["err"], g["worst"] = r["rel_err"], f"{r['shape']} vs {r['against']}"
+                g["tol"] = max(g["tol"], r["tol"])
+        total = sum(g["n"] for g in groups.values())
+        failed = sum(g["failed"] for g in groups.values())
+        p(f"{total - failed} of {total} checks passed.\n")
+        p("| kernel | dtype | checks | failed | max rel error | at | tolerance | non-finite |")
+        p("|---|---|---|---|---|---|---|---|")
+        for (k, d), g in groups.items():
+            p(f"| {k} | {d} | {g['n']} | {g['failed']} | {g['err']:.1e} | {g['worst']} | {g['tol']:.0e} | {g['nan']} |")
+        p("")
+
+    # ---- timings
+    ours = []
+    for f, rows in load(sorted(glob.glob(os.path.join(a.dir, "kbench*.json"))), skipped):
+        src = f.removesuffix(".json")
+        for r in rows:  # rows of a file other than kbench.json are tagged with it
+            ours.append(dict(r, impl=r["implementation"] + ("" if src == "kbench" else f" [{src}]")))
+    torch = [r for _, rows in load([a.torch or os.path.join(a.dir, "torch.json")], skipped) for r in rows]
+    copies = [r for r in ours + torch if r["op"] == "copy"]
+    copy_bw = max((r["gb_per_s"] for r in copies), default=None)
+    if copies:
+        p("## Copy bandwidth (the reference)\n")
+        p("| implementation | size | GB/s |")
+        p("|---|---|---|")
+        for r in copies:
+            p(f"| {r['implementation']} | {r['shape']} | {r['gb_per_s']:.0f} |")
+        p(f"\nReference: the fastest, **{copy_bw:.0f} GB/s**.\n")
+
+    def find(rows, op, impl, dtype, shape):
+        for r in rows:
+            if (r["op"], r["implementation"], r["dtype"], r["shape"]) == (op, impl, dtype, shape):
+                return r
+        return None
+
+    def us(r):
+        return None if r is None else r["median_us"]
+
+    def pct(r):
+        return None if r is None or not r.get("gb_per_s") or not copy_bw else 100 * r["gb_per_s"] / copy_bw
+
+    verdicts = []
+    mem = [r for r in ours if r["op"] in ("add_layer_norm", "bias_gelu") and r["implementation"] == "fused"]
+    if mem:
+        p("## add + LayerNorm and bias + GELU\n")
+        p("fused: the custom op (output allocated per call, as in the model); into: the kernel into a "
+          "buffer allocated once; % = of the copy reference; torch: `layer_norm(x + res)` / `gelu(x + b)`.\n")
+        p("| op | dtype | rows x C | fused us | % copy | into us | % copy | candle us | torch us | fused / candle | fused / torch |")
+        p("|---|---|---|---|---|---|---|---|---|---|---|")
+        ln = {"fused": [], "fused-into": []}
+        for r in mem:
+            k = (r["op"], r["dtype"], r["shape"])
+            into = find(ours, *k[:1], "fused-into", *k[1:])
+            cand = find(ours, k[0], "candle", k[1], k[2])
+            tr = find(torch, k[0], "torch", k[1], k[2])
+            p(f"| {k[0]} | {k[1]} | {k[2]} | {us(r):.1f} | {fmt(pct(r), '.0f')}% | {fmt(us(into))} | "
+              f"{fmt(pct(into), '.0f')}{'%' if into else ''} | {fmt(us(cand))} | {fmt(us(tr))} | "
+              f"{fmt(ratio(us(r), us(cand)), '.2f')} | {fmt(ratio(us(r), us(tr)), '.2f')} |")
+            rows_n = int(k[2].split("x")[0])
+            if k[0] == "add_layer_norm" and rows_n >= BERT_ROWS:
+                ln["fused"].append(pct(r))
+                if into:
+                    ln["fused-into"].append(pct(into))
+        p("")
+        for impl, v in ln.items():
+            v = [x for x in v if x is not None]
+            if v:
+                met = min(v) >= 100 * LN_GOAL
+                verdicts.append(f"LayerNorm goal (>= {100 * LN_GOAL:.0f}% of copy at >= {BERT_ROWS} rows), {impl}: "
+                                f"{min(v):.0f}-{max(v):.0f}% -> **{'met' if met else 'not met'}**")
+
+    att = [r for r in ours if r["op"] == "attention" and r["implementation"].startswith("fused")]
+    if att:
+        p("## Attention (12 heads x 64)\n")
+        p("Padded rows are compared with SDPA given the additive mask, `nopad` rows (mask all 0) with SDPA "
+          "without a mask. TFLOP/s counts 4·B·H·T²·D.\n")
+        p("| implementation | dtype | shape | us | TFLOP/s | SDPA us | ours / SDPA | candle us |")
+        p("|---|---|---|---|---|---|---|---|")
+        worst = {}
+        for r in att:
+            nopad = r["shape"].endswith(" nopad")
+            base = r["shape"].removesuffix(" nopad")
+            sd = find(torch, "attention", "torch-sdpa-nomask" if nopad else "torch-sdpa-mask", r["dtype"], base)
+            cand = None if nopad else find(ours, "attention", "candle", r["dtype"], base)
+            q = ratio(us(r), us(sd))
+            p(f"| {r['impl']} | {r['dtype']} | {r['shape']} | {us(r):.1f} | {fmt(r.get('tflop_per_s'))} | "
+              f"{fmt(us(sd))} {'(no mask)' if nopad else '(mask)'} | {fmt(q, '.2f')} | {fmt(us(cand))} |")
+            if q is not None:
+                w = worst.setdefault((r["impl"], r["dtype"]), [0.0, 9e9])
+                w[0], w[1] = max(w[0], q), min(w[1], q)
+        p("")
+        for (impl, dt), (hi, lo) in worst.items():
+            verdicts.append(f"Attention goal (at least as fast as SDPA at every shape), {impl} {dt}: ours / SDPA "
+                            f"{lo:.2f}-{hi:.2f} -> **{'met' if hi <= 1.0 else 'not met'}**")
+
+    if verdicts:
+        p("## Goals of issue 5\n")
+        for v in verdicts:
+            p(f"- {v}")
+        p("")
+
+    # ---- base benches
+    benches = load(sorted(glob.glob(os.path.join(a.dir, "bench-base-*.json"))), skipped)
+    if benches:
+        p("## `bench --model-config base` (step ms, median; speedup vs the full model)\n")
+        names = []
+        for _, r in benches:
+            for x in r["rows"]:
+                if x["name"] not in names:
+                    names.append(x["name"])
+        p("| file | frozen layers | pool | matmul | " + " | ".join(names) + " | schedule speedup |")
+        p("|---|---|---|---|" + "---|" * len(names) + "---|")
+        for f, r in benches:
+            by = {x["name"]: x for x in r["rows"]}
+            cells = [f"{by[n]['step']['median_ms']:.1f} ({by[n]['speedup']:.2f}x)" if n in by else "" for n in names]
+            p(f"| {f.removeprefix('bench-base-').removesuffix('.json')} | {r['frozen']} | {r.get('cuda_pool', '')} | "
+              f"{r.get('matmul_precision', 'f32')} {r['matmul_gflops'] / 1e3:.1f} TFLOP/s | " + " | ".join(cells)
+              + f" | {r['schedule_speedup']:.2f} |")
+        p("")
+
+    if skipped:
+        p("## Missing or unreadable\n")
+        for s in skipped:
+            p(f"- {s}")
+        p("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
