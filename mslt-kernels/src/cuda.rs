@@ -134,6 +134,27 @@ fn wrap<T: CudaDType + DeviceRepr>(out: CudaSlice<T>, dev: &CudaDevice) -> CudaS
     CudaStorage::wrap_cuda_slice(out, dev.clone())
 }
 
+/// Allocates a fresh output of `$n` elements of `$dtype` (f32, else bf16: the callers have
+/// checked it), runs `$launch::<T>(args.., &mut out)` into it and wraps it as Candle storage.
+macro_rules! fresh_output {
+    ($dev:expr, $dtype:expr, $n:expr, $launch:ident($($arg:expr),*)) => {
+        match $dtype {
+            DType::F32 => {
+                // SAFETY: each launch function writes every element of `out` (see its comment).
+                let mut out = unsafe { $dev.alloc::<f32>($n)? };
+                $launch::<f32>($($arg,)* &mut out)?;
+                wrap(out, &$dev)
+            }
+            _ => {
+                // SAFETY: as above.
+                let mut out = unsafe { $dev.alloc::<half::bf16>($n)? };
+                $launch::<half::bf16>($($arg,)* &mut out)?;
+                wrap(out, &$dev)
+            }
+        }
+    };
+}
+
 pub fn add_layer_norm(
     op: &AddLayerNorm,
     x: (&CudaStorage, &Layout),
@@ -143,23 +164,12 @@ pub fn add_layer_norm(
     dtype_suffix("add_layer_norm", x.0.dtype())?;
     let dev = x.0.device().clone();
     let n = x.1.shape().elem_count();
-    macro_rules! go {
-        ($t:ty) => {{
-            // SAFETY: every element of `out` is written by the kernel (one warp per row, all C).
-            let mut out = unsafe { dev.alloc::<$t>(n)? };
-            launch_add_layer_norm::<$t>(op, x, r, wb, &mut out)?;
-            wrap(out, &dev)
-        }};
-    }
-    let s = match x.0.dtype() {
-        DType::F32 => go!(f32),
-        DType::BF16 => go!(half::bf16),
-        _ => go!(half::bf16),
-    };
+    let s = fresh_output!(dev, x.0.dtype(), n, launch_add_layer_norm(op, x, r, wb));
     Ok((s, x.1.shape().clone()))
 }
 
-/// Launches `add_layer_norm_{f32,bf16}` writing `out` (at least as many elements as x).
+/// Launches `add_layer_norm_{f32,bf16}` writing every element of `out` (one warp per row, all
+/// C; `out` has at least as many elements as x).
 fn launch_add_layer_norm<T: CudaDType + DeviceRepr>(
     op: &AddLayerNorm,
     x: (&CudaStorage, &Layout),
@@ -216,23 +226,12 @@ pub fn bias_gelu(
     dtype_suffix("bias_gelu", x.0.dtype())?;
     let dev = x.0.device().clone();
     let n = x.1.shape().elem_count();
-    macro_rules! go {
-        ($t:ty) => {{
-            // SAFETY: every element of `out` is written (all rows x C, by row or by 16-byte group).
-            let mut out = unsafe { dev.alloc::<$t>(n)? };
-            launch_bias_gelu::<$t>(x, bias, &mut out)?;
-            wrap(out, &dev)
-        }};
-    }
-    let s = match x.0.dtype() {
-        DType::F32 => go!(f32),
-        DType::BF16 => go!(half::bf16),
-        _ => go!(half::bf16),
-    };
+    let s = fresh_output!(dev, x.0.dtype(), n, launch_bias_gelu(x, bias));
     Ok((s, x.1.shape().clone()))
 }
 
-/// Launches `bias_gelu_{f32,bf16}` writing `out` (at least as many elements as x).
+/// Launches `bias_gelu_{f32,bf16}` writing every element of `out` (all rows x C, by row or by
+/// 16-byte group; `out` has at least as many elements as x).
 fn launch_bias_gelu<T: CudaDType + DeviceRepr>(
     x: (&CudaStorage, &Layout),
     bias: (&CudaStorage, &Layout),
@@ -382,11 +381,29 @@ pub fn attention(
     qkv: (&CudaStorage, &Layout),
     mask: (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    const K: &str = "attention";
     let dev = qkv.0.device().clone();
     let (b, t, c3) = qkv.1.shape().dims3()?;
-    let c = c3 / 3;
-    let d = c / op.heads;
+    let s = fresh_output!(
+        dev,
+        qkv.0.dtype(),
+        b * t * c3 / 3,
+        launch_attention(op, qkv, mask)
+    );
+    Ok((s, Shape::from((b, t, c3 / 3))))
+}
+
+/// Launches the attention kernel `op` resolves to, writing every (b, query, column) of `out`
+/// (T covered by the grid; `out` holds B x T x C elements).
+fn launch_attention<T: CudaDType + DeviceRepr>(
+    op: &Attention,
+    qkv: (&CudaStorage, &Layout),
+    mask: (&CudaStorage, &Layout),
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    const K: &str = "attention";
+    let dev = qkv.0.device();
+    let (b, t, c3) = qkv.1.shape().dims3()?;
+    let d = c3 / 3 / op.heads;
     // read once per process: this runs in every frozen layer's forward
     static ENV: OnceLock<Option<String>> = OnceLock::new();
     let env = ENV.get_or_init(|| std::env::var("MSLT_ATTENTION").ok());
@@ -404,18 +421,12 @@ pub fn attention(
         AttentionKernel::Tf32x3 => "attention_fwd_f32_d64_tf32x3".to_string(),
         _ => format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?),
     };
-    let f = func(&dev, &ATTENTION, &entry)?;
-    let rows_per_warp = if kind == AttentionKernel::Fa2Q128 {
-        32
-    } else if matches!(
-        kind,
-        AttentionKernel::Tc | AttentionKernel::Fa2 | AttentionKernel::Tf32x3
-    ) {
-        16
-    } else if d == 128 {
-        4
-    } else {
-        8
+    let f = func(dev, &ATTENTION, &entry)?;
+    let rows_per_warp = match kind {
+        AttentionKernel::Fa2Q128 => 32,
+        AttentionKernel::Tc | AttentionKernel::Fa2 | AttentionKernel::Tf32x3 => 16,
+        _ if d == 128 => 4,
+        _ => 8,
     };
     let bq = 4 * rows_per_warp;
     let cfg = LaunchConfig {
@@ -432,31 +443,18 @@ pub fn attention(
         .into());
     }
     let scale = 1.0f32 / (d as f32).sqrt();
-    let mv = view::<f32>(K, mask.0, mask.1)?;
-    let n = b * t * c;
-    macro_rules! go {
-        ($t:ty) => {{
-            let qv = view::<$t>(K, qkv.0, qkv.1)?;
-            // SAFETY: every (b, query, column) of `out` is written (T covered by the grid).
-            let mut out = unsafe { dev.alloc::<$t>(n)? };
-            let stream = dev.cuda_stream();
-            let mut bu = stream.launch_builder(&f);
-            bu.arg(&qv);
-            bu.arg(&mv);
-            bu.arg(&mut out);
-            bu.arg(&t_i);
-            bu.arg(&h_i);
-            bu.arg(&scale);
-            // SAFETY: argument types and order match `attention_fwd_*` in attention.cu.
-            unsafe { bu.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
-            wrap(out, &dev)
-        }};
-    }
-    let s = match qkv.0.dtype() {
-        DType::F32 => go!(f32),
-        _ => go!(half::bf16),
-    };
-    Ok((s, Shape::from((b, t, c))))
+    let (qv, mv) = (view::<T>(K, qkv.0, qkv.1)?, view::<f32>(K, mask.0, mask.1)?);
+    let stream = dev.cuda_stream();
+    let mut bu = stream.launch_builder(&f);
+    bu.arg(&qv);
+    bu.arg(&mv);
+    bu.arg(out);
+    bu.arg(&t_i);
+    bu.arg(&h_i);
+    bu.arg(&scale);
+    // SAFETY: argument types and order match `attention_fwd_*` in attention.cu.
+    unsafe { bu.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
+    Ok(())
 }
 
 /// Compiles and loads every kernel on `dev` now (so a compile error surfaces before training).

@@ -174,6 +174,16 @@ impl Select {
         self.parts.contains(&p)
     }
 
+    /// The named attention kernels to run on `dev` for `dtype` and head dim `d`: those that fit,
+    /// when part `named` is selected, on CUDA only (the CPU side has one reference).
+    pub fn named_kernels(&self, dev: &Device, dtype: DType, d: usize) -> Vec<AttentionKernel> {
+        if !dev.is_cuda() || !self.has(Part::Named) {
+            return Vec::new();
+        }
+        let ks = self.attention_kernels.iter().copied();
+        ks.filter(|k| k.fits(dtype, d)).collect()
+    }
+
     /// Parses comma-separated lists (`--only`, `--attention-kernels`); `all` selects everything,
     /// `none` nothing.
     pub fn parse_list<T: std::str::FromStr<Err = String> + Clone>(
@@ -330,13 +340,7 @@ pub fn check(
             }
         }
         for (i, &(b, t, h, d)) in shapes.attn.iter().enumerate() {
-            // the named kernels that fit (CUDA only: the CPU side has one reference)
-            let named: Vec<AttentionKernel> = if dev.is_cuda() && sel.has(Part::Named) {
-                let ks = sel.attention_kernels.iter().copied();
-                ks.filter(|k| k.fits(dtype, d)).collect()
-            } else {
-                Vec::new()
-            };
+            let named = sel.named_kernels(dev, dtype, d);
             if !sel.has(Part::Attention) && named.is_empty() {
                 continue;
             }
@@ -652,12 +656,7 @@ pub fn bench(
         }
         for (i, &(b, t_)) in s.attn.iter().enumerate() {
             let (h, d) = (12, 64);
-            let named: Vec<AttentionKernel> = if dev.is_cuda() && sel.has(Part::Named) {
-                let ks = sel.attention_kernels.iter().copied();
-                ks.filter(|k| k.fits(dtype, d)).collect()
-            } else {
-                Vec::new()
-            };
+            let named = sel.named_kernels(dev, dtype, d);
             if !sel.has(Part::Attention) && named.is_empty() {
                 continue;
             }
