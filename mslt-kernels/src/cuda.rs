@@ -330,6 +330,19 @@ pub fn add_layer_norm_into<T: CudaDType + DeviceRepr + WithDType>(
 ) -> Result<()> {
     const K: &str = "add_layer_norm";
     check_out::<T>(K, x, out.len())?;
+    let c = x.dims().last().copied().unwrap_or(0);
+    if res.dims() != x.dims() || wb.dims() != [2, c] || c == 0 {
+        return Err(KernelError::Input {
+            kernel: K,
+            what: format!(
+                "x {:?}, res {:?}, wb {:?}: expected res of x's shape and wb [2, C]",
+                x.dims(),
+                res.dims(),
+                wb.dims()
+            ),
+        }
+        .into());
+    }
     let ((xs, xl), (rs, rl), (ws, wl)) = (
         cuda_storage(K, x)?,
         cuda_storage(K, res)?,
@@ -354,6 +367,18 @@ pub fn bias_gelu_into<T: CudaDType + DeviceRepr + WithDType>(
 ) -> Result<()> {
     const K: &str = "bias_gelu";
     check_out::<T>(K, x, out.len())?;
+    let c = x.dims().last().copied().unwrap_or(0);
+    if bias.dims() != [c] || c == 0 {
+        return Err(KernelError::Input {
+            kernel: K,
+            what: format!(
+                "x {:?}, bias {:?}: expected bias [C]",
+                x.dims(),
+                bias.dims()
+            ),
+        }
+        .into());
+    }
     let ((xs, xl), (bs, bl)) = (cuda_storage(K, x)?, cuda_storage(K, bias)?);
     launch_bias_gelu((as_cuda(&xs), xl), (as_cuda(&bs), bl), out)
 }
