@@ -52,6 +52,6 @@ for s in [r for r in b if r.get("event") == "stage_start"]:
     ra = [r for r in sa if r["stage"] == s["stage"]][1:]
     if rows and ra:
         dt = lambda rs: st.median([y["elapsed_s"] - x["elapsed_s"] for x, y in zip(rs, rs[1:])] or [0]) * 1e3
-        comm = st.median([r["comm_s"] for r in rows]) * 1e3
+        comm = st.median([r.get("comm_s") or 0 for r in rows]) * 1e3
         print(f"   median step: single {dt(ra):.1f} ms, nccl {dt(rows):.1f} ms, of which collectives {comm:.2f} ms")
 PY
