@@ -8,7 +8,8 @@
 # table is printed last. Each step has its own time limit and a failed step does not stop the
 # others. Kernels never run on a GPU before are checked each in its own process and timed only
 # if they pass. Run 3 on one H100 took about 2.2 minutes (log 12:33:19 to 12:35:31 before the
-# summary), before the fa2, tf32x3, into and pool rows were added: now estimated 4-5 minutes.
+# summary), before the fa2, tf32x3, into, pool and tf32 rows were added: now estimated 4-6
+# minutes, and held to GPU_CHECK_SECONDS (380 s) whatever happens.
 set -u
 OUT=${1:-${OUT:-out/gpu}}
 mkdir -p "$OUT/json"
@@ -17,14 +18,25 @@ PY=${TORCH_PY:-/opt/torch/.venv/bin/python}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 LOG="$OUT/gpu-check.log"
 step() { echo "=== $* ($(date +%T))" | tee -a "$LOG"; }
+# The script keeps to a budget (GPU_CHECK_SECONDS, default 380) so that gpu-all.sh fits one
+# 10-minute call with gpu-dist-check after it. A step gets at most the time left; one that
+# cannot get 15 s is skipped (exit 124). Steps run most important first.
+BUDGET=${GPU_CHECK_SECONDS:-380}
 run() {
   local t=$1; shift
-  timeout "$t" "$@" 2>&1 | tee -a "$LOG"
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 15 ]; then
+    echo "skipped: ${SECONDS}s of the ${BUDGET}s budget used" | tee -a "$LOG"; echo "exit 124" | tee -a "$LOG"
+    return 124
+  fi
+  [ "$t" -gt "$left" ] && t=$left
+  timeout -k 10 "$t" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   echo "exit $rc" | tee -a "$LOG"
   return "$rc"
 }
-has() { case " ${NEW_OK[*]-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+# whether kernel $1 passed its check and ran its timings (then its base bench runs)
+has() { case " ${BENCH_OK[*]-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 BASE=(bench --model-config base --device cuda --batch-size 32 --seq-len 128 --warmup 2 --repeats 5)
 
 step "device"
@@ -44,9 +56,11 @@ done
 echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee -a "$LOG"
 step "kernel timings: fused (output allocated per call), fused-into (preallocated output), candle"
 run 150 "$BIN" kernels bench --device cuda --attention-kernels none --json "$OUT/json/kbench.json"
+BENCH_OK=()
 for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do
   step "kernel timings: attention[$k]"
-  run 60 "$BIN" kernels bench --device cuda --only named --attention-kernels "$k" --json "$OUT/json/kbench-$k.json"
+  if run 60 "$BIN" kernels bench --device cuda --only named --attention-kernels "$k" \
+    --json "$OUT/json/kbench-$k.json"; then BENCH_OK+=("$k"); fi
 done
 step "torch timings"
 run 120 "$PY" tools/torch_kernels.py --json "$OUT/json/torch.json" > /dev/null
@@ -82,5 +96,5 @@ echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee 
 timeout 20 "$PY" tools/gpu_report.py "$OUT/json" --log "$LOG" > "$OUT/report.md" 2>> "$LOG"
 sed -n '/^## `bench/,$p' "$OUT/report.md"
 grep -E "FAIL|kernel checks (passed|failed)|all .* kernel checks passed|no check ran" "$LOG" | head -20
-sed -n '/^## Goals/,/^## `bench/p' "$OUT/report.md" | grep '^- '
+awk '/^## Goals/ { g = 1; next } /^## / { g = 0 } g && /^- /' "$OUT/report.md"
 echo "report: $OUT/report.md"

@@ -18,7 +18,16 @@ NCCL_LIB=${NCCL_LIB:-$("$PY" -c 'import nvidia.nccl as m, os; print(os.path.join
 export LD_LIBRARY_PATH=${NCCL_LIB}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 LOG="$OUT/gpu-dist-check.log"
 step() { echo "=== $* ($(date +%T))" | tee -a "$LOG"; }
-run() { local t=$1; shift; timeout "$t" "$@" 2>&1 | tee -a "$LOG"; echo "exit ${PIPESTATUS[0]}" | tee -a "$LOG"; }
+# held to GPU_DIST_SECONDS (default 180): a run gets at most the time left, none under 15 s
+BUDGET=${GPU_DIST_SECONDS:-180}
+run() {
+  local t=$1; shift
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 15 ]; then echo "skipped: out of the ${BUDGET}s budget" | tee -a "$LOG"; return 124; fi
+  [ "$t" -gt "$left" ] && t=$left
+  timeout -k 10 "$t" "$@" 2>&1 | tee -a "$LOG"
+  echo "exit ${PIPESTATUS[0]}" | tee -a "$LOG"
+}
 
 step "device and libraries"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$LOG"
@@ -31,9 +40,9 @@ COMMON=(train --data "$DATA" --model-config base --device cuda --steps 40 --batc
   --schedule mslt --stages 3,6,9,12 --eval-batches 2 --save-every 0 --keep-last 1 --log-every 1
   --frozen-dropout off --kernels fused --frozen-dtype bf16 --no-progress)
 step "single process (no communicator)"
-run 150 "$BIN" "${COMMON[@]}" --out "$OUT/single"
+run 90 "$BIN" "${COMMON[@]}" --out "$OUT/single"
 step "--nproc 1: NCCL communicator of one rank, bucketed all-reduce every step"
-NCCL_DEBUG=${NCCL_DEBUG:-VERSION} run 150 "$BIN" "${COMMON[@]}" --nproc 1 --out "$OUT/nccl"
+NCCL_DEBUG=${NCCL_DEBUG:-VERSION} run 90 "$BIN" "${COMMON[@]}" --nproc 1 --out "$OUT/nccl"
 step "summary"
 "$PY" - "$OUT" <<'PY' 2>&1 | tee -a "$LOG"
 import json, sys, statistics as st

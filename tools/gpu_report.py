@@ -18,7 +18,9 @@ import re
 import sys
 
 LN_GOAL = 0.85  # LayerNorm >= 85% of the measured copy bandwidth
-BERT_ROWS = 32768  # LN rows from which a shape counts as BERT-base sized (B x T >= 32 x 1024)
+# LN rows from which a shape counts as BERT-base sized, as docs/gpu-results.md reads the goal:
+# 32768 to 131072 rows (B x T = 256 x 128 to 256 x 512); 4096 rows (32 x 128) is launch-bound.
+BERT_ROWS = 32768
 
 
 def load(paths, skipped):
@@ -59,6 +61,15 @@ def main():
             new = re.search(r"new attention kernels that passed their checks: (.*)", log)
             if new:
                 p(f"New attention kernels that passed their checks: {new.group(1).strip()}\n")
+            failed, step = [], None
+            for line in log.splitlines():
+                m = re.match(r"=== (.*) \(\d\d:\d\d:\d\d\)$", line)
+                if m:
+                    step = m.group(1)
+                m = re.match(r"exit (\d+)$", line)
+                if m and m.group(1) != "0" and step:
+                    failed.append(f"{step} (exit {m.group(1)}{', time limit' if m.group(1) in ('124', '137') else ''})")
+            p("Steps that failed: " + ("; ".join(failed) if failed else "none") + "\n")
         except OSError as e:
             skipped.append(f"{a.log}: {e}")
 
@@ -69,6 +80,8 @@ def main():
         groups = {}
         for _, rows in checks:
             for r in rows:
+                # serde_json writes a non-finite error (an output of +-inf) as null
+                r["rel_err"] = float("inf") if r["rel_err"] is None else r["rel_err"]
                 g = groups.setdefault((r["kernel"], r["dtype"]), dict(n=0, failed=0, err=0.0, tol=r["tol"], nan=0, worst=""))
                 g["n"] += 1
                 g["failed"] += 0 if r["pass"] else 1
@@ -158,15 +171,20 @@ def main():
             sd = find(torch, "attention", "torch-sdpa-nomask" if nopad else "torch-sdpa-mask", r["dtype"], base)
             cand = None if nopad else find(ours, "attention", "candle", r["dtype"], base)
             q = ratio(us(r), us(sd))
+            w = worst.setdefault((r["impl"], r["dtype"]), [0.0, 9e9, 0, 0])
+            w[3] += 1
             p(f"| {r['impl']} | {r['dtype']} | {r['shape']} | {us(r):.1f} | {fmt(r.get('tflop_per_s'))} | "
               f"{fmt(us(sd))} {'(no mask)' if nopad else '(mask)'} | {fmt(q, '.2f')} | {fmt(us(cand))} |")
             if q is not None:
-                w = worst.setdefault((r["impl"], r["dtype"]), [0.0, 9e9])
-                w[0], w[1] = max(w[0], q), min(w[1], q)
+                w[0], w[1], w[2] = max(w[0], q), min(w[1], q), w[2] + 1
         p("")
-        for (impl, dt), (hi, lo) in worst.items():
+        for (impl, dt), (hi, lo, n, total) in worst.items():
+            if n == 0:
+                verdicts.append(f"Attention goal, {impl} {dt}: no SDPA timing to compare with -> **unknown**")
+                continue
+            v = "not met" if hi > 1.0 else ("met" if n == total else "met where compared (incomplete)")
             verdicts.append(f"Attention goal (at least as fast as SDPA at every shape), {impl} {dt}: ours / SDPA "
-                            f"{lo:.2f}-{hi:.2f} -> **{'met' if hi <= 1.0 else 'not met'}**")
+                            f"{lo:.2f}-{hi:.2f} over {n} of {total} shapes -> **{v}**")
 
     if verdicts:
         p("## Goals of issue 5\n")

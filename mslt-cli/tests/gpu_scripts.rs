@@ -95,7 +95,8 @@ fn gpu_report_reproduces_the_committed_h100_run() {
         "| add_layer_norm | f32 | 131072x768 | 616.8 | 66% |",
         "fused: 59-83% -> **not met**",
         "| fused | bf16 | B32 T128 H12 D64 | 115.5 | 13.9 | 42.2 (mask) | 2.74 | 458.7 |",
-        "fused bf16: ours / SDPA 2.74-20.24 -> **not met**",
+        "fused bf16: ours / SDPA 2.74-20.24 over 6 of 6 shapes -> **not met**",
+        "Steps that failed: none",
     ] {
         assert!(r.contains(want), "missing `{want}` in\n{r}");
     }
@@ -103,9 +104,18 @@ fn gpu_report_reproduces_the_committed_h100_run() {
     // a step that crashed leaves no file or a partial one: named in the report, not fatal
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("kbench-fa2.json"), "[{\"op\": ").unwrap();
+    // a kernel whose output has an inf: serde_json writes the error as null
+    let bad = r#"[{"kernel": "attention[fa2]", "dtype": "bf16", "shape": "B2 T7", "against": "candle reference",
+        "max_abs_err": null, "max_abs_ref": 1.0, "rel_err": null, "tol": 0.01, "nonfinite": 3, "pass": false}]"#;
+    std::fs::write(tmp.path().join("check-fa2.json"), bad).unwrap();
+    let log = "=== kernel check: attention[fa2] (not yet run) (12:00:01)\nexit 1\n\
+               === kernel check: attention[tf32x3] (12:00:09)\nexit 124\n";
+    std::fs::write(tmp.path().join("gpu-check.log"), log).unwrap();
     let o = Command::new("python3")
         .arg(root.join("tools/gpu_report.py"))
         .arg(tmp.path())
+        .arg("--log")
+        .arg(tmp.path().join("gpu-check.log"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -114,4 +124,40 @@ fn gpu_report_reproduces_the_committed_h100_run() {
         r.contains("- kbench-fa2.json: ") && r.contains("- torch.json: "),
         "{r}"
     );
+    assert!(r.contains("0 of 1 checks passed."), "{r}");
+    assert!(r.contains("| attention[fa2] | bf16 | 1 | 1 | inf |"), "{r}");
+    assert!(
+        r.contains(
+            "Steps that failed: kernel check: attention[fa2] (not yet run) (exit 1); \
+             kernel check: attention[tf32x3] (exit 124, time limit)"
+        ),
+        "{r}"
+    );
+}
+
+/// Out of its time budget, gpu-check.sh skips steps instead of overrunning the GPU call.
+#[test]
+fn gpu_check_skips_steps_past_its_budget() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("mslt-cli");
+    std::fs::write(&bin, STANDIN).unwrap();
+    Command::new("chmod").arg("+x").arg(&bin).status().unwrap();
+    let o = Command::new("bash")
+        .arg(root.join("scripts/gpu-check.sh"))
+        .arg(tmp.path().join("out"))
+        .current_dir(&root)
+        .env("MSLT_BIN", &bin)
+        .env("REAL_MSLT_CLI", env!("CARGO_BIN_EXE_mslt-cli"))
+        .env("STANDIN_ERR", tmp.path().join("err"))
+        .env("TORCH_PY", "true")
+        .env("GPU_CHECK_SECONDS", "10")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
+    // 1 check + 3 new-kernel checks + kbench + torch + 6 base benches (no new kernel passed)
+    let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
+    assert_eq!(log.matches("skipped: ").count(), 12, "{log}");
+    assert!(out.contains("new attention kernels that passed their checks: none"));
 }

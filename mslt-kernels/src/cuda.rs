@@ -300,19 +300,33 @@ fn as_cuda(s: &Storage) -> &CudaStorage {
     }
 }
 
-/// Checks that `out` can take `x`'s elements of type `T`.
-fn check_out<T: WithDType>(kernel: &'static str, x: &Tensor, out_len: usize) -> Result<()> {
-    if x.dtype() != T::DTYPE || out_len < x.elem_count() {
-        return Err(KernelError::Input {
-            kernel,
-            what: format!(
-                "output buffer of {out_len} {:?} for an input of {} {:?}",
-                T::DTYPE,
-                x.elem_count(),
-                x.dtype()
-            ),
-        }
-        .into());
+/// Checks that `out` can take `x`'s elements of type `T`, and that `others` and `out` are on
+/// x's CUDA device.
+fn check_out<T: WithDType + DeviceRepr>(
+    kernel: &'static str,
+    x: &Tensor,
+    others: &[&Tensor],
+    out: &CudaSlice<T>,
+) -> Result<()> {
+    let err = |what: String| -> candle_core::Error { KernelError::Input { kernel, what }.into() };
+    if x.dtype() != T::DTYPE || out.len() < x.elem_count() {
+        return Err(err(format!(
+            "output buffer of {} {:?} for an input of {} {:?}",
+            out.len(),
+            T::DTYPE,
+            x.elem_count(),
+            x.dtype()
+        )));
+    }
+    let candle_core::Device::Cuda(cd) = x.device() else {
+        return Err(err("the tensor is not on a CUDA device".into()));
+    };
+    let ordinal = cd.cuda_stream().context().ordinal();
+    if others.iter().any(|t| !t.device().same_device(x.device())) || out.ordinal() != ordinal {
+        return Err(err(format!(
+            "inputs and output buffer on different devices (x on cuda:{ordinal}, output on cuda:{})",
+            out.ordinal()
+        )));
     }
     Ok(())
 }
@@ -329,7 +343,7 @@ pub fn add_layer_norm_into<T: CudaDType + DeviceRepr + WithDType>(
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
     const K: &str = "add_layer_norm";
-    check_out::<T>(K, x, out.len())?;
+    check_out(K, x, &[res, wb], out)?;
     let c = x.dims().last().copied().unwrap_or(0);
     if res.dims() != x.dims() || wb.dims() != [2, c] || c == 0 {
         return Err(KernelError::Input {
@@ -366,7 +380,7 @@ pub fn bias_gelu_into<T: CudaDType + DeviceRepr + WithDType>(
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
     const K: &str = "bias_gelu";
-    check_out::<T>(K, x, out.len())?;
+    check_out(K, x, &[bias], out)?;
     let c = x.dims().last().copied().unwrap_or(0);
     if bias.dims() != [c] || c == 0 {
         return Err(KernelError::Input {
@@ -391,7 +405,7 @@ pub fn copy_into<T: CudaDType + DeviceRepr + WithDType>(
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
     const K: &str = "copy";
-    check_out::<T>(K, x, out.len())?;
+    check_out(K, x, &[], out)?;
     let (xs, xl) = cuda_storage(K, x)?;
     let xs = as_cuda(&xs);
     let src = view::<T>(K, xs, xl)?;

@@ -59,19 +59,20 @@ struct SelectArgs {
     only: String,
     /// Attention kernels checked / timed by name on CUDA (part `named`), comma-separated:
     /// simt, tc, fa2, fa2q128, tf32x3, all or none. Each runs where it fits the dtype and head
-    /// dim.
-    #[arg(long, default_value = "all")]
-    attention_kernels: String,
+    /// dim. Default: all for `check`; for `bench` the kernels that are not a default choice
+    /// (fa2, fa2q128, tf32x3), whose rows would repeat the `fused` ones otherwise.
+    #[arg(long)]
+    attention_kernels: Option<String>,
 }
 
 impl SelectArgs {
-    fn select(&self) -> Result<Select> {
+    fn select(&self, default_kernels: &str) -> Result<Select> {
         let all = Select::all();
         let parts =
             Select::parse_list("--only", &self.only, &all.parts).map_err(anyhow::Error::msg)?;
         let attention_kernels = Select::parse_list(
             "--attention-kernels",
-            &self.attention_kernels,
+            self.attention_kernels.as_deref().unwrap_or(default_kernels),
             &all.attention_kernels,
         )
         .map_err(anyhow::Error::msg)?;
@@ -117,7 +118,7 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             sel,
             json,
         } => {
-            let sel = sel.select()?;
+            let sel = sel.select("all")?;
             let dev = mslt_core::device(&device)?;
             let shapes = if large {
                 CheckShapes::large()
@@ -155,7 +156,7 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             sel,
             json,
         } => {
-            let sel = sel.select()?;
+            let sel = sel.select("fa2,fa2q128,tf32x3")?;
             let dev = mslt_core::device(&device)?;
             let shapes = if tiny {
                 BenchShapes::tiny()
