@@ -4,6 +4,8 @@
 # path). Build first on the CPU machine with scripts/build-cuda.sh, then carry dist/mslt-cli.gz,
 # dist/mslt-cli-nccl.gz and data/sotu-128 and run, in the repo root on the GPU machine:
 #   bash scripts/gpu-all.sh "$OUT"        (estimated 5-7 minutes on one H100; not yet run as a whole)
+# Each part keeps to a time budget (GPU_CHECK_SECONDS=380, GPU_DIST_SECONDS=180, skipping what
+# does not fit), so the whole stays under one 10-minute call.
 # Logs and JSON go under OUT/check and OUT/dist, the kernel run as markdown to OUT/check/report.md
 # (tools/gpu_report.py); each script prints its summary last.
 set -u
