@@ -5,7 +5,8 @@
 // Shapes: x, out (rows, C) row-major contiguous; bias (C). Any C >= 1.
 // Dtypes: f32 (bias_gelu_f32) and bf16 (bias_gelu_bf16, raw 16-bit storage); computed in f32,
 // one rounding at the store. 16-byte vector loads/stores in a grid-stride loop when C and the
-// pointers allow, else one block per row.
+// pointers allow, else one block per row. With unroll = 1 each thread issues four independent
+// 16-byte loads of x before it uses any (more bytes in flight per thread; opt-in: MSLT_GELU=u4).
 // Self-contained: no headers (NVRTC builtins only).
 
 typedef unsigned short bf16_t;
@@ -54,13 +55,34 @@ __device__ __forceinline__ void store16(bf16_t* p, const float* f) {
 // vec = 0: one block per row (grid = rows), threads stride over the columns.
 // vec = 1: the caller guarantees C % (16 / sizeof(T)) == 0, 16-byte aligned pointers and
 // rows * C < 2^32; a grid-stride loop over 16-byte groups (a group never crosses a row).
+// Thread t handles the groups t + k * stride, k = 0, 1, ...: with unroll, k = 4j .. 4j + 3 in one
+// iteration while all four exist, then the rest one at a time (groups < 2^30 and stride < 2^20,
+// so gi + 3 * stride cannot wrap).
 template <typename T>
 __device__ __forceinline__ void bias_gelu(const T* __restrict__ x, const T* __restrict__ bias,
-                                          T* __restrict__ out, int rows, int C, int vec) {
+                                          T* __restrict__ out, int rows, int C, int vec, int unroll) {
   if (vec) {
     constexpr int E = 16 / sizeof(T);
     const unsigned int groups = (unsigned int)rows * (unsigned int)C / E;
-    for (unsigned int gi = blockIdx.x * blockDim.x + threadIdx.x; gi < groups; gi += gridDim.x * blockDim.x) {
+    const unsigned int stride = gridDim.x * blockDim.x;
+    unsigned int gi = blockIdx.x * blockDim.x + threadIdx.x;
+    if (unroll) {
+      for (; gi + 3u * stride < groups; gi += 4u * stride) {
+        float v[4][E];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) load16(x + (gi + u * stride) * E, v[u]);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const unsigned int i = (gi + u * stride) * E;
+          float bb[E];
+          load16(bias + i % (unsigned int)C, bb);
+#pragma unroll
+          for (int e = 0; e < E; ++e) v[u][e] = gelu(v[u][e] + bb[e]);
+          store16(out + i, v[u]);
+        }
+      }
+    }
+    for (; gi < groups; gi += stride) {
       const unsigned int i = gi * E;
       const unsigned int c = i % (unsigned int)C;
       float v[E], bb[E];
@@ -79,10 +101,12 @@ __device__ __forceinline__ void bias_gelu(const T* __restrict__ x, const T* __re
   for (int c = threadIdx.x; c < C; c += blockDim.x) store(orow, c, gelu(to_f32(xr[c]) + to_f32(bias[c])));
 }
 
-extern "C" __global__ void bias_gelu_f32(const float* x, const float* bias, float* out, int rows, int C, int vec) {
-  bias_gelu<float>(x, bias, out, rows, C, vec);
+extern "C" __global__ void bias_gelu_f32(const float* x, const float* bias, float* out, int rows, int C, int vec,
+                                          int unroll) {
+  bias_gelu<float>(x, bias, out, rows, C, vec, unroll);
 }
 
-extern "C" __global__ void bias_gelu_bf16(const bf16_t* x, const bf16_t* bias, bf16_t* out, int rows, int C, int vec) {
-  bias_gelu<bf16_t>(x, bias, out, rows, C, vec);
+extern "C" __global__ void bias_gelu_bf16(const bf16_t* x, const bf16_t* bias, bf16_t* out, int rows, int C,
+                                           int vec, int unroll) {
+  bias_gelu<bf16_t>(x, bias, out, rows, C, vec, unroll);
 }

@@ -54,6 +54,10 @@ for k in fa2 fa2q128 tf32x3; do
     --json "$OUT/json/check-$k.json"; then NEW_OK+=("$k"); fi
 done
 echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee -a "$LOG"
+step "kernel check: bias_gelu with four loads in flight per thread (MSLT_GELU=u4; not yet run on a GPU)"
+GELU_OK=0
+if MSLT_GELU=u4 run 45 "$BIN" kernels check --device cuda --large --only gelu \
+  --json "$OUT/json/check-gelu-u4.json"; then GELU_OK=1; fi
 step "kernel timings: fused (output allocated per call), fused-into (preallocated output), candle"
 run 150 "$BIN" kernels bench --device cuda --attention-kernels none --json "$OUT/json/kbench.json"
 BENCH_OK=()
@@ -62,6 +66,10 @@ for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do
   if run 60 "$BIN" kernels bench --device cuda --only named --attention-kernels "$k" \
     --json "$OUT/json/kbench-$k.json"; then BENCH_OK+=("$k"); fi
 done
+if [ "$GELU_OK" = 1 ]; then
+  step "kernel timings: bias_gelu with MSLT_GELU=u4"
+  MSLT_GELU=u4 run 60 "$BIN" kernels bench --device cuda --only gelu --json "$OUT/json/kbench-gelu-u4.json"
+fi
 step "torch timings"
 run 120 "$PY" tools/torch_kernels.py --json "$OUT/json/torch.json" > /dev/null
 for k in candle fused; do

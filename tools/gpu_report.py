@@ -103,7 +103,7 @@ def main():
     for f, rows in load(sorted(glob.glob(os.path.join(a.dir, "kbench*.json"))), skipped):
         src = f.removesuffix(".json")
         for r in rows:  # rows of a file other than kbench.json are tagged with it
-            ours.append(dict(r, impl=r["implementation"] + ("" if src == "kbench" else f" [{src}]")))
+            ours.append(dict(r, src=src, impl=r["implementation"] + ("" if src == "kbench" else f" [{src}]")))
     torch = [r for _, rows in load([a.torch or os.path.join(a.dir, "torch.json")], skipped) for r in rows]
     copies = [r for r in ours + torch if r["op"] == "copy"]
     copy_bw = max((r["gb_per_s"] for r in copies), default=None)
@@ -115,11 +115,11 @@ def main():
             p(f"| {r['implementation']} | {r['shape']} | {r['gb_per_s']:.0f} |")
         p(f"\nReference: the fastest, **{copy_bw:.0f} GB/s**.\n")
 
-    def find(rows, op, impl, dtype, shape):
-        for r in rows:
-            if (r["op"], r["implementation"], r["dtype"], r["shape"]) == (op, impl, dtype, shape):
-                return r
-        return None
+    def find(rows, op, impl, dtype, shape, src=None):
+        """The row of that op, implementation, dtype and shape, from file `src` if it has one."""
+        hits = [r for r in rows if (r["op"], r["implementation"], r["dtype"], r["shape"]) == (op, impl, dtype, shape)]
+        same = [r for r in hits if r.get("src") == src]
+        return (same or hits or [None])[0]
 
     def us(r):
         return None if r is None else r["median_us"]
@@ -133,19 +133,19 @@ def main():
         p("## add + LayerNorm and bias + GELU\n")
         p("fused: the custom op (output allocated per call, as in the model); into: the kernel into a "
           "buffer allocated once; % = of the copy reference; torch: `layer_norm(x + res)` / `gelu(x + b)`.\n")
-        p("| op | dtype | rows x C | fused us | % copy | into us | % copy | candle us | torch us | fused / candle | fused / torch |")
-        p("|---|---|---|---|---|---|---|---|---|---|---|")
+        p("| op | impl | dtype | rows x C | fused us | % copy | into us | % copy | candle us | torch us | fused / candle | fused / torch |")
+        p("|---|---|---|---|---|---|---|---|---|---|---|---|")
         ln = {"fused": [], "fused-into": []}
         for r in mem:
             k = (r["op"], r["dtype"], r["shape"])
-            into = find(ours, *k[:1], "fused-into", *k[1:])
-            cand = find(ours, k[0], "candle", k[1], k[2])
+            into = find(ours, k[0], "fused-into", k[1], k[2], r["src"])
+            cand = find(ours, k[0], "candle", k[1], k[2], r["src"])
             tr = find(torch, k[0], "torch", k[1], k[2])
-            p(f"| {k[0]} | {k[1]} | {k[2]} | {us(r):.1f} | {fmt(pct(r), '.0f')}% | {fmt(us(into))} | "
+            p(f"| {k[0]} | {r['impl']} | {k[1]} | {k[2]} | {us(r):.1f} | {fmt(pct(r), '.0f')}% | {fmt(us(into))} | "
               f"{fmt(pct(into), '.0f')}{'%' if into else ''} | {fmt(us(cand))} | {fmt(us(tr))} | "
               f"{fmt(ratio(us(r), us(cand)), '.2f')} | {fmt(ratio(us(r), us(tr)), '.2f')} |")
             rows_n = int(k[2].split("x")[0])
-            if k[0] == "add_layer_norm" and rows_n >= BERT_ROWS:
+            if k[0] == "add_layer_norm" and rows_n >= BERT_ROWS and r["src"] == "kbench":
                 ln["fused"].append(pct(r))
                 if into:
                     ln["fused-into"].append(pct(into))

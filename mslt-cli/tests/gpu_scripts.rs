@@ -12,7 +12,7 @@ const STANDIN: &str = r#"#!/usr/bin/env bash
 "$REAL_MSLT_CLI" "$@" > /dev/null 2> "$STANDIN_ERR"
 rc=$?
 if [ "$rc" -eq 2 ]; then echo "REJECTED: $*"; cat "$STANDIN_ERR"; exit 2; fi
-echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }$*"
+echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_GELU:+MSLT_GELU=$MSLT_GELU }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }$*"
 exit 0
 "#;
 
@@ -53,8 +53,9 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     };
     // gpu-check: the default check, one check and one timing per new attention kernel (all
     // "pass" here), the base benches (incl. one per new kernel and the pool A/B)
-    assert_eq!(ran("kernels check"), 4, "{all}");
-    assert_eq!(ran("kernels bench"), 4, "{all}");
+    assert_eq!(ran("kernels check"), 5, "{all}");
+    assert_eq!(ran("kernels bench"), 5, "{all}");
+    assert_eq!(ran("MSLT_GELU=u4 kernels"), 2, "{all}");
     for k in ["fa2", "fa2q128", "tf32x3"] {
         assert_eq!(
             ran(&format!("--only named --attention-kernels {k} ")),
@@ -92,7 +93,7 @@ fn gpu_report_reproduces_the_committed_h100_run() {
         "146 of 146 checks passed.",
         "Reference: the fastest, **2979 GB/s**.",
         // docs/gpu-results.md: 131072 x 768 f32 add + LN 616.8 us, 66% of copy, 0.44 of Candle
-        "| add_layer_norm | f32 | 131072x768 | 616.8 | 66% |",
+        "| add_layer_norm | fused | f32 | 131072x768 | 616.8 | 66% |",
         "fused: 59-83% -> **not met**",
         "| fused | bf16 | B32 T128 H12 D64 | 115.5 | 13.9 | 42.2 (mask) | 2.74 | 458.7 |",
         "fused bf16: ours / SDPA 2.74-20.24 over 6 of 6 shapes -> **not met**",
@@ -156,8 +157,9 @@ fn gpu_check_skips_steps_past_its_budget() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
-    // 1 check + 3 new-kernel checks + kbench + torch + 6 base benches (no new kernel passed)
+    // 1 check + 3 new attention kernel checks + the GELU u4 check + kbench + torch + 6 base
+    // benches (nothing new passed, so nothing new is timed)
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 12, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 13, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }

@@ -262,6 +262,17 @@ fn launch_bias_gelu<T: CudaDType + DeviceRepr>(
         }
     };
     let (rows_i, c_i, vec_i) = (i32_of(K, "rows", rows)?, i32_of(K, "C", c)?, vec as i32);
+    // read once per process: this runs in every frozen layer's forward
+    static UNROLL: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
+    let unroll = match UNROLL
+        .get_or_init(|| crate::ops::gelu_unroll(std::env::var("MSLT_GELU").ok().as_deref()))
+    {
+        Ok(u) => *u as i32,
+        Err(what) => {
+            let what = what.clone();
+            return Err(KernelError::Input { kernel: K, what }.into());
+        }
+    };
     let (xv, bv) = (view::<T>(K, x.0, x.1)?, view::<T>(K, bias.0, bias.1)?);
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&f);
@@ -271,6 +282,7 @@ fn launch_bias_gelu<T: CudaDType + DeviceRepr>(
     b.arg(&rows_i);
     b.arg(&c_i);
     b.arg(&vec_i);
+    b.arg(&unroll);
     // SAFETY: argument types and order match `bias_gelu_*` in bias_gelu.cu; `out` holds rows x C
     // elements (checked by the callers).
     unsafe { b.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;

@@ -97,6 +97,17 @@ impl CustomOp3 for AddLayerNorm {
     }
 }
 
+/// Whether the CUDA bias + GELU kernel issues four 16-byte loads per thread before using them,
+/// from `MSLT_GELU`: `u1` (one at a time, the default, checked on an H100) or `u4` (not yet run
+/// on a GPU). Only the vectorised path (C a multiple of 16 bytes, aligned) has the choice.
+pub fn gelu_unroll(env: Option<&str>) -> std::result::Result<bool, String> {
+    match env {
+        None | Some("u1") => Ok(false),
+        Some("u4") => Ok(true),
+        Some(o) => Err(format!("MSLT_GELU=`{o}`: expected u1 (the default) or u4")),
+    }
+}
+
 /// Fused bias + GELU (erf): (x, bias) -> gelu(x + bias).
 pub struct BiasGelu;
 

@@ -131,6 +131,15 @@ fn kernels_switch_parses() {
 
 /// Which CUDA attention kernel runs (decided without a GPU).
 #[test]
+fn gelu_unroll_switch_parses() {
+    assert_eq!(ops::gelu_unroll(None), Ok(false));
+    assert_eq!(ops::gelu_unroll(Some("u1")), Ok(false));
+    assert_eq!(ops::gelu_unroll(Some("u4")), Ok(true));
+    let e = ops::gelu_unroll(Some("4")).unwrap_err();
+    assert!(e.contains("MSLT_GELU=`4`") && e.contains("u4"), "{e}");
+}
+
+#[test]
 fn attention_kernel_dispatch() {
     use AttentionKernel::*;
     let r = |k, env, dt, d, al| ops::resolve_attention_kernel(k, env, dt, d, al);
