@@ -72,8 +72,8 @@ if [ "$GELU_OK" = 1 ]; then
 fi
 step "torch timings"
 run 120 "$PY" tools/torch_kernels.py --json "$OUT/json/torch.json" > /dev/null
-# base benches, most informative first: run 3 measured the Candle, fused f32 and dropout-on
-# rows already, so they come last (the budget may skip them)
+# base benches, most informative first: run 3 measured the Candle and fused f32 rows with
+# frozen dropout off already, so they come last (the budget may skip them)
 step "bench base, frozen dropout off, kernels fused, frozen layers bf16"
 run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 --json "$OUT/json/bench-base-fused-bf16.json"
 for k in fa2 fa2q128; do
@@ -94,12 +94,17 @@ run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype b
 step "bench base, fused bf16 frozen layers, CUDA's default pool policy (MSLT_CUDA_POOL=release)"
 MSLT_CUDA_POOL=release run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 \
   --json "$OUT/json/bench-base-fused-bf16-pool-release.json"
+step "bench base, frozen dropout on, fused bf16 frozen layers (attention on Candle ops with dropout; new path)"
+run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --frozen-dtype bf16 \
+  --json "$OUT/json/bench-base-dropout-on-fused-bf16.json"
+step "bench base, frozen dropout on, fused f32 frozen layers (the training default; new path)"
+run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --json "$OUT/json/bench-base-dropout-on.json"
+step "bench base, frozen dropout on, frozen layers on Candle (the training default until now)"
+run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels candle --json "$OUT/json/bench-base-dropout-on-candle.json"
 for k in candle fused; do
   step "bench base, frozen dropout off, kernels $k (f32)"
   run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels "$k" --json "$OUT/json/bench-base-$k.json"
 done
-step "bench base, frozen dropout on (the training default; frozen layers on Candle)"
-run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --json "$OUT/json/bench-base-dropout-on.json"
 step "summary"
 echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee -a "$LOG"
 # the whole run as markdown for docs/gpu-results.md (tables, ratios, the goals' verdicts)

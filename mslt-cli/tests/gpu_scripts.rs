@@ -66,7 +66,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     }
     assert_eq!(ran("MSLT_CUDA_POOL=release bench"), 1);
     assert_eq!(ran("--matmul-precision tf32"), 1);
-    assert_eq!(ran("bench --model-config base"), 9);
+    assert_eq!(ran("bench --model-config base"), 11);
+    assert_eq!(ran("--frozen-dropout on"), 3);
     assert!(all.contains("new attention kernels that passed their checks: fa2 fa2q128 tf32x3"));
     // gpu-dist-check: the single-process run and the one-rank NCCL run
     assert_eq!(ran("train --data"), 2, "{all}");
@@ -157,9 +158,9 @@ fn gpu_check_skips_steps_past_its_budget() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
-    // 1 check + 3 new attention kernel checks + the GELU u4 check + kbench + torch + 6 base
+    // 1 check + 3 new attention kernel checks + the GELU u4 check + kbench + torch + 8 base
     // benches (nothing new passed, so nothing new is timed)
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 13, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 15, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }

@@ -125,7 +125,7 @@ pub struct BenchConfig<'a> {
     pub warmup: usize,
     pub repeats: usize,
     pub device: &'a Device,
-    /// Dropout in the frozen layers (off lets them run the fused kernels).
+    /// Dropout in the frozen layers (off: every frozen op fused; on: attention on Candle ops).
     pub frozen_dropout: bool,
     pub kernels: crate::Kernels,
     pub frozen_dtype: candle_core::DType,
@@ -284,7 +284,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     let params = Params::from_tensors(&init_all(&cfg, &mut rng, bc.device)?)?;
     let (mut model, named) = stage_model(&cfg, &params, stage)?;
     model.frozen_dropout = bc.frozen_dropout;
-    let fused = if bc.kernels == crate::Kernels::Fused && !bc.frozen_dropout {
+    let fused = if bc.kernels == crate::Kernels::Fused {
         model.use_fused_kernels(crate::model::FusedOptions {
             dtype: bc.frozen_dtype,
             allow_cpu: false,

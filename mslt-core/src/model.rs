@@ -285,39 +285,51 @@ pub struct BertSelfAttention {
 
 impl BertSelfAttention {
     pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let (nh, hs) = (self.num_heads, c / self.num_heads);
-        if crate::attention::applies(x) {
-            // CPU f32: one fused op from the (B, T, C) projections to the merged (B, T, C)
-            // output, analytic backward (see `attention`).
-            let (q, k, v) = (
-                self.query.forward(x)?,
-                self.key.forward(x)?,
-                self.value.forward(x)?,
-            );
-            let (p, seed) = match mode {
-                Mode::Train(rng) if self.dropout > 0.0 => (self.dropout, rng.next_u64()),
-                _ => (0.0, 0),
-            };
-            return Ok(crate::attention::attention(&q, &k, &v, mask, nh, p, seed)?);
-        }
-        let heads = |lin: &Linear| -> Result<Tensor> {
-            // (B, T, C) -> (B, T, NH, HS) -> (B, NH, T, HS)
-            Ok(lin
-                .forward(x)?
-                .reshape((b, t, nh, hs))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (q, k, v) = (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?);
-        let scale = 1.0 / (hs as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, NH, T, T)
-        let scores = scores.broadcast_add(mask)?; // + (B, 1, 1, T)
-        let probs = nn::softmax_last_dim(&scores)?;
-        let probs = dropout(&probs, self.dropout, mode)?;
-        let ctx = probs.matmul(&v)?; // (B, NH, T, HS)
-        Ok(ctx.transpose(1, 2)?.reshape((b, t, c))?) // (B, T, C)
+        let (q, k, v) = (
+            self.query.forward(x)?,
+            self.key.forward(x)?,
+            self.value.forward(x)?,
+        );
+        self_attention(&q, &k, &v, mask, self.num_heads, self.dropout, mode)
     }
+}
+
+/// Multi-head attention from the projections q, k, v (B, T, C) with the additive mask
+/// (B, 1, 1, T) and dropout `p` on the probabilities (train mode): (B, T, C), heads merged.
+/// One RNG draw (CPU f32) or one device mask per call, so the trainable layers and the fused
+/// frozen ones (which project Q|K|V at once) consume the mode's randomness alike.
+pub fn self_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    nh: usize,
+    p: f64,
+    mode: &mut Mode,
+) -> Result<Tensor> {
+    let (b, t, c) = q.dims3()?;
+    let hs = c / nh;
+    if crate::attention::applies(q) {
+        // CPU f32: one fused op from the (B, T, C) projections to the merged (B, T, C)
+        // output, analytic backward (see `attention`).
+        let (p, seed) = match mode {
+            Mode::Train(rng) if p > 0.0 => (p, rng.next_u64()),
+            _ => (0.0, 0),
+        };
+        return Ok(crate::attention::attention(q, k, v, mask, nh, p, seed)?);
+    }
+    let heads = |x: &Tensor| -> Result<Tensor> {
+        // (B, T, C) -> (B, T, NH, HS) -> (B, NH, T, HS)
+        Ok(x.reshape((b, t, nh, hs))?.transpose(1, 2)?.contiguous()?)
+    };
+    let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+    let scale = 1.0 / (hs as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?; // (B, NH, T, T)
+    let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?; // + (B, 1, 1, T)
+    let probs = nn::softmax_last_dim(&scores)?;
+    let probs = dropout(&probs, p, mode)?;
+    let ctx = probs.matmul(&v)?; // (B, NH, T, HS)
+    Ok(ctx.transpose(1, 2)?.reshape((b, t, c))?) // (B, T, C)
 }
 
 /// One encoder layer (BertLayer): attention + add & LN, FFN + add & LN (post-LN).
@@ -402,6 +414,10 @@ pub struct FusedLayer {
     heads: usize,
     eps: f64,
     activation: Activation,
+    /// dropout on the attention probabilities and on the two sublayer outputs (train mode,
+    /// frozen dropout on: see [`FusedLayer::forward_dropout`])
+    attn_dropout: f64,
+    hidden_dropout: f64,
 }
 
 impl FusedLayer {
@@ -422,7 +438,42 @@ impl FusedLayer {
             heads: a.num_heads,
             eps: l.attention_layer_norm.eps,
             activation: l.activation,
+            attn_dropout: a.dropout,
+            hidden_dropout: l.dropout,
         })
+    }
+
+    /// Forward only, with BERT's three dropouts (train mode): x (B, T, C) in `self.dtype`, mask
+    /// (B, 1, 1, T) additive. The fused kernels have no dropout, so attention runs through
+    /// [`self_attention`] (Candle ops, or the CPU attention op) and each sublayer output gets
+    /// its dropout before the fused add + LayerNorm; bias + GELU and the Q|K|V projection stay
+    /// fused. The mode's randomness is drawn in the order of [`BertLayer::forward`]: in f32 the
+    /// output equals the Candle layer's with the same RNG up to rounding (tested).
+    pub fn forward_dropout(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let x2 = x.reshape((b * t, c))?; // (BT, C)
+        let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| -> Result<Tensor> {
+            Ok(x.matmul(&w.t()?)?.broadcast_add(bias)?)
+        };
+        let qkv = x2
+            .matmul(&self.qkv_weight.t()?)?
+            .broadcast_add(&self.qkv_bias)?; // (BT, 3C)
+        let part = |i: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(1, i * c, c)?.contiguous()?.reshape((b, t, c))?) // (B, T, C)
+        };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let ctx = self_attention(&q, &k, &v, mask, self.heads, self.attn_dropout, mode)?; // (B, T, C)
+        let a = lin(&ctx.reshape((b * t, c))?, &self.attn_out)?; // (BT, C)
+        let a = dropout(&a, self.hidden_dropout, mode)?;
+        let h = mslt_kernels::add_layer_norm(&a, Some(&x2), &self.attn_ln, self.eps)?; // (BT, C)
+        let f = h.matmul(&self.intermediate.0.t()?)?; // (BT, I)
+        let f = match self.activation {
+            Activation::GeluErf => mslt_kernels::bias_gelu(&f, &self.intermediate.1)?,
+            act => nn::activation(&f.broadcast_add(&self.intermediate.1)?, act)?,
+        };
+        let o = dropout(&lin(&f, &self.output)?, self.hidden_dropout, mode)?; // (BT, C)
+        let y = mslt_kernels::add_layer_norm(&o, Some(&h), &self.out_ln, self.eps)?;
+        Ok(y.reshape((b, t, c))?)
     }
 
     /// Forward only, no dropout: x (B, T, C) in `self.dtype`, mask (B, T) additive f32.
@@ -547,9 +598,10 @@ impl BertForPreTraining {
 
     /// Prepares every frozen layer (parameters not tracked) for the fused kernels of
     /// `mslt-kernels`, on CUDA (or anywhere with `allow_cpu`). A prepared layer runs fused when
-    /// its input is not tracked and it applies no dropout (eval mode, or `frozen_dropout` off);
-    /// otherwise the plain Candle path. Layers whose head dim the attention kernel lacks stay
-    /// on Candle. Returns how many layers were prepared.
+    /// its input is not tracked: every kernel when it applies no dropout (eval mode, or
+    /// `frozen_dropout` off), else [`FusedLayer::forward_dropout`] (attention on Candle ops with
+    /// its dropout, the rest fused). Layers whose head dim the attention kernel lacks stay on
+    /// Candle. Returns how many layers were prepared.
     pub fn use_fused_kernels(&mut self, opts: FusedOptions) -> Result<usize> {
         if !(mslt_kernels::CUDA_ENABLED && self.device().is_cuda() || opts.allow_cpu) {
             return Ok(0);
@@ -616,6 +668,9 @@ impl BertForPreTraining {
             match (&layer.fused, &mask2d) {
                 (Some(f), Some(m)) if frozen && no_dropout => {
                     x = f.forward(&x.to_dtype(f.dtype)?, m)?;
+                }
+                (Some(f), Some(_)) if frozen => {
+                    x = f.forward_dropout(&x.to_dtype(f.dtype)?, &mask, mode)?;
                 }
                 _ => {
                     let x_in = x.to_dtype(dtype)?;

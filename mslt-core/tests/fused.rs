@@ -103,9 +103,9 @@ fn an_mslt_stage_with_fused_frozen_layers_trains_the_same() {
         .collect();
     let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, &Device::Cpu).unwrap();
     let nsp = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
-    let loss_and_grads = |fused: bool| {
+    let loss_and_grads = |fused: bool, frozen_dropout: bool| {
         let (mut model, named) = stage_model(&cfg, &params, stage).unwrap();
-        model.frozen_dropout = false;
+        model.frozen_dropout = frozen_dropout;
         if fused {
             let opts = FusedOptions {
                 dtype: DType::F32,
@@ -135,12 +135,30 @@ fn an_mslt_stage_with_fused_frozen_layers_trains_the_same() {
             .collect();
         (l.loss.to_scalar::<f32>().unwrap(), grads)
     };
-    let (l_plain, g_plain) = loss_and_grads(false);
-    let (l_fused, g_fused) = loss_and_grads(true);
+    // Frozen dropout off: every frozen op fused. On: the fused layers draw BERT's three dropouts
+    // from the same RNG in the same order as the Candle layers, so the step is the same too.
+    let mut losses = Vec::new();
+    for frozen_dropout in [false, true] {
+        let (l_plain, g_plain) = loss_and_grads(false, frozen_dropout);
+        let (l_fused, g_fused) = loss_and_grads(true, frozen_dropout);
+        compare_step(frozen_dropout, (l_plain, &g_plain), (l_fused, &g_fused));
+        losses.push(l_plain);
+    }
+    assert!(
+        (losses[0] - losses[1]).abs() > 1e-4 * losses[0].abs(),
+        "frozen dropout changes nothing: {losses:?}"
+    );
+}
+
+fn compare_step(
+    frozen_dropout: bool,
+    (l_plain, g_plain): (f32, &[(String, Tensor)]),
+    (l_fused, g_fused): (f32, &[(String, Tensor)]),
+) {
     assert!(l_fused.is_finite());
     assert!(
         (l_fused - l_plain).abs() <= 1e-5 * l_plain.abs(),
-        "{l_fused} vs {l_plain}"
+        "frozen dropout {frozen_dropout}: {l_fused} vs {l_plain}"
     );
     assert_eq!(g_plain.len(), g_fused.len());
     // Attention key biases have an analytically zero gradient (float noise on both sides), so
@@ -156,9 +174,12 @@ fn an_mslt_stage_with_fused_frozen_layers_trains_the_same() {
             .unwrap()
     };
     let global = g_plain.iter().map(|(_, g)| amax(g)).fold(0f32, f32::max);
-    for ((k, a), (_, b)) in g_fused.iter().zip(&g_plain) {
+    for ((k, a), (_, b)) in g_fused.iter().zip(g_plain) {
         let e = amax(&(a - b).unwrap()) / amax(b).max(1e-3 * global);
-        assert!(e <= 1e-4, "{k}: gradient rel err {e:e}");
+        assert!(
+            e <= 1e-4,
+            "frozen dropout {frozen_dropout}, {k}: gradient rel err {e:e}"
+        );
         assert!(
             k.starts_with("bert.encoder.layer.2.")
                 || k.starts_with("cls.")
@@ -166,4 +187,48 @@ fn an_mslt_stage_with_fused_frozen_layers_trains_the_same() {
             "{k}"
         );
     }
+}
+
+/// bf16 frozen layers with frozen dropout on (attention on Candle ops in bf16 with its dropout,
+/// the rest fused): the stage trains, and the frozen forward is random in train mode and
+/// matches the f32 fused one in eval mode.
+#[test]
+fn bf16_fused_frozen_layers_with_dropout_run_and_are_random_in_train_mode() {
+    let cfg = config();
+    let w = init_all(&cfg, &mut Rng::new(6), &Device::Cpu).unwrap();
+    let x = input(&cfg);
+    let mut m = BertForPreTraining::from_tensors(&cfg, &w, "init").unwrap();
+    m.frozen_dropout = true;
+    let n = m
+        .use_fused_kernels(FusedOptions {
+            dtype: DType::BF16,
+            allow_cpu: true,
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+    let run = |seed: u64| {
+        let mut rng = Rng::new(seed);
+        m.encode(&x, &mut Mode::Train(&mut rng), false)
+            .unwrap()
+            .last_hidden_state
+    };
+    let (a, b, a2) = (run(1), run(2), run(1));
+    assert_eq!(a.dtype(), DType::F32);
+    assert!(a
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite()));
+    assert_eq!(max_rel(&a, &a2), 0.0, "same seed, same draws");
+    assert!(
+        max_rel(&a, &b) > 1e-2,
+        "dropout is active: {}",
+        max_rel(&a, &b)
+    );
+    let plain = BertForPreTraining::from_tensors(&cfg, &w, "init").unwrap();
+    let want = plain.encode(&x, &mut Mode::Eval, false).unwrap();
+    let got = m.encode(&x, &mut Mode::Eval, false).unwrap();
+    assert!(max_rel(&got.last_hidden_state, &want.last_hidden_state) <= 3e-2);
 }

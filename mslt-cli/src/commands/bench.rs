@@ -39,7 +39,7 @@ pub struct BenchArgs {
     repeats: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Dropout in the frozen layers: on (default, as training) or off (needed for fused).
+    /// Dropout in the frozen layers: on (default, as training) or off (every frozen op fused).
     #[arg(long, default_value = "on")]
     frozen_dropout: String,
     /// Frozen layers on a GPU: fused (mslt-kernels) or candle.

@@ -94,7 +94,8 @@ pub struct TrainArgs {
     /// Dropout in the frozen layers: on (default) or off (deterministic; fused kernels on GPU).
     #[arg(long)]
     frozen_dropout: Option<String>,
-    /// Frozen layers on a GPU: fused (mslt-kernels; needs --frozen-dropout off) or candle.
+    /// Frozen layers on a GPU: fused (mslt-kernels; with frozen dropout on, attention stays on
+    /// Candle ops) or candle.
     #[arg(long)]
     kernels: Option<String>,
     /// dtype of the fused frozen layers: f32 or bf16.

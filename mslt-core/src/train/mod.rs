@@ -105,7 +105,8 @@ pub struct TrainConfig {
     /// Dropout in the frozen layers (default on). Off: a deterministic frozen forward that can
     /// run the fused kernels.
     pub frozen_dropout: bool,
-    /// Frozen layers on a GPU: fused (mslt-kernels, when frozen dropout is off) or candle.
+    /// Frozen layers on a GPU: fused (mslt-kernels; with frozen dropout on, attention stays on
+    /// Candle ops) or candle.
     pub kernels: mslt_kernels::Kernels,
     /// dtype of the fused frozen layers: f32 or bf16 (the trainable layers stay f32).
     pub frozen_dtype: String,
@@ -698,10 +699,11 @@ fn append(f: &mut std::fs::File, path: &Path, v: &impl Serialize) -> Result<()> 
 }
 
 /// The frozen-layer settings of `cfg` applied to a stage model: frozen dropout, and the fused
-/// kernels where they apply (CUDA, frozen dropout off). Returns the number of fused layers.
+/// kernels where they apply (CUDA; with frozen dropout on, attention stays on Candle ops).
+/// Returns the number of fused layers.
 pub fn prepare_frozen(model: &mut BertForPreTraining, cfg: &TrainConfig) -> Result<usize> {
     model.frozen_dropout = cfg.frozen_dropout;
-    if cfg.kernels != mslt_kernels::Kernels::Fused || cfg.frozen_dropout {
+    if cfg.kernels != mslt_kernels::Kernels::Fused {
         return Ok(0);
     }
     model.use_fused_kernels(crate::model::FusedOptions {
