@@ -195,7 +195,8 @@ def main():
     # ---- base benches
     benches = load(sorted(glob.glob(os.path.join(a.dir, "bench-base-*.json"))), skipped)
     if benches:
-        p("## `bench --model-config base` (step ms, median; speedup vs the full model)\n")
+        p("## `bench --model-config base` (step ms, median; speedup vs the full model; frozen fwd: the "
+          "embeddings and frozen layers timed alone)\n")
         names = []
         for _, r in benches:
             for x in r["rows"]:
@@ -205,7 +206,11 @@ def main():
         p("|---|---|---|---|" + "---|" * len(names) + "---|")
         for f, r in benches:
             by = {x["name"]: x for x in r["rows"]}
-            cells = [f"{by[n]['step']['median_ms']:.1f} ({by[n]['speedup']:.2f}x)" if n in by else "" for n in names]
+            def cell(x):
+                fz = x.get("frozen_forward")
+                return (f"{x['step']['median_ms']:.1f} ({x['speedup']:.2f}x"
+                        + (f"; frozen fwd {fz['median_ms']:.1f})" if fz else ")"))
+            cells = [cell(by[n]) if n in by else "" for n in names]
             p(f"| {f.removeprefix('bench-base-').removesuffix('.json')} | {r['frozen']} | {r.get('cuda_pool', '')} | "
               f"{r.get('matmul_precision', 'f32')} {r['matmul_gflops'] / 1e3:.1f} TFLOP/s | " + " | ".join(cells)
               + f" | {r['schedule_speedup']:.2f} |")

@@ -777,6 +777,10 @@ fn bench_reports_every_stage_against_the_cost_model() {
     for row in &rows[..3] {
         assert!(row["step_peak_bytes"].as_u64().unwrap() > 0);
     }
+    // the forward-only part timed alone: only stage 1 has one (layer 0 and the embeddings)
+    assert!(rows[0]["frozen_forward"].is_null() && rows[1]["frozen_forward"].is_null());
+    assert!(rows[2]["frozen_forward"]["median_ms"].as_f64().unwrap() > 0.0);
+    assert!(out.contains("frozen ms"), "{out}");
     // The frozen stage (layer 0 and embeddings frozen) needs less step memory than a full step.
     let mem = |i: usize| rows[i]["step_peak_bytes"].as_u64().unwrap();
     assert!(mem(2) < mem(0), "stage 1 {} vs full {}", mem(2), mem(0));

@@ -63,6 +63,9 @@ pub struct BenchRow {
     /// steps of this stage in the schedule (0 for the `full` reference row)
     pub schedule_steps: u64,
     pub forward: Timing,
+    /// The forward-only part (embeddings and frozen layers) run alone, timed apart from the
+    /// step: how much of `forward` the frozen layers take (None: nothing is forward-only).
+    pub frozen_forward: Option<Timing>,
     pub backward: Timing,
     pub optimizer: Timing,
     pub step: Timing,
@@ -330,6 +333,25 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
         }
     }
     let step_peak = heap.zip(base).map(|(h, b)| h.peak().saturating_sub(b));
+    // the forward-only part alone, same modes and random streams as in the step
+    let mut fz = Vec::new();
+    for it in 0..bc.warmup + bc.repeats {
+        let mut drng = Rng::new(it as u64);
+        if !bc.device.is_cpu() {
+            bc.device.set_seed(it as u64)?;
+        }
+        sync(bc.device)?;
+        let t0 = Instant::now();
+        let Some(h) = model.encode_frozen(&input, &mut Mode::Train(&mut drng))? else {
+            break;
+        };
+        drop(h);
+        sync(bc.device)?;
+        if it >= bc.warmup {
+            fz.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let frozen_forward = (!fz.is_empty()).then(|| Timing::from(fz));
     let step = Timing::from(st);
     let tokens = (bc.batch_size * bc.seq_len) as f64;
     let flops = step_flops(bc.model, stage, bc.batch_size, bc.seq_len, mlm.len());
@@ -343,6 +365,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
             train_embeddings: stage.train_embeddings,
             schedule_steps: 0,
             forward: Timing::from(f),
+            frozen_forward,
             backward: Timing::from(bw),
             optimizer: Timing::from(o),
             tokens_per_s: tokens / (step.median_ms / 1e3),
@@ -395,6 +418,7 @@ fn bench_forward(bc: &BenchConfig) -> Result<BenchRow> {
         train_embeddings: false,
         schedule_steps: 0,
         forward: step.clone(),
+        frozen_forward: None,
         backward: zero.clone(),
         optimizer: zero,
         tokens_per_s: (bc.batch_size * bc.seq_len) as f64 / (step.median_ms / 1e3),
@@ -512,18 +536,22 @@ pub fn table(r: &BenchReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9} {:>9} {:>8} {:>20} {:>8} {:>7} {:>5} {:>8} {:>7} {:>8}\n",
-        "config", "depth", "train", "emb", "steps", "fwd ms", "bwd ms", "opt ms", "step ms (min-max)", "tok/s", "GFLOP", "MFU", "step MB", "speedup", "ideal"
+        "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9} {:>9} {:>9} {:>8} {:>20} {:>8} {:>7} {:>5} {:>8} {:>7} {:>8}\n",
+        "config", "depth", "train", "emb", "steps", "fwd ms", "frozen ms", "bwd ms", "opt ms", "step ms (min-max)", "tok/s", "GFLOP", "MFU", "step MB", "speedup", "ideal"
     ));
     for x in &r.rows {
         s.push_str(&format!(
-            "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9.1} {:>9.1} {:>8.1} {:>8.1} ({:>5.0}-{:>5.0}) {:>8.0} {:>7.1} {:>5.2} {:>8} {:>7.2} {:>8.2}\n",
+            "{:<18} {:>5} {:>5} {:>4} {:>6} {:>9.1} {:>9} {:>9.1} {:>8.1} {:>8.1} ({:>5.0}-{:>5.0}) {:>8.0} {:>7.1} {:>5.2} {:>8} {:>7.2} {:>8.2}\n",
             x.name,
             x.depth,
             x.trainable_layers,
             if x.train_embeddings { "yes" } else { "no" },
             x.schedule_steps,
             x.forward.median_ms,
+            x.frozen_forward
+                .as_ref()
+                .map(|t| format!("{:.1}", t.median_ms))
+                .unwrap_or_else(|| "-".into()),
             x.backward.median_ms,
             x.optimizer.median_ms,
             x.step.median_ms,
@@ -541,6 +569,9 @@ pub fn table(r: &BenchReport) -> String {
         "schedule (stages weighted by their steps) vs full at equal steps: speedup {:.2} measured, {:.2} ideal (cost model)\n",
         r.schedule_speedup, r.schedule_ideal_speedup
     ));
+    s.push_str(
+        "frozen ms: the embeddings and frozen layers run alone, timed apart from the step (part of fwd ms)\n",
+    );
     s.push_str(&format!("communication: {}\n", r.communication));
     s.push_str(&format!(
         "frozen layers: {} (fused layers per row: {:?})\n",

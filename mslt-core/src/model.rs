@@ -646,6 +646,31 @@ impl BertForPreTraining {
         mode: &mut Mode,
         keep_all: bool,
     ) -> Result<EncoderOutput> {
+        self.encode_layers(input, mode, keep_all, self.layers.len())
+    }
+
+    /// The forward-only part of a stage: the embeddings and the frozen layers below the first
+    /// trainable one, as [`Self::encode`] runs them (same kernels, same dropout), the rest left
+    /// out. None when nothing is forward-only (trainable embeddings put every layer on the
+    /// backward path). For `bench`'s frozen-forward timing.
+    pub fn encode_frozen(&self, input: &BertInput, mode: &mut Mode) -> Result<Option<Tensor>> {
+        let n = self.layers.iter().take_while(|l| !l.trains()).count();
+        if n == 0 || nn::tracked(&self.embeddings.word_embeddings) {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.encode_layers(input, mode, false, n)?.last_hidden_state,
+        ))
+    }
+
+    /// Embeddings and the first `n` layers.
+    fn encode_layers(
+        &self,
+        input: &BertInput,
+        mode: &mut Mode,
+        keep_all: bool,
+        n: usize,
+    ) -> Result<EncoderOutput> {
         let mask = input.additive_mask()?; // (B, 1, 1, T)
         let mut x = if !self.frozen_dropout && !nn::tracked(&self.embeddings.word_embeddings) {
             self.embeddings.forward(input, &mut Mode::Eval)? // frozen embeddings, no dropout
@@ -662,7 +687,7 @@ impl BertForPreTraining {
         } else {
             None
         };
-        for layer in &self.layers {
+        for layer in &self.layers[..n] {
             let frozen = !layer.trains() && !nn::tracked(&x);
             let no_dropout = !mode.is_train() || (frozen && !self.frozen_dropout);
             match (&layer.fused, &mask2d) {

@@ -232,3 +232,34 @@ fn bf16_fused_frozen_layers_with_dropout_run_and_are_random_in_train_mode() {
     let got = m.encode(&x, &mut Mode::Eval, false).unwrap();
     assert!(max_rel(&got.last_hidden_state, &want.last_hidden_state) <= 3e-2);
 }
+
+/// `encode_frozen` (bench's frozen-forward timing) runs exactly the forward-only part of a
+/// stage: the embeddings and the frozen layers below the first trainable one.
+#[test]
+fn encode_frozen_is_the_forward_only_part_of_a_stage() {
+    let cfg = config();
+    let w = init_all(&cfg, &mut Rng::new(7), &Device::Cpu).unwrap();
+    let params = Params::from_tensors(&w).unwrap();
+    let spec = |train_embeddings| ScheduleSpec {
+        kind: ScheduleKind::Mslt,
+        target_depth: 3,
+        steps: 10,
+        stages: &[2, 3],
+        stage_steps: &[],
+        final_joint_frac: 0.0,
+        train_embeddings,
+    };
+    let x = input(&cfg);
+    let stages = plan(&spec(false)).unwrap();
+    let (model, _) = stage_model(&cfg, &params, &stages[1]).unwrap(); // layers 0-1 frozen
+    let all = model.encode(&x, &mut Mode::Eval, true).unwrap();
+    let frozen = model.encode_frozen(&x, &mut Mode::Eval).unwrap().unwrap();
+    assert_eq!(max_rel(&frozen, &all.hidden_states[2]), 0.0);
+    // nothing is forward-only in the first stage (everything trains) or with trainable
+    // embeddings (every layer is on the backward path)
+    let (first, _) = stage_model(&cfg, &params, &stages[0]).unwrap();
+    assert!(first.encode_frozen(&x, &mut Mode::Eval).unwrap().is_none());
+    let stages = plan(&spec(true)).unwrap();
+    let (emb, _) = stage_model(&cfg, &params, &stages[1]).unwrap();
+    assert!(emb.encode_frozen(&x, &mut Mode::Eval).unwrap().is_none());
+}
