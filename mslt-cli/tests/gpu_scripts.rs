@@ -164,3 +164,24 @@ fn gpu_check_skips_steps_past_its_budget() {
     assert_eq!(log.matches("skipped: ").count(), 15, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
+
+/// `kernels check --only model` on the CPU: the model-level rows gpu-check.sh runs on a GPU
+/// (fused vs Candle encoder in eval, and in train mode with frozen dropout on).
+#[test]
+fn kernels_check_of_the_model_runs_on_cpu() {
+    let o = Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
+        .args(["kernels", "check", "--only", "model"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("layers + dropout   f32   mini layer 2/2 train"),
+        "{out}"
+    );
+    assert!(out.contains("all 5 kernel checks passed"), "{out}");
+}

@@ -232,5 +232,35 @@ fn model_check(dev: &candle_core::Device, preset: &str) -> Result<Vec<harness::C
             rows.push(row);
         }
     }
+    // Train mode with frozen dropout on (f32): the fused layers' dropout path against the Candle
+    // layers, both drawing the same masks (same RNG, and on a GPU the same device seed, in the
+    // same order), so they agree to rounding.
+    let run = |m: &BertForPreTraining| -> Result<mslt_core::model::EncoderOutput> {
+        if !dev.is_cpu() {
+            dev.set_seed(21)?;
+        }
+        let mut rng = Rng::new(21);
+        Ok(m.encode(&input, &mut Mode::Train(&mut rng), true)?)
+    };
+    let mut plain_d = plain.clone();
+    plain_d.frozen_dropout = true;
+    let mut fused_d = plain_d.clone();
+    fused_d.use_fused_kernels(FusedOptions {
+        dtype: DType::F32,
+        allow_cpu: dev.is_cpu(),
+    })?;
+    let (want, got) = (run(&plain_d)?, run(&fused_d)?);
+    let last = cfg.num_hidden_layers;
+    let mut row = harness::compare(
+        "layers + dropout",
+        DType::F32,
+        format!("{preset} layer {last}/{last} train"),
+        "candle model",
+        &got.hidden_states[last],
+        &want.hidden_states[last],
+    )?;
+    row.tol = 1e-4;
+    row.pass = row.nonfinite == 0 && row.rel_err <= row.tol;
+    rows.push(row);
     Ok(rows)
 }
