@@ -606,6 +606,10 @@ impl BertForPreTraining {
         if !(mslt_kernels::CUDA_ENABLED && self.device().is_cuda() || opts.allow_cpu) {
             return Ok(0);
         }
+        if nn::tracked(&self.embeddings.word_embeddings) {
+            // trainable embeddings put every layer on the backward path: none would run fused
+            return Ok(0);
+        }
         let heads = self.config.num_attention_heads;
         if !mslt_kernels::supported_head_dim(self.config.hidden_size / heads) {
             return Ok(0);

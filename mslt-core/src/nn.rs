@@ -133,7 +133,7 @@ pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
         // over would cost more than the layer.
         let _ = rng;
         let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(p)?;
-        return x.mul(&(keep.to_dtype(x.dtype())? * scale as f64)?);
+        return scaled_by(x, &(keep.to_dtype(DType::F32)? * scale as f64)?);
     }
     // Drawn in parallel blocks, each from its own generator seeded by (one draw of the mode's
     // RNG, block index): the mask is a function of the seed alone, whatever the thread count.
@@ -149,14 +149,54 @@ pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
             *v = if r.uniform_f32() < p32 { 0.0 } else { scale };
         }
     });
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x.mul(&mask)
+    scaled_by(x, &Tensor::from_vec(mask, x.shape(), x.device())?)
+}
+
+/// x * mask with the f32 mask (0 or 1 / (1 - p)) applied in f32: 1 / (1 - p) has no exact bf16
+/// (1 / 0.9 would round to 1.109375, a 0.16% bias per dropout), so other dtypes are scaled in f32
+/// and rounded once.
+fn scaled_by(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return x.mul(mask);
+    }
+    x.to_dtype(DType::F32)?.mul(mask)?.to_dtype(x.dtype())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn bf16_dropout_scales_kept_values_by_exactly_one_over_keep_probability() -> Result<()> {
+        // 1 / 0.9 has no exact bf16: scaling in bf16 would shrink every kept value by 0.16%.
+        let dev = Device::Cpu;
+        let n = 1 << 16;
+        let mut rng = Rng::new(3);
+        let x: Vec<f32> = (0..n).map(|_| 1.0 + rng.uniform_f32()).collect();
+        let x = Tensor::from_vec(x, n, &dev)?.to_dtype(DType::BF16)?;
+        let mut drng = Rng::new(4);
+        let y = dropout(&x, 0.1, &mut Mode::Train(&mut drng))?.to_dtype(DType::F32)?;
+        let (x, y) = (
+            x.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            y.to_vec1::<f32>()?,
+        );
+        let (mut sx, mut sy, mut kept) = (0f64, 0f64, 0usize);
+        for (a, b) in x.iter().zip(&y) {
+            if *b != 0.0 {
+                sx += *a as f64;
+                sy += *b as f64;
+                kept += 1;
+            }
+        }
+        let ratio = sy / sx * 0.9;
+        assert!(
+            (ratio - 1.0).abs() < 5e-4,
+            "kept values scaled by {ratio} / 0.9"
+        );
+        assert!((kept as f64 / n as f64 - 0.9).abs() < 0.01, "{kept}");
+        Ok(())
+    }
 
     #[test]
     fn fused_and_reference_layer_norm_agree() -> Result<()> {

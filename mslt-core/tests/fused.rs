@@ -260,6 +260,12 @@ fn encode_frozen_is_the_forward_only_part_of_a_stage() {
     let (first, _) = stage_model(&cfg, &params, &stages[0]).unwrap();
     assert!(first.encode_frozen(&x, &mut Mode::Eval).unwrap().is_none());
     let stages = plan(&spec(true)).unwrap();
-    let (emb, _) = stage_model(&cfg, &params, &stages[1]).unwrap();
+    let (mut emb, _) = stage_model(&cfg, &params, &stages[1]).unwrap();
     assert!(emb.encode_frozen(&x, &mut Mode::Eval).unwrap().is_none());
+    // ... and then no layer is prepared for the fused kernels either (none would run fused)
+    let opts = FusedOptions {
+        dtype: DType::F32,
+        allow_cpu: true,
+    };
+    assert_eq!(emb.use_fused_kernels(opts).unwrap(), 0);
 }

@@ -245,10 +245,15 @@ fn model_check(dev: &candle_core::Device, preset: &str) -> Result<Vec<harness::C
     let mut plain_d = plain.clone();
     plain_d.frozen_dropout = true;
     let mut fused_d = plain_d.clone();
-    fused_d.use_fused_kernels(FusedOptions {
+    let n = fused_d.use_fused_kernels(FusedOptions {
         dtype: DType::F32,
         allow_cpu: dev.is_cpu(),
     })?;
+    anyhow::ensure!(
+        n == cfg.num_hidden_layers,
+        "{n} of {} layers fused",
+        cfg.num_hidden_layers
+    );
     let (want, got) = (run(&plain_d)?, run(&fused_d)?);
     let last = cfg.num_hidden_layers;
     let mut row = harness::compare(
