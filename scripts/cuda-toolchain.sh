@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copied from the project's shared GPU notes (docs/gpu.md); keep in step with mslt-kernels' NVRTC options.
+# Copied from the project's shared GPU notes (../shared/docs/gpu.md); keep in step with mslt-kernels' NVRTC options.
 # Build-only CUDA 13.0 toolkit from PyPI wheels (no GPU, no NVIDIA apt repo needed).
 # Usage:  source cuda13-toolchain.sh [DIR]      (default DIR=$HOME/.cache/cuda13-venv)
 # Then:   cargo build --release --features cuda

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU run: checks every fused kernel against its reference, times them beside the plain
 # Candle path and PyTorch, then benches the `base` preset with --kernels fused and candle.
-# Needs a CUDA build carried to the GPU machine (see docs/gpu.md of this repo):
-#   scripts/build-cuda.sh && strip -o dist/mslt-cli target/cuda/release/mslt-cli
-#   on the GPU machine:  bash scripts/gpu-check.sh [OUT_DIR]
+# Needs a CUDA build carried to the GPU machine (see the README's CUDA section):
+#   here: scripts/build-cuda.sh (leaves dist/mslt-cli.gz); on the GPU machine, with dist/ carried:
+#   bash scripts/gpu-all.sh OUT (unpacks it, runs this, then gpu-dist-check.sh), or
+#   gunzip -k dist/mslt-cli.gz && MSLT_BIN=dist/mslt-cli bash scripts/gpu-check.sh [OUT_DIR]
 # Logs go to OUT_DIR/gpu-check.log and the JSON files to OUT_DIR/json; the summary
 # table is printed last. Each step has its own time limit and a failed step does not stop the
 # others. Kernels never run on a GPU before are checked each in its own process and timed only

@@ -73,7 +73,7 @@ pub fn device(spec: &str) -> Result<candle_core::Device> {
             Ok(dev)
         }
         "cuda" => Err(Error::Input(
-            "device `cuda`: this build has no CUDA support (rebuild with `--features cuda`, see docs/gpu.md)".into(),
+            "device `cuda`: this build has no CUDA support (rebuild with `--features cuda`: scripts/build-cuda.sh, see the README's CUDA section)".into(),
         )),
         _ => Err(Error::Input(format!("device `{spec}`: expected cpu, cuda or cuda:N"))),
     }
