@@ -280,6 +280,15 @@ fn batch(
     Ok((input, mlm, nsp))
 }
 
+/// The dropout randomness of repeat `it`: a host RNG, and the device generator seeded alike
+/// (dropout masks are drawn on a GPU), so every timed pass draws the same masks.
+fn repeat_rng(dev: &Device, it: usize) -> Result<Rng> {
+    if !dev.is_cpu() {
+        dev.set_seed(it as u64)?;
+    }
+    Ok(Rng::new(it as u64))
+}
+
 fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow, usize)> {
     let mut cfg = bc.model.clone();
     cfg.num_hidden_layers = stage.depth;
@@ -304,10 +313,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
         h.current()
     });
     for it in 0..bc.warmup + bc.repeats {
-        let mut drng = Rng::new(it as u64);
-        if !bc.device.is_cpu() {
-            bc.device.set_seed(it as u64)?;
-        }
+        let mut drng = repeat_rng(bc.device, it)?;
         sync(bc.device)?;
         let t0 = Instant::now();
         let l = model.pretraining_loss(&input, &mlm, Some(&nsp), &mut Mode::Train(&mut drng))?;
@@ -336,10 +342,7 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     // the forward-only part alone, same modes and random streams as in the step
     let mut fz = Vec::new();
     for it in 0..bc.warmup + bc.repeats {
-        let mut drng = Rng::new(it as u64);
-        if !bc.device.is_cpu() {
-            bc.device.set_seed(it as u64)?;
-        }
+        let mut drng = repeat_rng(bc.device, it)?;
         sync(bc.device)?;
         let t0 = Instant::now();
         let Some(h) = model.encode_frozen(&input, &mut Mode::Train(&mut drng))? else {

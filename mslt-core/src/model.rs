@@ -451,50 +451,50 @@ impl FusedLayer {
     /// output equals the Candle layer's with the same RNG up to rounding (tested).
     pub fn forward_dropout(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        let x2 = x.reshape((b * t, c))?; // (BT, C)
-        let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| -> Result<Tensor> {
-            Ok(x.matmul(&w.t()?)?.broadcast_add(bias)?)
-        };
-        let qkv = x2
-            .matmul(&self.qkv_weight.t()?)?
-            .broadcast_add(&self.qkv_bias)?; // (BT, 3C)
+        let (x2, qkv) = self.qkv(x)?; // (BT, C), (BT, 3C)
         let part = |i: usize| -> Result<Tensor> {
             Ok(qkv.narrow(1, i * c, c)?.contiguous()?.reshape((b, t, c))?) // (B, T, C)
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let ctx = self_attention(&q, &k, &v, mask, self.heads, self.attn_dropout, mode)?; // (B, T, C)
+        self.after_attention(&ctx, &x2, mode)
+    }
+
+    /// Forward only, no dropout: x (B, T, C) in `self.dtype`, mask (B, T) additive f32.
+    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let (x2, qkv) = self.qkv(x)?; // (BT, C), (BT, 3C)
+        let ctx = mslt_kernels::attention(&qkv.reshape((b, t, 3 * c))?, mask, self.heads)?; // (B, T, C)
+        self.after_attention(&ctx, &x2, &mut Mode::Eval)
+    }
+
+    /// x (B, T, C) -> (x as (BT, C), the Q|K|V projection (BT, 3C)).
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, c) = x.dims3()?;
+        let x2 = x.reshape((b * t, c))?; // (BT, C)
+        let qkv = x2
+            .matmul(&self.qkv_weight.t()?)?
+            .broadcast_add(&self.qkv_bias)?; // (BT, 3C)
+        Ok((x2, qkv))
+    }
+
+    /// Attention output projection, dropout, add + LN, FFN (fused bias + GELU), dropout, add +
+    /// LN: ctx (B, T, C) and the layer input x2 (BT, C) -> (B, T, C). Dropout applies in train
+    /// mode only (none with `Mode::Eval`).
+    fn after_attention(&self, ctx: &Tensor, x2: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let (b, t, c) = ctx.dims3()?;
+        let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| -> Result<Tensor> {
+            Ok(x.matmul(&w.t()?)?.broadcast_add(bias)?)
+        };
         let a = lin(&ctx.reshape((b * t, c))?, &self.attn_out)?; // (BT, C)
         let a = dropout(&a, self.hidden_dropout, mode)?;
-        let h = mslt_kernels::add_layer_norm(&a, Some(&x2), &self.attn_ln, self.eps)?; // (BT, C)
+        let h = mslt_kernels::add_layer_norm(&a, Some(x2), &self.attn_ln, self.eps)?; // (BT, C)
         let f = h.matmul(&self.intermediate.0.t()?)?; // (BT, I)
         let f = match self.activation {
             Activation::GeluErf => mslt_kernels::bias_gelu(&f, &self.intermediate.1)?,
             act => nn::activation(&f.broadcast_add(&self.intermediate.1)?, act)?,
         };
         let o = dropout(&lin(&f, &self.output)?, self.hidden_dropout, mode)?; // (BT, C)
-        let y = mslt_kernels::add_layer_norm(&o, Some(&h), &self.out_ln, self.eps)?;
-        Ok(y.reshape((b, t, c))?)
-    }
-
-    /// Forward only, no dropout: x (B, T, C) in `self.dtype`, mask (B, T) additive f32.
-    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let x2 = x.reshape((b * t, c))?; // (BT, C)
-        let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| -> Result<Tensor> {
-            Ok(x.matmul(&w.t()?)?.broadcast_add(bias)?)
-        };
-        let qkv = x2
-            .matmul(&self.qkv_weight.t()?)?
-            .broadcast_add(&self.qkv_bias)?; // (BT, 3C)
-        let ctx = mslt_kernels::attention(&qkv.reshape((b, t, 3 * c))?, mask, self.heads)?; // (B, T, C)
-        let a = lin(&ctx.reshape((b * t, c))?, &self.attn_out)?; // (BT, C)
-        let h = mslt_kernels::add_layer_norm(&a, Some(&x2), &self.attn_ln, self.eps)?; // (BT, C)
-        let f = h.matmul(&self.intermediate.0.t()?)?; // (BT, I)
-        let f = match self.activation {
-            Activation::GeluErf => mslt_kernels::bias_gelu(&f, &self.intermediate.1)?,
-            act => nn::activation(&f.broadcast_add(&self.intermediate.1)?, act)?,
-        };
-        let o = lin(&f, &self.output)?; // (BT, C)
         let y = mslt_kernels::add_layer_norm(&o, Some(&h), &self.out_ln, self.eps)?;
         Ok(y.reshape((b, t, c))?)
     }
