@@ -178,6 +178,13 @@ __device__ __forceinline__ unsigned bf16_bits(float v) {
 
 // (lo, hi) -> one .b32 holding two bf16, the lower index in the lower half
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+// The same rounding (to nearest even) in one instruction, cvt.rn.bf16x2.f32 (sm_80+); the integer
+// rounding of pack_bf16 compiles to about ten per pair. Used by the V2 fa2 kernels.
+__device__ __forceinline__ unsigned pack_bf16_cvt(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));  // a -> upper half, b -> lower
+  return r;
+}
 
 extern "C" __global__ void attention_fwd_bf16_d64_tc(const bf16_t* qkv, const float* mask, bf16_t* out, int T_,
                                                      int H, float scale) {
@@ -401,9 +408,9 @@ __device__ __forceinline__ unsigned live_tiles(const float* __restrict__ mrow, i
 }
 
 // Key tile jt (keys jt BK .. jt BK + BK) of one (batch, head) -> buffer bf of Ks, Vs (cp.async,
-// 16-byte chunks, zero rows beyond T) and of Ms (mask * log2(e), -inf beyond T); run by all 128
-// threads. Expects in scope: tid, base (the (batch, head) start of qkv), rs (its row stride), C,
-// T_, mrow, BK, D and the shared arrays Ks, Vs, Ms. T: the element type; SH = log2(D / (16 bytes
+// 16-byte chunks, zero rows beyond T) and of Ms (mask * log2(e), -inf beyond T); run by all NTH
+// threads of the block. Expects in scope: tid, NTH, base (the (batch, head) start of qkv), rs (its
+// row stride), C, T_, mrow, BK, D and the shared arrays Ks, Vs, Ms. T: the element type; SH = log2(D / (16 bytes
 // / sizeof(T))), the 16-byte chunks per row. (A macro: as an inline function the same code takes
 // 130 registers instead of 128 in the bf16 kernel on sm_90, i.e. 3 blocks per SM instead of 4.)
 #define LOAD_KV_TILE(T, SH, jt, bf)                                                        \
@@ -411,7 +418,28 @@ __device__ __forceinline__ unsigned live_tiles(const float* __restrict__ mrow, i
     const int k0_ = (jt) * BK;                                                             \
     constexpr int E_ = 16 / sizeof(T);                                                     \
     static_assert(D / E_ == (1 << (SH)), "chunks per row");                                \
-    for (int i = tid; i < BK * (D / E_); i += 128) {                                       \
+    for (int i = tid; i < BK * (D / E_); i += NTH) {                                       \
+      const int r = i >> (SH), c = (i & ((1 << (SH)) - 1)) * E_, k = k0_ + r;              \
+      const T* src = base + (long)(k < T_ ? k : 0) * rs + C + c;                           \
+      cp_async16(&Ks[bf][r][c], src, k < T_);                                              \
+      cp_async16(&Vs[bf][r][c], src + C, k < T_);                                          \
+    }                                                                                      \
+    if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? fmaxf(mrow[k0_ + tid] * LOG2E_F, -FLT_MAX_F) : NEG_INF; \
+  } while (0)
+
+// LOAD_KV_TILE with the trip count known at compile time (BK * D / 8 chunks over NTH threads,
+// NTH dividing it): each thread issues its cp.async with no loop or bounds test, where the loop
+// above compiles to a generic unrolled loop with a remainder (~250 instructions per tile in the
+// fa2 kernel). Used by the V2 fa2 kernels.
+#define LOAD_KV_TILE_U(T, SH, jt, bf)                                                      \
+  do {                                                                                     \
+    const int k0_ = (jt) * BK;                                                             \
+    constexpr int E_ = 16 / sizeof(T);                                                     \
+    constexpr int N_ = BK * (D / E_);                                                      \
+    static_assert(D / E_ == (1 << (SH)), "chunks per row");                                \
+    static_assert(N_ % NTH == 0, "whole chunks per thread");                               \
+    _Pragma("unroll") for (int it_ = 0; it_ < N_ / NTH; ++it_) {                           \
+      const int i = tid + it_ * NTH;                                                       \
       const int r = i >> (SH), c = (i & ((1 << (SH)) - 1)) * E_, k = k0_ + r;              \
       const T* src = base + (long)(k < T_ ? k : 0) * rs + C + c;                           \
       cp_async16(&Ks[bf][r][c], src, k < T_);                                              \
@@ -495,19 +523,27 @@ __device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, flo
   }
 }
 
-// MT m-tiles of 16 query rows per warp: BQ = 64 MT query rows per block, key tiles of BK = 64 / MT
-// (static shared memory stays under 48 KB: 46.6 KB for MT = 1, 36.9 KB for MT = 2). With MT = 2
-// each K/V fragment loaded from shared memory feeds two mma and each K/V tile serves twice the
-// query rows (half the L2 traffic), for more registers per thread.
-template <int MT>
+// MT m-tiles of 16 query rows per warp, NW warps: BQ = 16 NW MT query rows per block, key tiles of
+// BK = 64 / MT. With MT = 2 each K/V fragment loaded from shared memory feeds two mma and each K/V
+// tile serves twice the query rows (half the L2 traffic), for more registers per thread. With
+// NW = 8 each K/V tile also serves twice the rows, at 128 registers (2 blocks, 16 warps per SM
+// as with NW = 4), and each thread issues half the tile loads. Static shared memory stays under
+// 48 KB: 46.6 KB for (MT, NW) = (1, 4), 36.9 KB for (2, 4); for (1, 8) the Q tile (128 rows) lies
+// over the two K buffers, read into registers before the first K/V tile is loaded (37.4 KB).
+template <int MT, int NW, bool V2>
 __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
                                               bf16_t* __restrict__ out, int T_, int H, float scale) {
-  constexpr int D = 64, BQ = 64 * MT, BK = 64 / MT, DP = D + 8;  // rows padded by 16 bytes: no bank conflicts
+  constexpr int D = 64, BQ = 16 * NW * MT, BK = 64 / MT, DP = D + 8;  // rows padded by 16 bytes: no bank conflicts
+  constexpr int NTH = 32 * NW;  // threads per block
   constexpr int NKT = BK / 8;   // n-tiles of 8 keys in S = Q K^T
   constexpr int KKS = BK / 16;  // k-steps of 16 keys in O += P V
-  __shared__ __align__(16) bf16_t Qs[BQ][DP];
+  constexpr bool ALIAS_Q = NW == 8;  // Q tile over Ks (the same bytes: BQ = 2 BK)
+  static_assert(!ALIAS_Q || V2, "the Q tile is read before the loop");
+  static_assert(!ALIAS_Q || BQ == 2 * BK, "Q tile = both K buffers");
   __shared__ __align__(16) bf16_t Ks[2][BK][DP];
   __shared__ __align__(16) bf16_t Vs[2][BK][DP];
+  __shared__ __align__(16) bf16_t Qown[ALIAS_Q ? 1 : BQ][DP];
+  bf16_t(*Qs)[DP] = ALIAS_Q ? reinterpret_cast<bf16_t(*)[DP]>(&Ks[0][0][0]) : Qown;
   __shared__ float Ms[2][BK];  // mask * log2(e) of the tile's keys, -inf beyond T
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, q4 = lane & 3;  // accumulator rows g and g + 8, columns 2 q4 + {0, 1}
@@ -522,17 +558,37 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
 
   const unsigned live = live_tiles(mrow, T_, BK, ntiles);
 
-  // Q tile (zero rows beyond T), then the first live K/V tile: one cp.async group
-  for (int i = tid; i < BQ * (D / 8); i += 128) {
+  unsigned qa[MT][4][4];  // A fragments of this warp's query rows: m-tile, 4 k-steps of 16 over D
+  // Q tile (zero rows beyond T), then the first live K/V tile: one cp.async group (with ALIAS_Q:
+  // Q alone, read into registers, then the K/V tile into the bytes it held)
+  for (int i = tid; i < BQ * (D / 8); i += NTH) {
     const int r = i >> 3, c8 = (i & 7) * 8, q = q0 + r;
     cp_async16(&Qs[r][c8], base + (long)(q < T_ ? q : 0) * rs + c8, q < T_);
   }
+  // V2: the Q fragments are read before the loop (no first-iteration branch in it), at the cost
+  // of not overlapping the Q load with the first K/V tile's
+  bool first = !V2;
+  if (V2) {
+    cp_async_commit();
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        ldsm_x4(qa[mt][ks], &Qs[(w * MT + mt) * 16 + (lm & 1) * 8 + lr][ks * 16 + (lm >> 1) * 8]);
+    if (ALIAS_Q) __syncthreads();  // every warp has its Q fragments before Ks is overwritten
+  }
   int j = next_live(0, ntiles, live);
   int buf = 0;
-  if (j < ntiles) LOAD_KV_TILE(bf16_t, 3, j, 0);
+  if (j < ntiles) {
+    if (V2)
+      LOAD_KV_TILE_U(bf16_t, 3, j, 0);
+    else
+      LOAD_KV_TILE(bf16_t, 3, j, 0);
+  }
   cp_async_commit();
 
-  unsigned qa[MT][4][4];  // A fragments of this warp's query rows: m-tile, 4 k-steps of 16 over D
   float o[MT][8][4];      // output accumulators: m-tile, 8 n-tiles of 8 columns
   float m[MT][2], l[MT][2];  // running max (log2 units) and this lane's partial sums, rows g, g + 8
 #pragma unroll
@@ -542,15 +598,19 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
     m[mt][0] = m[mt][1] = NEG_INF;
     l[mt][0] = l[mt][1] = 0.0f;
   }
-  bool first = true;
 
   while (j < ntiles) {
     const int jn = next_live(j + 1, ntiles, live);
-    if (jn < ntiles) LOAD_KV_TILE(bf16_t, 3, jn, buf ^ 1);
+    if (jn < ntiles) {
+      if (V2)
+        LOAD_KV_TILE_U(bf16_t, 3, jn, buf ^ 1);
+      else
+        LOAD_KV_TILE(bf16_t, 3, jn, buf ^ 1);
+    }
     cp_async_commit();  // possibly empty: keeps "all but the newest group" = tile j
     cp_async_wait1();
     __syncthreads();
-    if (first) {
+    if (!V2 && first) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -585,10 +645,12 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
       unsigned pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        pa[mt][0] = V2 ? pack_bf16_cvt(s[mt][2 * kk][0], s[mt][2 * kk][1]) : pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = V2 ? pack_bf16_cvt(s[mt][2 * kk][2], s[mt][2 * kk][3]) : pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = V2 ? pack_bf16_cvt(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1])
+                       : pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = V2 ? pack_bf16_cvt(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3])
+                       : pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
       }
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
@@ -613,13 +675,26 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
 // Launch: grid (ceil(T / 64), H, B), block 128.
 extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2(const bf16_t* qkv, const float* mask,
                                                                              bf16_t* out, int T_, int H, float scale) {
-  attention_fa2<1>(qkv, mask, out, T_, H, scale);
+  attention_fa2<1, 4, false>(qkv, mask, out, T_, H, scale);
 }
 
 // Launch: grid (ceil(T / 128), H, B), block 128.
 extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2_q128(const bf16_t* qkv, const float* mask,
                                                                                   bf16_t* out, int T_, int H, float scale) {
-  attention_fa2<2>(qkv, mask, out, T_, H, scale);
+  attention_fa2<2, 4, false>(qkv, mask, out, T_, H, scale);
+}
+
+// Launch: grid (ceil(T / 64), H, B), block 128; at most 128 registers per thread (4 blocks per SM).
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v2(const bf16_t* qkv, const float* mask,
+                                                                                bf16_t* out, int T_, int H, float scale) {
+  attention_fa2<1, 4, true>(qkv, mask, out, T_, H, scale);
+}
+
+// Launch: grid (ceil(T / 128), H, B), block 256 (8 warps of 16 query rows; at most 128 registers
+// per thread so that two blocks fit an SM).
+extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8(const bf16_t* qkv, const float* mask,
+                                                                                  bf16_t* out, int T_, int H, float scale) {
+  attention_fa2<1, 8, true>(qkv, mask, out, T_, H, scale);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,7 +740,7 @@ __device__ __forceinline__ void mma_3xtf32(float* c, const unsigned* ahi, const 
 
 extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(const float* qkv, const float* mask,
                                                                                float* out, int T_, int H, float scale) {
-  constexpr int D = 64, BQ = 64, BK = 32, DP = D + 4;
+  constexpr int D = 64, BQ = 64, BK = 32, DP = D + 4, NTH = 128;
   __shared__ __align__(16) float Ks[2][BK][DP];
   __shared__ __align__(16) float Vs[2][BK][DP];
   __shared__ float Ms[2][BK];

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Warp-level emulation of the tensor-core attention kernels of kernels-cu/attention.cu (numpy
-only): attention_fa2<MT> (entry points attention_fwd_bf16_d64_fa2, MT = 1, and
-attention_fwd_bf16_d64_fa2_q128, MT = 2) and attention_fwd_f32_d64_tf32x3.
+only): attention_fa2<MT, NW, V2> (entry points attention_fwd_bf16_d64_fa2, MT = 1, NW = 4;
+attention_fwd_bf16_d64_fa2_v2, the same computation; attention_fwd_bf16_d64_fa2_q128, MT = 2;
+attention_fwd_bf16_d64_fa2_w8, NW = 8 warps with the Q tile over the K buffers) and
+attention_fwd_f32_d64_tf32x3.
 
 Runs the kernel's index arithmetic lane by lane against the PTX ISA's definitions of
 `ldmatrix.m8n8.x4[.trans].b16`, `mma.m16n8k16.row.col` (bf16), `mma.m16n8k8.row.col` (tf32)
@@ -172,22 +174,28 @@ def finish(states, BQ, q0, T, rnd):
     return out
 
 
-def block(qkv, mask, b, h, q0, H, scale, MT):
-    """attention_fa2<MT>, one thread block: rows q0 .. q0 + BQ of (b, h). Returns out rows
-    (BQ, D) (NaN beyond T) and the key tiles processed."""
-    BQ, BK = 64 * MT, 64 // MT
+def block(qkv, mask, b, h, q0, H, scale, MT, NW=4):
+    """attention_fa2<MT, NW>, one thread block: rows q0 .. q0 + BQ of (b, h). Returns out rows
+    (BQ, D) (NaN beyond T) and the key tiles processed. With NW = 8 the Q tile lies over the two
+    K buffers (ALIAS_Q): it is read into the fragments before the first K/V tile overwrites it."""
+    BQ, BK = 16 * NW * MT, 64 // MT
     NKT, KKS = BK // 8, BK // 16
     T = qkv.shape[1]
     C = H * D
     base = qkv[b][:, h * D:]  # row k: q at [0:D], k at [C:C+D], v at [2C:2C+D]
     sl2 = np.float32(scale * LOG2E)
     kv = KV(base, mask[b], T, C, BK, DP, np.float32)
-    Qs = np.zeros((BQ, DP), np.float32)
+    if NW == 8:
+        assert BQ == 2 * BK
+        Qs = kv.K.reshape(2 * BK, DP)  # a view: the same memory as Ks[0], Ks[1]
+        Qs[:] = 0
+    else:
+        Qs = np.zeros((BQ, DP), np.float32)
     for r in range(BQ):
         if q0 + r < T:
             Qs[r, :D] = base[q0 + r, 0:D]
     warps = []  # one state per (warp, m-tile): rows (w MT + mt) 16 + {g, g + 8}
-    for w in range(4):
+    for w in range(NW):
         for mt in range(MT):
             st = new_state((w * MT + mt) * 16)
             st["qa"] = [ldsm_x4(Qs, st["row0"] + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
@@ -344,6 +352,10 @@ def main():
         kern = lambda q, m, b, h, q0, MT=MT: block(q, m, b, h, q0, H, scale, MT)
         for T, rows in cases + [(2200 // MT, [2200 // MT, 90, (0, 5, 1050 // MT, 1100 // MT)])]:
             bad += run(f"fa2 MT{MT}", kern, T, rows, 1e-2, 64 * MT, rng, H, scale, True)
+    # attention_fwd_bf16_d64_fa2_w8: 8 warps, 128 query rows per block, key tiles of 64
+    kern = lambda q, m, b, h, q0: block(q, m, b, h, q0, H, scale, 1, NW=8)
+    for T, rows in cases + [(2200, [2200, 90, (0, 5, 1050, 1100)])]:
+        bad += run("fa2 w8", kern, T, rows, 1e-2, 128, rng, H, scale, True)
     # attention_fwd_f32_d64_tf32x3: f32 inputs, tolerance 1e-5 (the f32 kernels' check)
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale)
     for T, rows in cases[:3] + [(96, [96, 33, (40, 96)]), (1100, [90, (0, 5, 1050, 1100)])]:

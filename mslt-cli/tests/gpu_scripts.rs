@@ -16,8 +16,8 @@ echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_GELU:+MSLT_GE
 exit 0
 "#;
 
-#[test]
-fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
+/// Runs `scripts/gpu-all.sh` with the stand-ins and `envs`; returns its stdout.
+fn run_gpu_all(envs: &[(&str, &str)]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let tmp = tempfile::tempdir().unwrap();
     let dist = tmp.path().join("dist");
@@ -38,6 +38,7 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         .env("REAL_MSLT_CLI", env!("CARGO_BIN_EXE_mslt-cli"))
         .env("STANDIN_ERR", tmp.path().join("err"))
         .env("TORCH_PY", "true")
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     let all = String::from_utf8_lossy(&o.stdout).to_string();
@@ -46,17 +47,25 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         !all.contains("REJECTED"),
         "a GPU script passes a command line the CLI rejects"
     );
-    let ran = |s: &str| {
-        all.lines()
-            .filter(|l| l.starts_with("RAN ") && l.contains(s))
-            .count()
-    };
+    all
+}
+
+/// How many command lines the stand-ins ran that contain `s`.
+fn count_ran(all: &str, s: &str) -> usize {
+    all.lines()
+        .filter(|l| l.starts_with("RAN ") && l.contains(s))
+        .count()
+}
+
+#[test]
+fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
+    let all = run_gpu_all(&[("NEW_KERNELS", "fa2v2 fa2w8")]);
+    let ran = |s: &str| count_ran(&all, s);
     // gpu-check: the default check, one check and one timing per new attention kernel (all
-    // "pass" here), the base benches (incl. one per new kernel and the pool A/B)
-    assert_eq!(ran("kernels check"), 5, "{all}");
-    assert_eq!(ran("kernels bench"), 5, "{all}");
-    assert_eq!(ran("MSLT_GELU=u4 kernels"), 2, "{all}");
-    for k in ["fa2", "fa2q128", "tf32x3"] {
+    // "pass" here), the base benches (incl. one per new kernel)
+    assert_eq!(ran("kernels check"), 3, "{all}");
+    assert_eq!(ran("kernels bench"), 3, "{all}");
+    for k in ["fa2v2", "fa2w8"] {
         assert_eq!(
             ran(&format!("--only named --attention-kernels {k} ")),
             2,
@@ -64,14 +73,21 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         );
         assert_eq!(ran(&format!("MSLT_ATTENTION={k} bench")), 1, "{k}");
     }
-    assert_eq!(ran("MSLT_CUDA_POOL=release bench"), 1);
     assert_eq!(ran("--matmul-precision tf32"), 1);
-    assert_eq!(ran("bench --model-config base"), 11);
+    assert_eq!(ran("bench --model-config base"), 9);
     assert_eq!(ran("--frozen-dropout on"), 3);
-    assert!(all.contains("new attention kernels that passed their checks: fa2 fa2q128 tf32x3"));
+    assert!(all.contains("new attention kernels that passed their checks: fa2v2 fa2w8"));
     // gpu-dist-check: the single-process run and the one-rank NCCL run
     assert_eq!(ran("train --data"), 2, "{all}");
     assert_eq!(ran("--nproc 1"), 1);
+
+    // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; with no
+    // NEW_KERNELS only the default check and timings run
+    let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
+    assert_eq!(count_ran(&quick, "bench --model-config base"), 1, "{quick}");
+    assert_eq!(count_ran(&quick, "kernels check"), 1, "{quick}");
+    assert_eq!(count_ran(&quick, "kernels bench"), 1, "{quick}");
+    assert!(quick.contains("new attention kernels that passed their checks: none"));
 }
 
 /// tools/gpu_report.py turns a run's JSON into the tables and verdicts of docs/gpu-results.md:
@@ -154,14 +170,15 @@ fn gpu_check_skips_steps_past_its_budget() {
         .env("STANDIN_ERR", tmp.path().join("err"))
         .env("TORCH_PY", "true")
         .env("GPU_CHECK_SECONDS", "10")
+        .env("NEW_KERNELS", "fa2v2 fa2w8")
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
-    // 1 check + 3 new attention kernel checks + the GELU u4 check + kbench + torch + 8 base
-    // benches (nothing new passed, so nothing new is timed)
+    // 1 check + 2 new attention kernel checks + kbench + torch + 7 base benches (nothing new
+    // passed, so nothing new is timed)
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 15, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 12, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
 

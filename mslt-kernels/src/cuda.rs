@@ -463,26 +463,34 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         env.as_deref(),
         qkv.0.dtype(),
         d,
+        t,
         aligned16(qkv.1, qkv.0.dtype().size_in_bytes()),
     )?;
     let entry = match kind {
         AttentionKernel::Tc => "attention_fwd_bf16_d64_tc".to_string(),
         AttentionKernel::Fa2 => "attention_fwd_bf16_d64_fa2".to_string(),
+        AttentionKernel::Fa2V2 => "attention_fwd_bf16_d64_fa2_v2".to_string(),
         AttentionKernel::Fa2Q128 => "attention_fwd_bf16_d64_fa2_q128".to_string(),
+        AttentionKernel::Fa2W8 => "attention_fwd_bf16_d64_fa2_w8".to_string(),
         AttentionKernel::Tf32x3 => "attention_fwd_f32_d64_tf32x3".to_string(),
         _ => format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?),
     };
     let f = func(dev, &ATTENTION, &entry)?;
-    let rows_per_warp = match kind {
-        AttentionKernel::Fa2Q128 => 32,
-        AttentionKernel::Tc | AttentionKernel::Fa2 | AttentionKernel::Tf32x3 => 16,
-        _ if d == 128 => 4,
-        _ => 8,
+    // (warps per block, query rows per warp), as each entry point's launch comment says
+    let (warps, rows_per_warp) = match kind {
+        AttentionKernel::Fa2Q128 => (4, 32),
+        AttentionKernel::Fa2W8 => (8, 16),
+        AttentionKernel::Tc
+        | AttentionKernel::Fa2
+        | AttentionKernel::Fa2V2
+        | AttentionKernel::Tf32x3 => (4, 16),
+        _ if d == 128 => (4, 4),
+        _ => (4, 8),
     };
-    let bq = 4 * rows_per_warp;
+    let bq = warps * rows_per_warp;
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(bq) as u32, op.heads as u32, b as u32),
-        block_dim: (128, 1, 1),
+        block_dim: (32 * warps as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let (t_i, h_i) = (i32_of(K, "T", t)?, i32_of(K, "heads", op.heads)?);

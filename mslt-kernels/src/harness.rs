@@ -164,7 +164,9 @@ impl Select {
             attention_kernels: vec![
                 AttentionKernel::Tc,
                 AttentionKernel::Fa2,
+                AttentionKernel::Fa2V2,
                 AttentionKernel::Fa2Q128,
+                AttentionKernel::Fa2W8,
                 AttentionKernel::Tf32x3,
             ],
         }

@@ -117,7 +117,9 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d128",
         "attention_fwd_bf16_d64_tc",
         "attention_fwd_bf16_d64_fa2",
+        "attention_fwd_bf16_d64_fa2_v2",
         "attention_fwd_bf16_d64_fa2_q128",
+        "attention_fwd_bf16_d64_fa2_w8",
         "attention_fwd_f32_d64_tf32x3",
     ],
 };

@@ -98,13 +98,14 @@ impl CustomOp3 for AddLayerNorm {
 }
 
 /// Whether the CUDA bias + GELU kernel issues four 16-byte loads per thread before using them,
-/// from `MSLT_GELU`: `u1` (one at a time, the default, checked on an H100) or `u4` (not yet run
-/// on a GPU). Only the vectorised path (C a multiple of 16 bytes, aligned) has the choice.
+/// from `MSLT_GELU`: `u4` (the default) or `u1` (one at a time). Both passed their checks on an
+/// H100 (run 5, docs/gpu-results.md); u4 took 5-6% less time in bf16 at 32k-131k rows and the
+/// same in f32. Only the vectorised path (C a multiple of 16 bytes, aligned) has the choice.
 pub fn gelu_unroll(env: Option<&str>) -> std::result::Result<bool, String> {
     match env {
-        None | Some("u1") => Ok(false),
-        Some("u4") => Ok(true),
-        Some(o) => Err(format!("MSLT_GELU=`{o}`: expected u1 (the default) or u4")),
+        None | Some("u4") => Ok(true),
+        Some("u1") => Ok(false),
+        Some(o) => Err(format!("MSLT_GELU=`{o}`: expected u4 (the default) or u1")),
     }
 }
 
@@ -150,38 +151,54 @@ impl CustomOp2 for BiasGelu {
     }
 }
 
-/// Which CUDA attention kernel runs. bf16 with 64-wide heads has three; every other dtype and
-/// head dim has the CUDA-core kernel only. The CPU side ignores it (one reference).
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has six (fa2v2 / fa2w8 the
+/// default), f32 with 64-wide heads two (tf32x3 the default); every other dtype and head dim has
+/// the CUDA-core kernel only. All passed their checks on an H100 (runs 5 and 6,
+/// docs/gpu-results.md). The CPU side ignores it (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
-    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2q128 | tf32x3) where it applies, else `Tc` for bf16 with D = 64 and
-    /// `Simt` otherwise.
+    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | tf32x3) where it applies,
+    /// else the default of [`resolve_attention_kernel`].
     #[default]
     Auto,
     /// CUDA cores, f32 accumulation (`attention_fwd_{f32,bf16}_d{32,64,128}`).
     Simt,
-    /// Tensor cores, mma.sync (`attention_fwd_bf16_d64_tc`; bf16, D = 64).
+    /// Tensor cores, mma.sync (`attention_fwd_bf16_d64_tc`; bf16, D = 64): the first tensor-core
+    /// kernel, slower than `Fa2` at every shape of run 5.
     Tc,
     /// Tensor cores, FlashAttention-2 style: ldmatrix, cp.async double buffering, padding tiles
-    /// skipped (`attention_fwd_bf16_d64_fa2`; bf16, D = 64). Not yet the default: it has not
-    /// been run on a GPU (docs/gpu-results.md).
+    /// skipped (`attention_fwd_bf16_d64_fa2`; bf16, D = 64). On the H100 it took 0.37-0.85x the
+    /// time of `Tc` at BERT shapes (run 5); `Fa2V2` and `Fa2W8` are faster still (run 6).
     Fa2,
     /// `Fa2` with 32 query rows per warp, 128 per block, key tiles of 32
-    /// (`attention_fwd_bf16_d64_fa2_q128`; not yet run on a GPU either).
+    /// (`attention_fwd_bf16_d64_fa2_q128`): faster than `Fa2` at B32 T128 only (run 5).
     Fa2Q128,
+    /// `Fa2` with fewer instructions per key tile (`attention_fwd_bf16_d64_fa2_v2`): the
+    /// probabilities packed to bf16 by `cvt.rn.bf16x2.f32` (the same rounding), the K/V tile loads
+    /// unrolled at compile time, the Q fragments read before the loop; 642 instead of 963 SASS
+    /// instructions in the loop per 64 mma on sm_90, 128 registers. The bf16 default below
+    /// T = 256: 0.82-0.96x the time of `Fa2` on the H100 (run 6).
+    Fa2V2,
+    /// `Fa2V2` with 8 warps per block (128 query rows, key tiles of 64, the Q tile read into
+    /// registers over the K buffers): each K/V tile serves twice the rows at the same registers
+    /// and occupancy (`attention_fwd_bf16_d64_fa2_w8`; 556 loop instructions). The bf16 default
+    /// from T = 256 on: 0.79-0.88x the time of `Fa2` at T = 512 on the H100 (run 6).
+    Fa2W8,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
-    /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64; not yet run on a GPU).
+    /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64). The f32 default: within 1.2e-6 relative of
+    /// the f32 reference and 3.7-5.5x faster than `Simt` on the H100 (run 5).
     Tf32x3,
 }
 
 impl AttentionKernel {
     /// Whether this kernel takes inputs of `dtype` with head dim `d` (16-byte aligned rows):
-    /// tc, fa2 and fa2q128 take bf16, tf32x3 f32, all with D = 64; simt (and auto) everything.
+    /// tc and the fa2 family take bf16, tf32x3 f32, all with D = 64; simt (and auto)
+    /// everything.
     pub fn fits(self, dtype: DType, d: usize) -> bool {
         use AttentionKernel::*;
         match self {
             Auto | Simt => true,
-            Tc | Fa2 | Fa2Q128 => dtype == DType::BF16 && d == 64,
+            Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 => dtype == DType::BF16 && d == 64,
             Tf32x3 => dtype == DType::F32 && d == 64,
         }
     }
@@ -195,10 +212,12 @@ impl std::str::FromStr for AttentionKernel {
             "simt" => Ok(Self::Simt),
             "tc" => Ok(Self::Tc),
             "fa2" => Ok(Self::Fa2),
+            "fa2v2" => Ok(Self::Fa2V2),
             "fa2q128" => Ok(Self::Fa2Q128),
+            "fa2w8" => Ok(Self::Fa2W8),
             "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2q128 or tf32x3"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8 or tf32x3"
             )),
         }
     }
@@ -211,27 +230,36 @@ impl std::fmt::Display for AttentionKernel {
             Self::Simt => "simt",
             Self::Tc => "tc",
             Self::Fa2 => "fa2",
+            Self::Fa2V2 => "fa2v2",
             Self::Fa2Q128 => "fa2q128",
+            Self::Fa2W8 => "fa2w8",
             Self::Tf32x3 => "tf32x3",
         })
     }
 }
 
-/// The CUDA attention kernel that runs. An explicit choice must fit the inputs (an error
-/// otherwise); `Auto` takes `env` (the value of `MSLT_ATTENTION`) where it fits, else the
-/// default: the tensor-core kernel for bf16 with D = 64 and 16-byte aligned rows, else the
-/// CUDA-core one.
+/// The CUDA attention kernel that runs for head dim `d` and sequence length `t`. An explicit
+/// choice must fit the inputs (an error otherwise); `Auto` takes `env` (the value of
+/// `MSLT_ATTENTION`) where it fits, else the default. With D = 64 and 16-byte aligned rows that
+/// is, for bf16, `Fa2W8` from T = 256 on and `Fa2V2` below (on the H100, run 6: fa2w8 took 3-7%
+/// less time than fa2v2 at every T = 512 shape, fa2v2 3-7% less than fa2w8 at T = 128; T = 256
+/// was not measured), and `Tf32x3` for f32; else the CUDA-core kernel.
 pub fn resolve_attention_kernel(
     want: AttentionKernel,
     env: Option<&str>,
     dtype: DType,
     d: usize,
+    t: usize,
     aligned: bool,
 ) -> Result<AttentionKernel> {
     use AttentionKernel::*;
     // the tensor-core kernels load 16-byte vectors; simt has no alignment need
     let fits = |k: AttentionKernel| k.fits(dtype, d) && (aligned || matches!(k, Auto | Simt));
-    let default = if fits(Tc) { Tc } else { Simt };
+    let bf16 = if t >= 256 { Fa2W8 } else { Fa2V2 };
+    let default = [bf16, Tf32x3]
+        .into_iter()
+        .find(|&k| fits(k))
+        .unwrap_or(Simt);
     match (want, env) {
         (Auto, None) => Ok(default),
         (Auto, Some(v)) => {
@@ -244,7 +272,7 @@ pub fn resolve_attention_kernel(
         (k, _) => Err(input_err(
             "attention",
             format!(
-                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, rows {}16-byte aligned): tc, fa2 and fa2q128 take bf16, tf32x3 takes f32, all with 64-wide heads",
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128 and fa2w8 take bf16, tf32x3 takes f32, all with 64-wide heads",
                 if aligned { "" } else { "not " }
             ),
         )),

@@ -117,7 +117,9 @@ fn kernels_switch_parses() {
         .parse::<Kernels>()
         .unwrap_err()
         .contains("fused or candle"));
-    for k in ["auto", "simt", "tc", "fa2", "fa2q128", "tf32x3"] {
+    for k in [
+        "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "tf32x3",
+    ] {
         assert_eq!(
             k.parse::<AttentionKernel>().map(|v| v.to_string()),
             Ok(k.to_string())
@@ -132,7 +134,7 @@ fn kernels_switch_parses() {
 /// Which CUDA attention kernel runs (decided without a GPU).
 #[test]
 fn gelu_unroll_switch_parses() {
-    assert_eq!(ops::gelu_unroll(None), Ok(false));
+    assert_eq!(ops::gelu_unroll(None), Ok(true));
     assert_eq!(ops::gelu_unroll(Some("u1")), Ok(false));
     assert_eq!(ops::gelu_unroll(Some("u4")), Ok(true));
     let e = ops::gelu_unroll(Some("4")).unwrap_err();
@@ -142,25 +144,41 @@ fn gelu_unroll_switch_parses() {
 #[test]
 fn attention_kernel_dispatch() {
     use AttentionKernel::*;
-    let r = |k, env, dt, d, al| ops::resolve_attention_kernel(k, env, dt, d, al);
-    // default: tensor cores for bf16 with 64-wide heads, CUDA cores otherwise
-    assert_eq!(r(Auto, None, DType::BF16, 64, true).unwrap(), Tc);
-    assert_eq!(r(Auto, None, DType::F32, 64, true).unwrap(), Simt);
+    let r = |k, env, dt, d, al| ops::resolve_attention_kernel(k, env, dt, d, 128, al);
+    // default (runs 5 and 6 on the H100): for aligned 64-wide heads fa2v2 (T < 256) or fa2w8
+    // (T >= 256) in bf16, tf32x3 in f32; CUDA cores otherwise
+    assert_eq!(r(Auto, None, DType::BF16, 64, true).unwrap(), Fa2V2);
+    let at = |t| ops::resolve_attention_kernel(Auto, None, DType::BF16, 64, t, true).unwrap();
+    assert_eq!(
+        (at(1), at(255), at(256), at(512)),
+        (Fa2V2, Fa2V2, Fa2W8, Fa2W8)
+    );
+    let f32_at = |t| ops::resolve_attention_kernel(Auto, None, DType::F32, 64, t, true).unwrap();
+    assert_eq!((f32_at(128), f32_at(512)), (Tf32x3, Tf32x3));
+    assert_eq!(r(Auto, None, DType::F32, 64, true).unwrap(), Tf32x3);
     assert_eq!(r(Auto, None, DType::BF16, 128, true).unwrap(), Simt);
+    assert_eq!(r(Auto, None, DType::F32, 32, true).unwrap(), Simt);
     assert_eq!(r(Auto, None, DType::BF16, 64, false).unwrap(), Simt);
-    // MSLT_ATTENTION where it fits, the CUDA-core kernel where it does not
+    assert_eq!(r(Auto, None, DType::F32, 64, false).unwrap(), Simt);
+    // MSLT_ATTENTION where it fits, the default where it does not
+    assert_eq!(r(Auto, Some("tc"), DType::BF16, 64, true).unwrap(), Tc);
     assert_eq!(r(Auto, Some("fa2"), DType::BF16, 64, true).unwrap(), Fa2);
     assert_eq!(
         r(Auto, Some("fa2q128"), DType::BF16, 64, true).unwrap(),
         Fa2Q128
     );
     assert_eq!(r(Auto, Some("simt"), DType::BF16, 64, true).unwrap(), Simt);
-    assert_eq!(r(Auto, Some("fa2"), DType::F32, 64, true).unwrap(), Simt);
+    assert_eq!(r(Auto, Some("simt"), DType::F32, 64, true).unwrap(), Simt);
+    assert_eq!(r(Auto, Some("fa2"), DType::F32, 64, true).unwrap(), Tf32x3);
+    assert_eq!(r(Auto, Some("fa2"), DType::F32, 128, true).unwrap(), Simt);
     assert_eq!(
         r(Auto, Some("tf32x3"), DType::F32, 64, true).unwrap(),
         Tf32x3
     );
-    assert_eq!(r(Auto, Some("tf32x3"), DType::BF16, 64, true).unwrap(), Tc);
+    assert_eq!(
+        r(Auto, Some("tf32x3"), DType::BF16, 64, true).unwrap(),
+        Fa2V2
+    );
     assert_eq!(r(Auto, Some("tf32x3"), DType::F32, 32, true).unwrap(), Simt);
     assert_eq!(r(Tf32x3, None, DType::F32, 64, true).unwrap(), Tf32x3);
     assert!(r(Tf32x3, None, DType::BF16, 64, true).is_err());
@@ -190,7 +208,10 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
     for k in [
         AttentionKernel::Simt,
         AttentionKernel::Tc,
+        AttentionKernel::Fa2,
+        AttentionKernel::Fa2V2,
         AttentionKernel::Fa2Q128,
+        AttentionKernel::Fa2W8,
     ] {
         let got = ops::attention_with(&qkv, &mask, 2, k)?.to_dtype(DType::F32)?;
         let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -363,6 +384,9 @@ fn select_lists_parse_and_name_bad_entries() {
     assert!(e.contains("`fa3`"), "{e}");
     // fits: which kernel takes which inputs
     assert!(AttentionKernel::Fa2.fits(DType::BF16, 64));
+    assert!(AttentionKernel::Fa2W8.fits(DType::BF16, 64));
+    assert!(AttentionKernel::Fa2V2.fits(DType::BF16, 64));
+    assert!(!AttentionKernel::Fa2W8.fits(DType::F32, 64));
     assert!(!AttentionKernel::Fa2.fits(DType::F32, 64));
     assert!(!AttentionKernel::Tc.fits(DType::BF16, 128));
     assert!(AttentionKernel::Tf32x3.fits(DType::F32, 64));

@@ -58,9 +58,10 @@ struct SelectArgs {
     #[arg(long, default_value = "all")]
     only: String,
     /// Attention kernels checked / timed by name on CUDA (part `named`), comma-separated:
-    /// simt, tc, fa2, fa2q128, tf32x3, all or none. Each runs where it fits the dtype and head
-    /// dim. Default: all for `check`; for `bench` the kernels that are not a default choice
-    /// (fa2, fa2q128, tf32x3), whose rows would repeat the `fused` ones otherwise.
+    /// simt, tc, fa2, fa2v2, fa2q128, fa2w8, tf32x3, all or none. Each runs where it fits the
+    /// dtype and head dim. Default: all for `check`; for `bench` fa2, fa2v2 and fa2w8 (the
+    /// `fused` rows take the default: fa2v2 below T = 256, fa2w8 from there on; tc and fa2q128
+    /// are slower than these at every shape measured).
     #[arg(long)]
     attention_kernels: Option<String>,
 }
@@ -156,7 +157,7 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             sel,
             json,
         } => {
-            let sel = sel.select("fa2,fa2q128,tf32x3")?;
+            let sel = sel.select("fa2,fa2v2,fa2w8")?;
             let dev = mslt_core::device(&device)?;
             let shapes = if tiny {
                 BenchShapes::tiny()
