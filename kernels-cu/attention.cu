@@ -341,10 +341,12 @@ extern "C" __global__ void attention_fwd_bf16_d64_tc(const bf16_t* qkv, const fl
 //    the log2(e) scaling), so the scores that decide such a softmax are rounded away, here and in
 //    the reference alike, differently (mslt never builds such a row: every sequence has [CLS]).
 // Same layout, mask convention and accumulation (f32) as attention_fwd_bf16_d64_tc; the
-// probabilities are rounded to bf16 for P V. Block: 4 warps of one (batch, head); qkv rows
-// 16-byte aligned. Two entry points: attention_fwd_bf16_d64_fa2 (16 query rows per warp, 64 per
-// block, key tiles of 64) and attention_fwd_bf16_d64_fa2_q128 (32 rows per warp, 128 per block,
-// key tiles of 32).
+// probabilities are rounded to bf16 for P V. Block: 4 or 8 warps of one (batch, head); qkv rows
+// 16-byte aligned. Entry points: attention_fwd_bf16_d64_fa2 (16 query rows per warp, 64 per
+// block, key tiles of 64), attention_fwd_bf16_d64_fa2_q128 (32 rows per warp, 128 per block, key
+// tiles of 32), and the V2 variants with fewer instructions per tile (cvt.rn.bf16x2 packing,
+// compile-time tile loads, Q read before the loop): attention_fwd_bf16_d64_fa2_v2 (as _fa2) and
+// attention_fwd_bf16_d64_fa2_w8 (8 warps, 128 rows per block, key tiles of 64).
 
 #define PAD_MASK (-1.0e8f)
 

@@ -177,7 +177,7 @@ pub enum AttentionKernel {
     /// probabilities packed to bf16 by `cvt.rn.bf16x2.f32` (the same rounding), the K/V tile loads
     /// unrolled at compile time, the Q fragments read before the loop; 642 instead of 963 SASS
     /// instructions in the loop per 64 mma on sm_90, 128 registers. The bf16 default below
-    /// T = 256: 0.82-0.96x the time of `Fa2` on the H100 (run 6).
+    /// T = 256: 0.82-0.99x the time of `Fa2` on the H100 (run 6).
     Fa2V2,
     /// `Fa2V2` with 8 warps per block (128 query rows, key tiles of 64, the Q tile read into
     /// registers over the K buffers): each K/V tile serves twice the rows at the same registers
@@ -186,7 +186,7 @@ pub enum AttentionKernel {
     Fa2W8,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
     /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64). The f32 default: within 1.2e-6 relative of
-    /// the f32 reference and 3.7-5.5x faster than `Simt` on the H100 (run 5).
+    /// the f32 reference and 2.8-5.5x faster than `Simt` on the H100 (run 5).
     Tf32x3,
 }
 
@@ -241,7 +241,7 @@ impl std::fmt::Display for AttentionKernel {
 /// The CUDA attention kernel that runs for head dim `d` and sequence length `t`. An explicit
 /// choice must fit the inputs (an error otherwise); `Auto` takes `env` (the value of
 /// `MSLT_ATTENTION`) where it fits, else the default. With D = 64 and 16-byte aligned rows that
-/// is, for bf16, `Fa2W8` from T = 256 on and `Fa2V2` below (on the H100, run 6: fa2w8 took 3-7%
+/// is, for bf16, `Fa2W8` from T = 256 on and `Fa2V2` below (on the H100, run 6: fa2w8 took 1-7%
 /// less time than fa2v2 at every T = 512 shape, fa2v2 3-7% less than fa2w8 at T = 128; T = 256
 /// was not measured), and `Tf32x3` for f32; else the CUDA-core kernel.
 pub fn resolve_attention_kernel(
