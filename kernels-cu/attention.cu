@@ -450,6 +450,45 @@ __device__ __forceinline__ unsigned live_tiles(const float* __restrict__ mrow, i
     if (tid < BK) Ms[bf][tid] = (k0_ + tid < T_) ? fmaxf(mrow[k0_ + tid] * LOG2E_F, -FLT_MAX_F) : NEG_INF; \
   } while (0)
 
+// Dropout on the attention probabilities (the _dropout entry points), as BERT applies it in
+// train mode: out_i = sum_j softmax_i(j) * keep(i, j) / (1 - p) v_j. The softmax normaliser
+// counts every key (the row sums take the probabilities before dropout). keep(i, j) for batch
+// row b, head h, query i and key j is a counter-based draw, a function of (seed, b, h, i, j)
+// alone: word 2 * bit3(i) + bit0(j) of Philox4x32-10 (Salmon et al. 2011, Random123) with key
+// (seed low, seed high) and counter (j >> 1, i & ~8, h, b) is at least thr = round(p 2^32).
+// Rows g, g + 8 and keys 2 q4, 2 q4 + 1 of one lane's mma accumulator tile share one counter,
+// so each lane makes one Philox call per n-tile of 8 keys for its 4 elements.
+// mslt_kernels::philox (Rust) defines the same draw for the CPU op and the checks.
+struct Dropout {
+  unsigned k0, k1;  // Philox key: the seed's low and high words
+  unsigned thr;     // keep iff word >= thr
+  float scale;      // 1 / (1 - p)
+};
+
+__device__ __forceinline__ void philox4x32_10(unsigned (&c)[4], unsigned k0, unsigned k1) {
+#pragma unroll
+  for (int r = 0; r < 10; ++r) {
+    const unsigned lo0 = 0xD2511F53u * c[0], hi0 = __umulhi(0xD2511F53u, c[0]);
+    const unsigned lo1 = 0xCD9E8D57u * c[2], hi1 = __umulhi(0xCD9E8D57u, c[2]);
+    c[0] = hi1 ^ c[1] ^ k0;
+    c[1] = lo1;
+    c[2] = hi0 ^ c[3] ^ k1;
+    c[3] = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+// Dropout on one lane's 4 accumulator elements of an n-tile (rows row0 = the m-tile's row g and
+// row0 + 8, keys key0 = 2 q4 + the n-tile's first key and key0 + 1), after the softmax made
+// them probabilities (unnormalised) and before they feed P V.
+__device__ __forceinline__ void drop4(float (&s)[4], const Dropout& dr, int row0, int key0, int h, int b) {
+  unsigned c[4] = {(unsigned)key0 >> 1, (unsigned)row0, (unsigned)h, (unsigned)b};
+  philox4x32_10(c, dr.k0, dr.k1);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) s[e] = c[e] >= dr.thr ? s[e] * dr.scale : 0.0f;
+}
+
 // One key tile of the base-2 online softmax for rows g and g + 8 of an m16 tile: the scores s
 // (NKT n-tiles of 8 keys, mma accumulator layout, raw q.k) become probabilities in place; the
 // running maxima m0, m1 and this lane's partial row sums l0, l1 are updated and the output o
@@ -532,9 +571,10 @@ __device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, flo
 // as with NW = 4), and each thread issues half the tile loads. Static shared memory stays under
 // 48 KB: 46.6 KB for (MT, NW) = (1, 4), 36.9 KB for (2, 4); for (1, 8) the Q tile (128 rows) lies
 // over the two K buffers, read into registers before the first K/V tile is loaded (37.4 KB).
-template <int MT, int NW, bool V2>
+template <int MT, int NW, bool V2, bool DROP = false>
 __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
-                                              bf16_t* __restrict__ out, int T_, int H, float scale) {
+                                              bf16_t* __restrict__ out, int T_, int H, float scale,
+                                              Dropout dr = Dropout{}) {
   constexpr int D = 64, BQ = 16 * NW * MT, BK = 64 / MT, DP = D + 8;  // rows padded by 16 bytes: no bank conflicts
   constexpr int NTH = 32 * NW;  // threads per block
   constexpr int NKT = BK / 8;   // n-tiles of 8 keys in S = Q K^T
@@ -641,12 +681,17 @@ __device__ __forceinline__ void attention_fa2(const bf16_t* __restrict__ qkv, co
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
       softmax_tile<NKT, true>(s[mt], Ms[buf], q4, sl2, m[mt][0], m[mt][1], l[mt][0], l[mt][1], o[mt]);
+    static_assert(!DROP || V2, "dropout in the V2 kernels only");
     // O += P V: KKS k-steps of 16 keys; one ldmatrix.x4.trans = the B fragments of 2 n-tiles
 #pragma unroll
     for (int kk = 0; kk < KKS; ++kk) {
       unsigned pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
+        if (DROP) {  // the two n-tiles of 8 keys this k-step packs
+          drop4(s[mt][2 * kk], dr, q0 + (w * MT + mt) * 16 + g, j * BK + kk * 16 + 2 * q4, h, b);
+          drop4(s[mt][2 * kk + 1], dr, q0 + (w * MT + mt) * 16 + g, j * BK + kk * 16 + 8 + 2 * q4, h, b);
+        }
         pa[mt][0] = V2 ? pack_bf16_cvt(s[mt][2 * kk][0], s[mt][2 * kk][1]) : pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
         pa[mt][1] = V2 ? pack_bf16_cvt(s[mt][2 * kk][2], s[mt][2 * kk][3]) : pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
         pa[mt][2] = V2 ? pack_bf16_cvt(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1])
@@ -692,11 +737,27 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_
   attention_fa2<1, 4, true>(qkv, mask, out, T_, H, scale);
 }
 
+// attention_fwd_bf16_d64_fa2_v2 with dropout on the probabilities (see Dropout): launch as it.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v2_dropout(
+    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
+    unsigned thr, float keep_scale) {
+  attention_fa2<1, 4, true, true>(qkv, mask, out, T_, H, scale,
+                                  Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
+}
+
 // Launch: grid (ceil(T / 128), H, B), block 256 (8 warps of 16 query rows; at most 128 registers
 // per thread so that two blocks fit an SM).
 extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8(const bf16_t* qkv, const float* mask,
                                                                                   bf16_t* out, int T_, int H, float scale) {
   attention_fa2<1, 8, true>(qkv, mask, out, T_, H, scale);
+}
+
+// attention_fwd_bf16_d64_fa2_w8 with dropout on the probabilities (see Dropout): launch as it.
+extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8_dropout(
+    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
+    unsigned thr, float keep_scale) {
+  attention_fa2<1, 8, true, true>(qkv, mask, out, T_, H, scale,
+                                  Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -740,8 +801,9 @@ __device__ __forceinline__ void mma_3xtf32(float* c, const unsigned* ahi, const 
   mma_tf32_1688(c, ahi, bh0, bh1);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(const float* qkv, const float* mask,
-                                                                               float* out, int T_, int H, float scale) {
+template <bool DROP>
+__device__ __forceinline__ void attention_tf32x3(const float* __restrict__ qkv, const float* __restrict__ mask,
+                                                 float* __restrict__ out, int T_, int H, float scale, Dropout dr) {
   constexpr int D = 64, BQ = 64, BK = 32, DP = D + 4, NTH = 128;
   __shared__ __align__(16) float Ks[2][BK][DP];
   __shared__ __align__(16) float Vs[2][BK][DP];
@@ -804,6 +866,10 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(c
       }
     }
     softmax_tile<4, false>(s, Ms[buf], q4, sl2, m0, m1, l0, l1, o);
+    if (DROP) {
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) drop4(s[nt], dr, q0 + w * 16 + g, j * BK + nt * 8 + 2 * q4, h, b);
+    }
     // O += P V: one k-step per n-tile of S (8 keys, in the order 2 q4 | 2 q4 + 1), 8 n-tiles of D
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -825,4 +891,17 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(c
     j = jn;
   }
   store_rows(o, l0, l1, out, b, T_, C, h * D, q0 + w * 16 + g, q4);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3(const float* qkv, const float* mask,
+                                                                               float* out, int T_, int H, float scale) {
+  attention_tf32x3<false>(qkv, mask, out, T_, H, scale, Dropout{});
+}
+
+// attention_fwd_f32_d64_tf32x3 with dropout on the probabilities (see Dropout): launch as it.
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_f32_d64_tf32x3_dropout(
+    const float* qkv, const float* mask, float* out, int T_, int H, float scale, unsigned long long seed, unsigned thr,
+    float keep_scale) {
+  attention_tf32x3<true>(qkv, mask, out, T_, H, scale,
+                         Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
 }

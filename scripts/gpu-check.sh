@@ -7,8 +7,9 @@
 #   gunzip -k dist/mslt-cli.gz && MSLT_BIN=dist/mslt-cli bash scripts/gpu-check.sh [OUT_DIR]
 # Logs go to OUT_DIR/gpu-check.log and the JSON files to OUT_DIR/json; the summary
 # table is printed last. Each step has its own time limit and a failed step does not stop the
-# others. Attention kernels never run on a GPU before (NEW_KERNELS, e.g. "fa2v2 fa2w8" in run 6;
-# none at present) are checked each in its own process and timed only if they pass. Run 5 on one H100 (2026-11-27, all
+# others. Attention kernels never run on a GPU before (NEW_KERNELS, e.g. "fa2v2 fa2w8" in run 6)
+# and the dropout inside the kernels (part `dropout`, not yet run on a GPU) are checked each in
+# their own process and timed only if they pass. Run 5 on one H100 (2026-11-27, all
 # steps) took 5.4 minutes; GPU_CHECK_QUICK=1 skips the `base` rows run 5 measured (about 3
 # minutes less), and the whole is held to GPU_CHECK_SECONDS (380 s) whatever happens.
 set -u
@@ -44,7 +45,8 @@ step "device"
 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv 2>&1 | tee -a "$LOG"
 if ldd "$BIN" | grep 'not found'; then echo "missing libraries for $BIN" | tee -a "$LOG"; exit 1; fi
 step "kernel checks, the kernels the model runs by default (f32 tight, bf16 to bf16 tolerance; padded masks)"
-run 90 "$BIN" kernels check --device cuda --large --attention-kernels tc,fa2,fa2q128 --json "$OUT/json/check.json"
+run 90 "$BIN" kernels check --device cuda --large --only ln,gelu,attention,named,model \
+  --attention-kernels tc,fa2,fa2q128 --json "$OUT/json/check.json"
 # Attention kernels that have never run on a GPU: each checked in its own process, so that one
 # which crashes (and takes the CUDA context with it) or hangs costs only its own rows. Only those
 # that pass are timed and benched.
@@ -55,8 +57,20 @@ for k in ${NEW_KERNELS-}; do
     --json "$OUT/json/check-$k.json"; then NEW_OK+=("$k"); fi
 done
 echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee -a "$LOG"
+# Dropout on the attention probabilities inside the kernels (the `_dropout` entry points of
+# fa2v2, fa2w8 and tf32x3, not yet run on a GPU): kernel rows against the same Philox draws
+# through Candle ops, and the frozen encoder with MSLT_ATTENTION_DROPOUT=kernel against its
+# reference, in a process of their own
+step "kernel check: attention dropout inside the kernels (not yet run on a GPU before this script)"
+DROP_OK=0
+if run 60 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels fa2v2,fa2w8,tf32x3 \
+  --json "$OUT/json/check-dropout.json"; then DROP_OK=1; fi
 step "kernel timings: fused (output allocated per call), fused-into (preallocated output), candle"
-run 150 "$BIN" kernels bench --device cuda --json "$OUT/json/kbench.json"
+run 150 "$BIN" kernels bench --device cuda --only copy,ln,gelu,attention,named --json "$OUT/json/kbench.json"
+if [ "$DROP_OK" = 1 ]; then
+  step "kernel timings: attention with dropout inside the kernels, and Candle's attention with dropout"
+  run 60 "$BIN" kernels bench --device cuda --only dropout --json "$OUT/json/kbench-dropout.json"
+fi
 BENCH_OK=()
 for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do
   step "kernel timings: attention[$k]"
@@ -74,17 +88,24 @@ for k in ${BENCH_OK[@]+"${BENCH_OK[@]}"}; do
   MSLT_ATTENTION=$k run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 \
     --json "$OUT/json/bench-base-fused-bf16-$k.json"
 done
+if [ "$DROP_OK" = 1 ]; then
+  # the training default (frozen dropout on) with the attention dropout inside the kernels, and
+  # the same rows with it on Candle ops, in the same call
+  for dt in f32 bf16; do
+    step "bench base, frozen dropout on, fused $dt frozen layers, attention dropout inside the kernel"
+    MSLT_ATTENTION_DROPOUT=kernel run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --frozen-dtype "$dt" \
+      --json "$OUT/json/bench-base-dropout-on-fused-$dt-kernel-dropout.json"
+    step "bench base, frozen dropout on, fused $dt frozen layers, attention dropout on Candle ops"
+    run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --frozen-dtype "$dt" \
+      --json "$OUT/json/bench-base-dropout-on-fused-$dt.json"
+  done
+fi
 if [ "${GPU_CHECK_QUICK:-0}" != 1 ]; then
   step "bench base, frozen dropout off, kernels fused (f32; attention: the default, tf32x3)"
   run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --json "$OUT/json/bench-base-fused.json"
   step "bench base, fused bf16 frozen layers, trainable layers' f32 products on TF32 tensor cores"
   run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 --matmul-precision tf32 \
     --json "$OUT/json/bench-base-fused-bf16-tf32.json"
-  step "bench base, frozen dropout on, fused bf16 frozen layers (attention on Candle ops with dropout)"
-  run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --frozen-dtype bf16 \
-    --json "$OUT/json/bench-base-dropout-on-fused-bf16.json"
-  step "bench base, frozen dropout on, fused f32 frozen layers (the training default)"
-  run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --json "$OUT/json/bench-base-dropout-on.json"
   step "bench base, frozen dropout on, frozen layers on Candle"
   run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels candle --json "$OUT/json/bench-base-dropout-on-candle.json"
   step "bench base, frozen dropout off, kernels candle (f32)"

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Warp-level emulation of the tensor-core attention kernels of kernels-cu/attention.cu (numpy
-only): attention_fa2<MT, NW, V2> (entry points attention_fwd_bf16_d64_fa2, MT = 1, NW = 4;
+only): attention_fa2<MT, NW, V2, DROP> (entry points attention_fwd_bf16_d64_fa2, MT = 1, NW = 4;
 attention_fwd_bf16_d64_fa2_v2, the same computation; attention_fwd_bf16_d64_fa2_q128, MT = 2;
 attention_fwd_bf16_d64_fa2_w8, NW = 8 warps with the Q tile over the K buffers) and
-attention_fwd_f32_d64_tf32x3.
+attention_fwd_f32_d64_tf32x3, and the _dropout variants (Philox dropout on the probabilities,
+each lane's draws against the mask defined element by element).
 
 Runs the kernel's index arithmetic lane by lane against the PTX ISA's definitions of
 `ldmatrix.m8n8.x4[.trans].b16`, `mma.m16n8k16.row.col` (bf16), `mma.m16n8k8.row.col` (tf32)
@@ -81,6 +82,43 @@ def quad(v, op):
         v = op(v, v[LANES ^ o])
     return v
 
+
+
+def philox4x32_10(c, k0, k1):
+    """Philox4x32-10 on arrays: c = 4 uint32 arrays (counter words), key (k0, k1) -> 4 arrays."""
+    M = np.uint64(0xFFFFFFFF)
+    c = [np.asarray(x, np.uint64) & M for x in c]
+    k0, k1 = np.uint64(k0), np.uint64(k1)
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        hi0, lo0, hi1, lo1 = p0 >> np.uint64(32), p0 & M, p1 >> np.uint64(32), p1 & M
+        c = [hi1 ^ c[1] ^ k0, lo1, hi0 ^ c[3] ^ k1, lo0]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & M, (k1 + np.uint64(0xBB67AE85)) & M
+    return c
+
+
+def threshold(p):
+    return min(round(p * 2 ** 32), 2 ** 32 - 1)
+
+
+def drop4(s_nt, drop, row0, key0, h, b):
+    """The kernels' drop4 on one n-tile's accumulator s_nt (32 lanes, 4): lane's rows row0,
+    row0 + 8 and keys key0, key0 + 1 share one Philox call; element e takes word e."""
+    p, seed = drop
+    w = philox4x32_10([key0 >> 1, row0, np.full(32, h), np.full(32, b)], seed & 0xFFFFFFFF, seed >> 32)
+    scale = np.float32(1.0 / (1.0 - p))
+    for e in range(4):
+        s_nt[:, e] = np.where(w[e] >= threshold(p), s_nt[:, e] * scale, np.float32(0))
+
+
+def keep_matrix(drop, b, h, T):
+    """The dropout definition element by element (mslt_kernels::philox::keep): (T, T) of 0 or
+    1 / (1 - p), for the reference."""
+    p, seed = drop
+    i, j = np.meshgrid(np.arange(T), np.arange(T), indexing="ij")
+    w = philox4x32_10([j >> 1, i & ~8, np.full_like(i, h), np.full_like(i, b)], seed & 0xFFFFFFFF, seed >> 32)
+    word = np.choose(((i >> 3) & 1) * 2 + (j & 1), w)
+    return np.where(word >= threshold(p), 1.0 / (1.0 - p), 0.0)
 
 class KV:
     """The kernels' key side: which tiles are live (bit j: tile j < 32 has a key that is not
@@ -174,7 +212,7 @@ def finish(states, BQ, q0, T, rnd):
     return out
 
 
-def block(qkv, mask, b, h, q0, H, scale, MT, NW=4):
+def block(qkv, mask, b, h, q0, H, scale, MT, NW=4, drop=None):
     """attention_fa2<MT, NW>, one thread block: rows q0 .. q0 + BQ of (b, h). Returns out rows
     (BQ, D) (NaN beyond T) and the key tiles processed. With NW = 8 the Q tile lies over the two
     K buffers (ALIAS_Q): it is read into the fragments before the first K/V tile overwrites it."""
@@ -212,6 +250,9 @@ def block(qkv, mask, b, h, q0, H, scale, MT, NW=4):
                     s[nt] = mma(s[nt], st["qa"][2 * p + 1], kb[:, 2], kb[:, 3])
             online_softmax(st, s, kv.M[buf], sl2)
             for kk in range(KKS):
+                if drop is not None:  # the V2 kernels' dropout: per k-step, before packing
+                    for half in range(2):
+                        drop4(s[2 * kk + half], drop, q0 + st["row0"] + G, j * BK + kk * 16 + half * 8 + 2 * Q4, h, b)
                 pa = np.zeros((32, 4, 2), np.float32)
                 pa[:, 0] = bf16(s[2 * kk][:, 0:2])
                 pa[:, 1] = bf16(s[2 * kk][:, 2:4])
@@ -251,7 +292,7 @@ def mma_3x(c, ah, al, bh0, bh1, bl0, bl1):
     return mma_tf32(c, ah, bh0, bh1)
 
 
-def block_tf32x3(qkv, mask, b, h, q0, H, scale):
+def block_tf32x3(qkv, mask, b, h, q0, H, scale, drop=None):
     """attention_fwd_f32_d64_tf32x3, one block: rows q0 .. q0 + 63 of (b, h)."""
     BQ, BK = 64, 32
     T = qkv.shape[1]
@@ -285,6 +326,9 @@ def block_tf32x3(qkv, mask, b, h, q0, H, scale):
                     bh1, bl1 = split(kv.K[buf][nt * 8 + G, ks * 8 + Q4 + 4])
                     s[nt] = mma_3x(s[nt], st["qh"][ks], st["ql"][ks], bh0, bh1, bl0, bl1)
             online_softmax(st, s, kv.M[buf], sl2)
+            if drop is not None:
+                for nt in range(4):
+                    drop4(s[nt], drop, q0 + st["row0"] + G, j * BK + nt * 8 + 2 * Q4, h, b)
             for kk in range(4):
                 ph, pl = split(np.stack([s[kk][:, 0], s[kk][:, 2], s[kk][:, 1], s[kk][:, 3]], 1))
                 for nt in range(8):
@@ -294,13 +338,16 @@ def block_tf32x3(qkv, mask, b, h, q0, H, scale):
     return finish(warps, BQ, q0, T, lambda x: x), processed
 
 
-def reference(qkv, mask, b, h, H, scale):
+def reference(qkv, mask, b, h, H, scale, drop=None):
     C = H * D
     x = qkv[b].astype(np.float64)
     q, k, v = x[:, h * D:h * D + D], x[:, C + h * D:C + h * D + D], x[:, 2 * C + h * D:2 * C + h * D + D]
     s = q @ k.T * scale + mask[b][None, :]
     p = np.exp(s - s.max(1, keepdims=True))
-    return (p / p.sum(1, keepdims=True)) @ v
+    p = p / p.sum(1, keepdims=True)
+    if drop is not None:
+        p = p * keep_matrix(drop, b, h, x.shape[0])
+    return p @ v
 
 
 def key_mask(T, keys):
@@ -314,7 +361,7 @@ def key_mask(T, keys):
     return np.where(valid, 0.0, -1e9).astype(np.float32)
 
 
-def run(name, kernel, T, rows, tol, bq, rng, H, scale, as_bf16):
+def run(name, kernel, T, rows, tol, bq, rng, H, scale, as_bf16, drop=None):
     """Every row of a batch with `rows` key patterns through `kernel`: each query block for
     T <= 256, else the first, a middle one and the last (partial) one."""
     x = rng.standard_normal((len(rows), T, 3 * H * D)).astype(np.float32) * 1.5
@@ -325,7 +372,7 @@ def run(name, kernel, T, rows, tol, bq, rng, H, scale, as_bf16):
         h = b % H
         nb = (T + bq - 1) // bq
         blocks = range(nb) if T <= 256 else sorted({0, nb // 2, nb - 1})
-        want = reference(qkv, mask, b, h, H, scale)
+        want = reference(qkv, mask, b, h, H, scale, drop)
         errs, tiles = [], None
         for qb in blocks:
             got, tiles = kernel(qkv, mask, b, h, qb * bq)
@@ -360,6 +407,19 @@ def main():
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale)
     for T, rows in cases[:3] + [(96, [96, 33, (40, 96)]), (1100, [90, (0, 5, 1050, 1100)])]:
         bad += run("tf32x3", kern, T, rows, 1e-5, 64, rng, H, scale, False)
+    # Random123's known answer for Philox4x32-10 (counter 0, key 0)
+    assert [int(x) for x in philox4x32_10([0, 0, 0, 0], 0, 0)] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    # dropout inside the kernels (the _dropout entry points of fa2v2 = MT 1 NW 4, fa2w8 = NW 8
+    # and tf32x3), p = 0.1, against the reference with the mask built element by element
+    drop = (0.1, 0x1234567890ABCDEF)
+    dcases = [(150, [150, 70]), (200, [(0, 10, 140, 200)]), (600, [600])]
+    for NW in (4, 8):
+        kern = lambda q, m, b, h, q0, NW=NW: block(q, m, b, h, q0, H, scale, 1, NW=NW, drop=drop)
+        for T, rows in dcases:
+            bad += run(f"fa2 NW{NW}+drop", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True, drop)
+    kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale, drop=drop)
+    for T, rows in dcases:
+        bad += run("tf32x3+drop", kern, T, rows, 1e-5, 64, rng, H, scale, False, drop)
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")
     sys.exit(1 if bad else 0)
 

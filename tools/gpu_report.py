@@ -186,6 +186,23 @@ def main():
             verdicts.append(f"Attention goal (at least as fast as SDPA at every shape), {impl} {dt}: ours / SDPA "
                             f"{lo:.2f}-{hi:.2f} over {n} of {total} shapes -> **{v}**")
 
+    datt = [r for r in ours if r["op"] == "attention+dropout" and r["implementation"] == "fused"]
+    if datt:
+        p("## Attention with dropout p = 0.1 on the probabilities (12 heads x 64)\n")
+        p("fused: the `_dropout` kernels (Philox draw); candle: Candle's attention with a device-drawn mask (what "
+          "a frozen layer with frozen dropout on runs by default); SDPA with `dropout_p=0.1`, with the mask "
+          "for padded rows and without for `nopad` rows.\n")
+        p("| dtype | shape | fused us | candle us | SDPA us | fused / candle | fused / SDPA |")
+        p("|---|---|---|---|---|---|---|")
+        for r in datt:
+            nopad = r["shape"].endswith(" nopad")
+            base = r["shape"].removesuffix(" nopad")
+            sd = find(torch, "attention+dropout", "torch-sdpa-nomask" if nopad else "torch-sdpa-mask", r["dtype"], base)
+            cand = None if nopad else find(ours, "attention+dropout", "candle", r["dtype"], base)
+            p(f"| {r['dtype']} | {r['shape']} | {us(r):.1f} | {fmt(us(cand))} | {fmt(us(sd))} | "
+              f"{fmt(ratio(us(r), us(cand)), '.2f')} | {fmt(ratio(us(r), us(sd)), '.2f')} |")
+        p("")
+
     if verdicts:
         p("## Goals of issue 5\n")
         for v in verdicts:

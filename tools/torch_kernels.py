@@ -88,6 +88,12 @@ def main():
                 timeit(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, T, H * D)), None, flops)
             add("attention", "torch-sdpa-nomask", name, shape,
                 timeit(lambda: F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, H * D)), None, flops)
+            # training-mode dropout p = 0.1 on the probabilities (BERT's), the comparison for
+            # mslt's `attention+dropout` rows
+            add("attention+dropout", "torch-sdpa-mask", name, shape,
+                timeit(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.1).transpose(1, 2).reshape(B, T, H * D)), None, flops)
+            add("attention+dropout", "torch-sdpa-nomask", name, shape,
+                timeit(lambda: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1).transpose(1, 2).reshape(B, T, H * D)), None, flops)
             del qkv, q, k, v
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=1)

@@ -12,7 +12,7 @@ const STANDIN: &str = r#"#!/usr/bin/env bash
 "$REAL_MSLT_CLI" "$@" > /dev/null 2> "$STANDIN_ERR"
 rc=$?
 if [ "$rc" -eq 2 ]; then echo "REJECTED: $*"; cat "$STANDIN_ERR"; exit 2; fi
-echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_GELU:+MSLT_GELU=$MSLT_GELU }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }$*"
+echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_ATTENTION_DROPOUT:+MSLT_ATTENTION_DROPOUT=$MSLT_ATTENTION_DROPOUT }${MSLT_GELU:+MSLT_GELU=$MSLT_GELU }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }$*"
 exit 0
 "#;
 
@@ -63,8 +63,15 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     let ran = |s: &str| count_ran(&all, s);
     // gpu-check: the default check, one check and one timing per new attention kernel (all
     // "pass" here), the base benches (incl. one per new kernel)
-    assert_eq!(ran("kernels check"), 3, "{all}");
-    assert_eq!(ran("kernels bench"), 3, "{all}");
+    // ... and the attention dropout inside the kernels: one check, one timing, and the base
+    // benches with frozen dropout on, with it inside the kernels and on Candle ops (f32, bf16)
+    assert_eq!(ran("kernels check"), 4, "{all}");
+    assert_eq!(ran("kernels bench"), 4, "{all}");
+    assert_eq!(
+        ran("--only named,dropout --attention-kernels fa2v2,fa2w8,tf32x3"),
+        1
+    );
+    assert_eq!(ran("MSLT_ATTENTION_DROPOUT=kernel bench"), 2, "{all}");
     for k in ["fa2v2", "fa2w8"] {
         assert_eq!(
             ran(&format!("--only named --attention-kernels {k} ")),
@@ -74,8 +81,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         assert_eq!(ran(&format!("MSLT_ATTENTION={k} bench")), 1, "{k}");
     }
     assert_eq!(ran("--matmul-precision tf32"), 1);
-    assert_eq!(ran("bench --model-config base"), 9);
-    assert_eq!(ran("--frozen-dropout on"), 3);
+    assert_eq!(ran("bench --model-config base"), 11);
+    assert_eq!(ran("--frozen-dropout on"), 5);
     assert!(all.contains("new attention kernels that passed their checks: fa2v2 fa2w8"));
     // gpu-dist-check: the single-process run and the one-rank NCCL run
     assert_eq!(ran("train --data"), 2, "{all}");
@@ -84,9 +91,9 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; with no
     // NEW_KERNELS only the default check and timings run
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
-    assert_eq!(count_ran(&quick, "bench --model-config base"), 1, "{quick}");
-    assert_eq!(count_ran(&quick, "kernels check"), 1, "{quick}");
-    assert_eq!(count_ran(&quick, "kernels bench"), 1, "{quick}");
+    assert_eq!(count_ran(&quick, "bench --model-config base"), 5, "{quick}");
+    assert_eq!(count_ran(&quick, "kernels check"), 2, "{quick}");
+    assert_eq!(count_ran(&quick, "kernels bench"), 2, "{quick}");
     assert!(quick.contains("new attention kernels that passed their checks: none"));
 }
 
@@ -175,19 +182,20 @@ fn gpu_check_skips_steps_past_its_budget() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
-    // 1 check + 2 new attention kernel checks + kbench + torch + 7 base benches (nothing new
-    // passed, so nothing new is timed)
+    // 1 check + 2 new attention kernel checks + the dropout check + kbench + torch + 5 base
+    // benches (nothing new passed, so nothing new is timed)
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 12, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 11, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
 
-/// `kernels check --only model` on the CPU: the model-level rows gpu-check.sh runs on a GPU
-/// (fused vs Candle encoder in eval, and in train mode with frozen dropout on).
+/// `kernels check --only model,dropout` on the CPU: the model-level rows gpu-check.sh runs on a GPU
+/// (fused vs Candle encoder in eval, in train mode with frozen dropout on, and with the
+/// attention dropout inside the fused op against its Philox reference).
 #[test]
 fn kernels_check_of_the_model_runs_on_cpu() {
     let o = Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
-        .args(["kernels", "check", "--only", "model"])
+        .args(["kernels", "check", "--only", "model,dropout"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -200,5 +208,11 @@ fn kernels_check_of_the_model_runs_on_cpu() {
         out.contains("layers + dropout   f32   mini layer 2/2 train"),
         "{out}"
     );
-    assert!(out.contains("all 5 kernel checks passed"), "{out}");
+    // Philox dropout inside the attention op against the same draws through Candle ops
+    for dtype in ["f32", "bf16"] {
+        let row = format!("layers + kernel dropout {dtype:<5} mini layer 2/2 train");
+        assert!(out.contains(&row), "{row} missing in\n{out}");
+    }
+    // with part `dropout` also the attention-dropout rows of the op: 5 shapes x 2 dtypes
+    assert!(out.contains("all 17 kernel checks passed"), "{out}");
 }

@@ -394,6 +394,37 @@ impl BertLayer {
     }
 }
 
+/// Where a fused frozen layer applies dropout to the attention probabilities (train mode with
+/// frozen dropout on). `MSLT_ATTENTION_DROPOUT=candle|kernel` picks it when the layers are
+/// prepared; [`BertForPreTraining::set_attention_dropout`] sets it explicitly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionDropout {
+    /// Attention on Candle ops with [`nn::dropout`] ([`self_attention`]), the rest fused (the
+    /// default: checked on an H100, `kernels check` row `layers + dropout`).
+    #[default]
+    Candle,
+    /// Inside the fused attention kernel, drawn by Philox (`mslt_kernels::attention_dropout`),
+    /// where the kernel has a dropout variant (fa2v2 / fa2w8 in bf16, tf32x3 in f32, 64-wide
+    /// heads; the CPU op on the CPU); Candle ops elsewhere. Not yet run on a GPU.
+    Kernel,
+    /// The kernel's Philox draw applied through Candle ops
+    /// (`mslt_kernels::reference::attention_dropout`): what `Kernel` is checked against.
+    Reference,
+}
+
+impl AttentionDropout {
+    /// From `MSLT_ATTENTION_DROPOUT` (unset: the default).
+    pub fn from_env() -> std::result::Result<Self, String> {
+        match std::env::var("MSLT_ATTENTION_DROPOUT").ok().as_deref() {
+            None | Some("candle") => Ok(Self::Candle),
+            Some("kernel") => Ok(Self::Kernel),
+            Some(o) => Err(format!(
+                "MSLT_ATTENTION_DROPOUT=`{o}`: expected candle (the default) or kernel"
+            )),
+        }
+    }
+}
+
 /// A frozen layer's weights laid out for the fused kernels of `mslt-kernels`: one Q|K|V
 /// projection, LayerNorm weight and bias stacked, all in the kernels' dtype (f32 or bf16).
 #[derive(Clone, Debug)]
@@ -418,6 +449,8 @@ pub struct FusedLayer {
     /// frozen dropout on: see [`FusedLayer::forward_dropout`])
     attn_dropout: f64,
     hidden_dropout: f64,
+    /// where the attention-probability dropout is applied (see [`AttentionDropout`])
+    attention_dropout: AttentionDropout,
 }
 
 impl FusedLayer {
@@ -440,18 +473,53 @@ impl FusedLayer {
             activation: l.activation,
             attn_dropout: a.dropout,
             hidden_dropout: l.dropout,
+            attention_dropout: AttentionDropout::from_env().map_err(candle_core::Error::Msg)?,
         })
     }
 
     /// Forward only, with BERT's three dropouts (train mode): x (B, T, C) in `self.dtype`, mask
-    /// (B, 1, 1, T) additive. The fused kernels have no dropout, so attention runs through
-    /// [`self_attention`] (Candle ops, or the CPU attention op) and each sublayer output gets
-    /// its dropout before the fused add + LayerNorm; bias + GELU and the Q|K|V projection stay
-    /// fused. The mode's randomness is drawn in the order of [`BertLayer::forward`]: in f32 the
-    /// output equals the Candle layer's with the same RNG up to rounding (tested).
-    pub fn forward_dropout(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+    /// (B, 1, 1, T) additive and the same as (B, T). Each sublayer output gets its dropout before
+    /// the fused add + LayerNorm; bias + GELU and the Q|K|V projection stay fused. The attention
+    /// probabilities get theirs as `self.attention_dropout` says: with `Candle`, attention runs
+    /// through [`self_attention`] (Candle ops, or the CPU attention op) and the mode's randomness
+    /// is drawn in the order of [`BertLayer::forward`], so in f32 the output equals the Candle
+    /// layer's with the same RNG up to rounding (tested); with `Kernel` / `Reference` one seed is
+    /// drawn from the mode's RNG for the Philox mask, in the same place.
+    pub fn forward_dropout(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mask2d: &Tensor,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (x2, qkv) = self.qkv(x)?; // (BT, C), (BT, 3C)
+        let qkv3 = qkv.reshape((b, t, 3 * c))?; // (B, T, 3C)
+        let philox = match self.attention_dropout {
+            AttentionDropout::Candle => false,
+            AttentionDropout::Kernel => {
+                mslt_kernels::ops::attention_dropout_fits(&qkv3, self.heads)
+            }
+            AttentionDropout::Reference => true,
+        };
+        if philox {
+            let seed = match mode {
+                Mode::Train(rng) if self.attn_dropout > 0.0 => Some(rng.next_u64()),
+                _ => None,
+            };
+            let p = self.attn_dropout;
+            let ctx = match (seed, self.attention_dropout) {
+                (None, _) => mslt_kernels::attention(&qkv3, mask2d, self.heads)?,
+                (Some(s), AttentionDropout::Kernel) => {
+                    mslt_kernels::attention_dropout(&qkv3, mask2d, self.heads, p, s)?
+                }
+                (Some(s), _) => {
+                    mslt_kernels::reference::attention_dropout(&qkv3, mask2d, self.heads, p, s)?
+                        .to_dtype(self.dtype)?
+                }
+            }; // (B, T, C)
+            return self.after_attention(&ctx, &x2, mode);
+        }
         let part = |i: usize| -> Result<Tensor> {
             Ok(qkv.narrow(1, i * c, c)?.contiguous()?.reshape((b, t, c))?) // (B, T, C)
         };
@@ -626,6 +694,14 @@ impl BertForPreTraining {
         Ok(n)
     }
 
+    /// Sets where every prepared layer applies its attention-probability dropout (see
+    /// [`AttentionDropout`]; the default comes from `MSLT_ATTENTION_DROPOUT`).
+    pub fn set_attention_dropout(&mut self, a: AttentionDropout) {
+        for f in self.layers.iter_mut().filter_map(|l| l.fused.as_mut()) {
+            f.attention_dropout = a;
+        }
+    }
+
     /// Number of layers prepared for the fused kernels.
     pub fn fused_layers(&self) -> usize {
         self.layers.iter().filter(|l| l.fused.is_some()).count()
@@ -698,8 +774,8 @@ impl BertForPreTraining {
                 (Some(f), Some(m)) if frozen && no_dropout => {
                     x = f.forward(&x.to_dtype(f.dtype)?, m)?;
                 }
-                (Some(f), Some(_)) if frozen => {
-                    x = f.forward_dropout(&x.to_dtype(f.dtype)?, &mask, mode)?;
+                (Some(f), Some(m)) if frozen => {
+                    x = f.forward_dropout(&x.to_dtype(f.dtype)?, &mask, m, mode)?;
                 }
                 _ => {
                     let x_in = x.to_dtype(dtype)?;

@@ -269,3 +269,64 @@ fn encode_frozen_is_the_forward_only_part_of_a_stage() {
     };
     assert_eq!(emb.use_fused_kernels(opts).unwrap(), 0);
 }
+
+/// Attention-probability dropout inside the attention op (`AttentionDropout::Kernel`: on the
+/// CPU the op's CPU side, on a GPU the `_dropout` kernels) against the same Philox draw applied
+/// through Candle ops (`Reference`): one MSLT step with frozen dropout on gives the same loss and
+/// gradients; and it is a different draw from the Candle path's (`Candle`, the default).
+#[test]
+fn attention_dropout_in_the_kernel_matches_its_reference_in_a_stage_step() {
+    use mslt_core::model::AttentionDropout;
+    let cfg = config();
+    let w = init_all(&cfg, &mut Rng::new(15), &Device::Cpu).unwrap();
+    let params = Params::from_tensors(&w).unwrap();
+    let stages = plan(&ScheduleSpec {
+        kind: ScheduleKind::Mslt,
+        target_depth: 3,
+        steps: 10,
+        stages: &[2, 3],
+        stage_steps: &[],
+        final_joint_frac: 0.0,
+        train_embeddings: false,
+    })
+    .unwrap();
+    let x = input(&cfg);
+    let labels: Vec<i64> = (0..32)
+        .map(|k| if k % 3 == 1 { 11 + k } else { -100 })
+        .collect();
+    let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, &Device::Cpu).unwrap();
+    let nsp = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
+    let step = |a: AttentionDropout| {
+        let (mut model, named) = stage_model(&cfg, &params, &stages[1]).unwrap();
+        model.frozen_dropout = true;
+        let opts = FusedOptions {
+            dtype: DType::F32,
+            allow_cpu: true,
+        };
+        assert_eq!(model.use_fused_kernels(opts).unwrap(), 2);
+        model.set_attention_dropout(a);
+        let mut rng = Rng::new(31);
+        let l = model
+            .pretraining_loss(&x, &mlm, Some(&nsp), &mut Mode::Train(&mut rng))
+            .unwrap();
+        let g = l.loss.backward().unwrap();
+        let grads: Vec<(String, Tensor)> = named
+            .iter()
+            .map(|(k, v)| (k.clone(), g.get(v.as_tensor()).unwrap().clone()))
+            .collect();
+        (l.loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (l_ref, g_ref) = step(AttentionDropout::Reference);
+    let (l_kernel, g_kernel) = step(AttentionDropout::Kernel);
+    compare_step(true, (l_ref, &g_ref), (l_kernel, &g_kernel));
+    let (l_candle, _) = step(AttentionDropout::Candle);
+    assert!(
+        (l_candle - l_kernel).abs() > 1e-5 * l_candle.abs(),
+        "the Philox draw is not the Candle path's: {l_candle} vs {l_kernel}"
+    );
+    assert_eq!(
+        AttentionDropout::from_env(),
+        Ok(AttentionDropout::Candle),
+        "MSLT_ATTENTION_DROPOUT unset in tests"
+    );
+}

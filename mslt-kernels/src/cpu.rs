@@ -62,14 +62,14 @@ pub fn bias_gelu<T: Elem>(x: &[T], bias: &[T]) -> Vec<T> {
 }
 
 /// Self-attention from a fused projection: qkv (B, T, 3C), mask (B, T) additive -> (B, T, C),
-/// C = heads * d, scale 1/sqrt(d). Softmax with the max subtracted, f32 throughout.
+/// C = heads * d, scale 1/sqrt(d). Softmax with the max subtracted, f32 throughout. `dropout`
+/// (p, seed): the probabilities are multiplied by the counter-based mask of [`crate::philox`]
+/// after normalisation (as the CUDA kernels' `_dropout` entry points).
 pub fn attention<T: Elem>(
     qkv: &[T],
     mask: &[f32],
-    b: usize,
-    t: usize,
-    heads: usize,
-    d: usize,
+    (b, t, heads, d): (usize, usize, usize, usize),
+    dropout: Option<(f64, u64)>,
 ) -> Vec<T> {
     let c = heads * d;
     let scale = 1.0 / (d as f32).sqrt();
@@ -78,6 +78,7 @@ pub fn attention<T: Elem>(
     let mut s = vec![0f32; t];
     for bi in 0..b {
         for h in 0..heads {
+            let mult = dropout.map(|(p, seed)| crate::philox::block_multiplier(seed, p, bi, h, t));
             for i in 0..t {
                 for (j, sj) in s.iter_mut().enumerate() {
                     let mut dot = 0f32;
@@ -91,6 +92,12 @@ pub fn attention<T: Elem>(
                 for sj in s.iter_mut() {
                     *sj = (*sj - m).exp();
                     l += *sj;
+                }
+                if let Some(mult) = &mult {
+                    // after the row sum: dropout acts on the normalised probabilities
+                    for (sj, k) in s.iter_mut().zip(&mult[i * t..(i + 1) * t]) {
+                        *sj *= k;
+                    }
                 }
                 for e in 0..d {
                     let mut acc = 0f32;

@@ -466,13 +466,27 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         t,
         aligned16(qkv.1, qkv.0.dtype().size_in_bytes()),
     )?;
+    let drop_entry = |base: &str| -> Result<String> {
+        match op.dropout {
+            None => Ok(base.to_string()),
+            Some(_) if kind.has_dropout() => Ok(format!("{base}_dropout")),
+            Some(_) => Err(KernelError::Input {
+                kernel: K,
+                what: format!(
+                    "dropout on the probabilities runs in the fa2v2, fa2w8 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                ),
+            }
+            .into()),
+        }
+    };
     let entry = match kind {
+        AttentionKernel::Fa2V2 => drop_entry("attention_fwd_bf16_d64_fa2_v2")?,
+        AttentionKernel::Fa2W8 => drop_entry("attention_fwd_bf16_d64_fa2_w8")?,
+        AttentionKernel::Tf32x3 => drop_entry("attention_fwd_f32_d64_tf32x3")?,
+        _ if op.dropout.is_some() => drop_entry("")?,
         AttentionKernel::Tc => "attention_fwd_bf16_d64_tc".to_string(),
         AttentionKernel::Fa2 => "attention_fwd_bf16_d64_fa2".to_string(),
-        AttentionKernel::Fa2V2 => "attention_fwd_bf16_d64_fa2_v2".to_string(),
         AttentionKernel::Fa2Q128 => "attention_fwd_bf16_d64_fa2_q128".to_string(),
-        AttentionKernel::Fa2W8 => "attention_fwd_bf16_d64_fa2_w8".to_string(),
-        AttentionKernel::Tf32x3 => "attention_fwd_f32_d64_tf32x3".to_string(),
         _ => format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?),
     };
     let f = func(dev, &ATTENTION, &entry)?;
@@ -511,6 +525,19 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     bu.arg(&t_i);
     bu.arg(&h_i);
     bu.arg(&scale);
+    // the `_dropout` entry points take (seed, keep threshold, 1 / (1 - p)) after `scale`
+    let drop_args = op.dropout.map(|dr| {
+        (
+            dr.seed,
+            crate::philox::threshold(dr.p),
+            (1.0 / (1.0 - dr.p)) as f32,
+        )
+    });
+    if let Some((seed, thr, keep_scale)) = &drop_args {
+        bu.arg(seed);
+        bu.arg(thr);
+        bu.arg(keep_scale);
+    }
     // SAFETY: argument types and order match `attention_fwd_*` in attention.cu.
     unsafe { bu.launch(cfg) }.map_err(|e| launch_err(&entry, e))?;
     Ok(())

@@ -113,16 +113,21 @@ pub enum Part {
     Named,
     /// The whole frozen encoder, fused vs the Candle model (check only; run by the CLI).
     Model,
+    /// Dropout on the attention probabilities inside the kernels (the `_dropout` entry points;
+    /// check: against the same Philox draws through Candle ops, kernel and model level; bench:
+    /// against Candle's attention with a dropout mask).
+    Dropout,
 }
 
 impl Part {
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::Copy,
         Part::Ln,
         Part::Gelu,
         Part::Attention,
         Part::Named,
         Part::Model,
+        Part::Dropout,
     ];
 }
 
@@ -136,9 +141,10 @@ impl std::str::FromStr for Part {
             "attention" => Part::Attention,
             "named" => Part::Named,
             "model" => Part::Model,
+            "dropout" => Part::Dropout,
             o => {
                 return Err(format!(
-                    "part `{o}`: expected copy, ln, gelu, attention, named or model"
+                    "part `{o}`: expected copy, ln, gelu, attention, named, model or dropout"
                 ))
             }
         })
@@ -343,14 +349,16 @@ pub fn check(
         }
         for (i, &(b, t, h, d)) in shapes.attn.iter().enumerate() {
             let named = sel.named_kernels(dev, dtype, d);
-            if !sel.has(Part::Attention) && named.is_empty() {
+            let drop_named: Vec<_> = named.iter().copied().filter(|k| k.has_dropout()).collect();
+            let dropout = sel.has(Part::Dropout);
+            if !sel.has(Part::Attention) && named.is_empty() && !dropout {
                 continue;
             }
             let c = h * d;
             let qkv = randn(&[b, t, 3 * c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
             let mask = padding_mask(b, t, i as u64 + 1, dev)?;
-            let want = reference::attention(&qkv, &mask, h)?;
             let shape = format!("B{b} T{t} H{h} D{d}");
+            let want = reference::attention(&qkv, &mask, h)?;
             if sel.has(Part::Attention) {
                 let got = ops::attention(&qkv, &mask, h)?;
                 rows.push(compare(
@@ -373,10 +381,60 @@ pub fn check(
                     )?);
                 }
             }
-            for kern in named {
+            for &kern in &named {
                 let got = ops::attention_with(&qkv, &mask, h, kern)?;
                 rows.push(compare(
                     &format!("attention[{kern}]"),
+                    dtype,
+                    shape.clone(),
+                    "candle reference",
+                    &got,
+                    &want,
+                )?);
+            }
+            // Part `dropout`: dropout on the probabilities inside the kernel (p = 0.1, Philox
+            // mask) through the default kernel where it has a dropout variant (always on the
+            // CPU), and through every named kernel that has one (with part `named` too); the
+            // reference builds the same mask on the host
+            let drop_default = dropout && ops::attention_dropout_fits(&qkv, h);
+            let drop_named = if dropout { drop_named } else { Vec::new() };
+            if (!drop_default && drop_named.is_empty()) || b * h * t * t > 1 << 25 {
+                continue;
+            }
+            let (p, seed) = (0.1, 0x5eed_0000 + i as u64);
+            let want = reference::attention_dropout(&qkv, &mask, h, p, seed)?;
+            if drop_default {
+                let got = ops::attention_dropout(&qkv, &mask, h, p, seed)?;
+                rows.push(compare(
+                    "attention+dropout",
+                    dtype,
+                    shape.clone(),
+                    "candle reference",
+                    &got,
+                    &want,
+                )?);
+                if dev.is_cuda() && small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
+                    let on_cpu = ops::attention_dropout(
+                        &qkv.to_device(&cpu)?,
+                        &mask.to_device(&cpu)?,
+                        h,
+                        p,
+                        seed,
+                    )?;
+                    rows.push(compare(
+                        "attention+dropout",
+                        dtype,
+                        shape.clone(),
+                        "cpu op",
+                        &got,
+                        &on_cpu,
+                    )?);
+                }
+            }
+            for kern in drop_named {
+                let got = ops::attention_dropout_with(&qkv, &mask, h, kern, p, seed)?;
+                rows.push(compare(
+                    &format!("attn+drop[{kern}]"),
                     dtype,
                     shape.clone(),
                     "candle reference",
@@ -508,6 +566,30 @@ pub fn candle_attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Ten
         .broadcast_add(&mask.to_dtype(qkv.dtype())?.reshape((b, 1, 1, t))?)?;
     let p = candle_nn::ops::softmax_last_dim(&s)?;
     p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))
+}
+
+/// [`candle_attention`] with inverted dropout `p` on the probabilities, the keep mask drawn with
+/// `Tensor::rand` on the device and applied in f32 (as `mslt_core::nn::dropout` does).
+pub fn candle_attention_dropout(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    p: f64,
+) -> Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let (q, k, v) = reference::split_heads(qkv, heads)?;
+    let scale = 1.0 / ((c / heads) as f64).sqrt();
+    let s = (q.matmul(&k.t()?)? * scale)?
+        .broadcast_add(&mask.to_dtype(qkv.dtype())?.reshape((b, 1, 1, t))?)?;
+    let probs = candle_nn::ops::softmax_last_dim(&s)?; // (B, H, T, T)
+    let keep = Tensor::rand(0f32, 1f32, probs.shape(), probs.device())?.ge(p)?;
+    let keep = (keep.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?;
+    let probs = probs
+        .to_dtype(DType::F32)?
+        .mul(&keep)?
+        .to_dtype(qkv.dtype())?;
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))
 }
 
 /// Times `f(out)` where `out` is a device buffer of `n` elements of `dtype`, allocated once
@@ -659,7 +741,7 @@ pub fn bench(
         for (i, &(b, t_)) in s.attn.iter().enumerate() {
             let (h, d) = (12, 64);
             let named = sel.named_kernels(dev, dtype, d);
-            if !sel.has(Part::Attention) && named.is_empty() {
+            if !sel.has(Part::Attention) && named.is_empty() && !sel.has(Part::Dropout) {
                 continue;
             }
             let qkv = randn(&[b, t_, 3 * h * d], 1.0, 0.0, dev)?.to_dtype(dtype)?;
@@ -686,6 +768,21 @@ pub fn bench(
             }
             if sel.has(Part::Attention) {
                 let t = time(dev, s.trials, || candle_attention(&qkv, &mask, h))?;
+                out.push(row(op, "candle", dtype, shape.clone(), t, None, flops));
+            }
+            // dropout p = 0.1 on the probabilities: inside the default kernel (where it has a
+            // dropout variant), and Candle's attention with a device-drawn mask as a frozen layer
+            // with frozen dropout on runs it otherwise
+            if sel.has(Part::Dropout) && ops::attention_dropout_fits(&qkv, h) {
+                let op = "attention+dropout";
+                for (m, sfx) in [(&mask, ""), (&nopad, " nopad")] {
+                    let t = time(dev, s.trials, || ops::attention_dropout(&qkv, m, h, 0.1, 7))?;
+                    let shape = format!("{shape}{sfx}");
+                    out.push(row(op, "fused", dtype, shape, t, None, flops));
+                }
+                let t = time(dev, s.trials, || {
+                    candle_attention_dropout(&qkv, &mask, h, 0.1)
+                })?;
                 out.push(row(op, "candle", dtype, shape, t, None, flops));
             }
         }

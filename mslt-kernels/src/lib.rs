@@ -19,10 +19,12 @@ pub mod cuda;
 pub mod harness;
 pub mod nvrtc;
 pub mod ops;
+pub mod philox;
 pub mod reference;
 
 pub use ops::{
-    add_layer_norm, attention, attention_with, bias_gelu, supported_head_dim, AttentionKernel,
+    add_layer_norm, attention, attention_dropout, attention_dropout_with, attention_with,
+    bias_gelu, supported_head_dim, AttentionKernel,
 };
 
 /// Whether this build was compiled with CUDA support (the `cuda` feature).
@@ -118,9 +120,12 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d64_tc",
         "attention_fwd_bf16_d64_fa2",
         "attention_fwd_bf16_d64_fa2_v2",
+        "attention_fwd_bf16_d64_fa2_v2_dropout",
         "attention_fwd_bf16_d64_fa2_q128",
         "attention_fwd_bf16_d64_fa2_w8",
+        "attention_fwd_bf16_d64_fa2_w8_dropout",
         "attention_fwd_f32_d64_tf32x3",
+        "attention_fwd_f32_d64_tf32x3_dropout",
     ],
 };
 

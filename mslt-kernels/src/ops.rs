@@ -191,6 +191,12 @@ pub enum AttentionKernel {
 }
 
 impl AttentionKernel {
+    /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
+    /// kernel, [`crate::philox`]): fa2v2, fa2w8 and tf32x3.
+    pub fn has_dropout(self) -> bool {
+        matches!(self, Self::Fa2V2 | Self::Fa2W8 | Self::Tf32x3)
+    }
+
     /// Whether this kernel takes inputs of `dtype` with head dim `d` (16-byte aligned rows):
     /// tc and the fa2 family take bf16, tf32x3 f32, all with D = 64; simt (and auto)
     /// everything.
@@ -279,10 +285,19 @@ pub fn resolve_attention_kernel(
     }
 }
 
+/// Dropout on the attention probabilities inside the kernel: drop probability `p` in [0, 1),
+/// mask drawn from `seed` by [`crate::philox`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDropout {
+    pub p: f64,
+    pub seed: u64,
+}
+
 /// Fused self-attention from a Q|K|V projection: (qkv (B, T, 3C), mask (B, T) f32) -> (B, T, C).
 pub struct Attention {
     pub heads: usize,
     pub kernel: AttentionKernel,
+    pub dropout: Option<AttnDropout>,
 }
 
 impl CustomOp2 for Attention {
@@ -301,22 +316,20 @@ impl CustomOp2 for Attention {
         let (b, t, c3) = l1.shape().dims3()?;
         let d = c3 / 3 / self.heads;
         let mask = cpu_slice::<f32>(k, s2, l2)?;
+        let dims = (b, t, self.heads, d);
+        let drop = self.dropout.map(|dr| (dr.p, dr.seed));
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(cpu::attention(
                 cpu_slice::<f32>(k, s1, l1)?,
                 mask,
-                b,
-                t,
-                self.heads,
-                d,
+                dims,
+                drop,
             )),
             DType::BF16 => CpuStorage::BF16(cpu::attention(
                 cpu_slice::<half::bf16>(k, s1, l1)?,
                 mask,
-                b,
-                t,
-                self.heads,
-                d,
+                dims,
+                drop,
             )),
             d => return Err(input_err(k, format!("dtype {d:?}: expected f32 or bf16"))),
         };
@@ -434,6 +447,75 @@ pub fn attention_with(
     heads: usize,
     kernel: AttentionKernel,
 ) -> Result<Tensor> {
+    attention_op(qkv, mask, heads, kernel, None)
+}
+
+/// [`attention`] with dropout `p` on the probabilities, drawn from `seed` inside the kernel
+/// ([`crate::philox`]; BERT's attention-probability dropout in train mode). On CUDA the kernel
+/// must have a dropout variant ([`AttentionKernel::has_dropout`]: the defaults for 64-wide
+/// heads in f32 and bf16), else this is an error; see [`attention_dropout_fits`].
+pub fn attention_dropout(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    p: f64,
+    seed: u64,
+) -> Result<Tensor> {
+    attention_dropout_with(qkv, mask, heads, AttentionKernel::Auto, p, seed)
+}
+
+/// [`attention_dropout`] with a chosen CUDA kernel.
+pub fn attention_dropout_with(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    kernel: AttentionKernel,
+    p: f64,
+    seed: u64,
+) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(input_err(
+            "attention",
+            format!("dropout probability {p}: expected 0 <= p < 1"),
+        ));
+    }
+    attention_op(qkv, mask, heads, kernel, Some(AttnDropout { p, seed }))
+}
+
+/// Whether [`attention_dropout`] runs for `qkv` (B, T, 3C) with `heads` heads: always on the
+/// CPU; on CUDA when the kernel `MSLT_ATTENTION` (or the default) picks has a dropout variant.
+pub fn attention_dropout_fits(qkv: &Tensor, heads: usize) -> bool {
+    let Ok((_, t, c3)) = qkv.dims3() else {
+        return false;
+    };
+    if heads == 0 || c3 % (3 * heads) != 0 {
+        return false;
+    }
+    if !qkv.device().is_cuda() {
+        return true;
+    }
+    let d = c3 / 3 / heads;
+    // the projection output is contiguous with rows of 3C elements: 16-byte aligned for D = 64
+    let aligned = (c3 * qkv.dtype().size_in_bytes()).is_multiple_of(16);
+    let env = std::env::var("MSLT_ATTENTION").ok();
+    resolve_attention_kernel(
+        AttentionKernel::Auto,
+        env.as_deref(),
+        qkv.dtype(),
+        d,
+        t,
+        aligned,
+    )
+    .is_ok_and(|k| k.has_dropout())
+}
+
+fn attention_op(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    kernel: AttentionKernel,
+    dropout: Option<AttnDropout>,
+) -> Result<Tensor> {
     let k = "attention";
     check_dtype(k, qkv, None)?;
     let (b, t, c3) = qkv.dims3().map_err(|_| {
@@ -466,6 +548,12 @@ pub fn attention_with(
             ),
         ));
     }
-    qkv.contiguous()?
-        .apply_op2_no_bwd(&mask.contiguous()?, &Attention { heads, kernel })
+    qkv.contiguous()?.apply_op2_no_bwd(
+        &mask.contiguous()?,
+        &Attention {
+            heads,
+            kernel,
+            dropout,
+        },
+    )
 }

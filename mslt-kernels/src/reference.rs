@@ -55,3 +55,33 @@ pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .reshape((b, t, c))
 }
+
+/// [`attention`] with dropout `p` on the normalised probabilities, the mask drawn from `seed` by
+/// [`crate::philox`] (built on the host, then moved to the inputs' device): f32 (B, T, C).
+pub fn attention_dropout(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    p: f64,
+    seed: u64,
+) -> Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let (q, k, v) = split_heads(&f32(qkv)?, heads)?; // (B, H, T, D)
+    let scale = 1.0 / ((c / heads) as f64).sqrt();
+    let s = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, T)
+    let s = s.broadcast_add(&f32(mask)?.reshape((b, 1, 1, t))?)?;
+    let s = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
+    let probs = s.broadcast_div(&s.sum_keepdim(D::Minus1)?)?;
+    let mut m = Vec::with_capacity(b * heads * t * t);
+    for bi in 0..b {
+        for h in 0..heads {
+            m.extend(crate::philox::block_multiplier(seed, p, bi, h, t));
+        }
+    }
+    let m = Tensor::from_vec(m, (b, heads, t, t), qkv.device())?; // (B, H, T, T)
+    (probs * m)?
+        .matmul(&v)? // (B, H, T, D)
+        .transpose(1, 2)?
+        .reshape((b, t, c))
+}

@@ -17,8 +17,15 @@ fn cpu_ops_match_candle_references() -> candle_core::Result<()> {
     )?;
     print!("{}", harness::check_table(&rows));
     assert_eq!(streamed, rows.len(), "every row goes to the sink");
-    // 7 LN shapes x 2 (residual or not) + 4 GELU + 5 attention, in f32 and bf16.
-    assert_eq!(rows.len(), 2 * (7 * 2 + 4 + 5));
+    // 7 LN shapes x 2 (residual or not) + 4 GELU + 5 attention + 5 attention with dropout
+    // (CPU op vs the Candle reference with the same Philox mask), in f32 and bf16.
+    assert_eq!(rows.len(), 2 * (7 * 2 + 4 + 5 + 5));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.kernel == "attention+dropout")
+            .count(),
+        10
+    );
     for r in &rows {
         assert!(r.pass, "{r:?}");
         assert!(r.max_abs_ref > 0.0, "reference is all zeros: {r:?}");
@@ -229,10 +236,14 @@ fn timing_harness_runs_on_cpu() -> candle_core::Result<()> {
         &mut |_| {},
     )?;
     print!("{}", harness::bench_table(&rows));
-    // copy + per dtype: (2 LN + GELU) x (fused, candle) + attention x (fused, fused without
-    // padding, candle); the named-kernel rows, the `into` rows (kernel into a buffer allocated
-    // once) and the pool A/B of the copy are CUDA-only
-    assert_eq!(rows.len(), 1 + 2 * (3 * 2 + 3));
+    // copy + per dtype: (2 LN + GELU) x (fused, candle) + attention and attention with dropout,
+    // each x (fused, fused without padding, candle); the named-kernel rows, the `into` rows
+    // (kernel into a buffer allocated once) and the pool A/B of the copy are CUDA-only
+    assert_eq!(rows.len(), 1 + 2 * (3 * 2 + 3 + 3));
+    assert_eq!(
+        rows.iter().filter(|r| r.op == "attention+dropout").count(),
+        6
+    );
     assert!(rows.iter().any(|r| r.shape.ends_with(" nopad")));
     assert!(rows
         .iter()
@@ -391,4 +402,136 @@ fn select_lists_parse_and_name_bad_entries() {
     assert!(!AttentionKernel::Tc.fits(DType::BF16, 128));
     assert!(AttentionKernel::Tf32x3.fits(DType::F32, 64));
     assert!(AttentionKernel::Simt.fits(DType::F32, 32));
+}
+
+/// Dropout inside the attention op (CPU side, the same Philox draw as the CUDA kernels): equal
+/// to the Candle reference with the same mask, different with another seed, unbiased over
+/// seeds, the identity at p = 0, and p outside [0, 1) refused.
+#[test]
+fn attention_dropout_matches_the_philox_reference() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let (b, t, h, d) = (3, 21, 2, 32);
+    let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h * d), &dev)?;
+    let mask = harness::padding_mask(b, t, 5, &dev)?;
+    let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> {
+        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+    };
+    assert!(ops::attention_dropout_fits(&qkv, h));
+    let got = ops::attention_dropout(&qkv, &mask, h, 0.1, 7)?;
+    let want = mslt_kernels::reference::attention_dropout(&qkv, &mask, h, 0.1, 7)?;
+    assert!(max_diff(&got, &want)? < 1e-5);
+    // negative controls: another seed, no dropout
+    let other = mslt_kernels::reference::attention_dropout(&qkv, &mask, h, 0.1, 8)?;
+    assert!(max_diff(&got, &other)? > 1e-2);
+    let plain = ops::attention(&qkv, &mask, h)?;
+    assert!(max_diff(&got, &plain)? > 1e-2);
+    assert!(max_diff(&ops::attention_dropout(&qkv, &mask, h, 0.0, 7)?, &plain)? < 1e-6);
+    // inverted dropout is unbiased: the mean over seeds approaches the plain output
+    let n = 300;
+    let mut sum = plain.zeros_like()?;
+    for seed in 0..n {
+        sum = (sum + ops::attention_dropout(&qkv, &mask, h, 0.3, 1000 + seed)?)?;
+    }
+    let mean = (sum / n as f64)?;
+    let scale = plain.abs()?.max_all()?.to_scalar::<f32>()?;
+    let err = max_diff(&mean, &plain)? / scale;
+    assert!(
+        err < 0.1,
+        "mean over {n} seeds is {err} (relative) from the plain output"
+    );
+    for p in [-0.1, 1.0] {
+        let e = ops::attention_dropout(&qkv, &mask, h, p, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dropout probability"), "{e}");
+    }
+    Ok(())
+}
+
+/// The CUDA source's Philox (`philox4x32_10` in kernels-cu/attention.cu, which the `_dropout`
+/// kernels run) compiled as host C++ and run on Random123's known-answer vectors and on the
+/// counters of a dropout mask, against `mslt_kernels::philox`: the two implementations agree,
+/// so the CPU op and the references draw what the kernels draw.
+#[test]
+fn cuda_philox_source_matches_the_rust_one() {
+    let src = include_str!("../../kernels-cu/attention.cu");
+    let start = src
+        .find("__device__ __forceinline__ void philox4x32_10(")
+        .expect("philox4x32_10 in attention.cu");
+    let end = start + src[start..].find("\n}\n").expect("end of philox4x32_10") + 3;
+    let func = &src[start..end];
+    let dir = tempfile::tempdir().unwrap();
+    let cpp = dir.path().join("philox.cpp");
+    let prog = format!(
+        "#include <cstdio>\n#include <cstdint>\n#define __device__\n#define __forceinline__ inline\n\
+         static unsigned __umulhi(unsigned a, unsigned b) {{ return (unsigned)(((uint64_t)a * b) >> 32); }}\n\
+         {func}\nint main() {{ unsigned c[4], k0, k1;\n\
+         while (scanf(\"%u %u %u %u %u %u\", &c[0], &c[1], &c[2], &c[3], &k0, &k1) == 6) {{\n\
+         philox4x32_10(c, k0, k1); printf(\"%u %u %u %u\\n\", c[0], c[1], c[2], c[3]); }} }}\n"
+    );
+    std::fs::write(&cpp, prog).unwrap();
+    let exe = dir.path().join("philox");
+    let cc = std::process::Command::new("c++")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .expect("a C++ compiler (c++) on the PATH");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let mut cases: Vec<([u32; 4], [u32; 2])> = vec![
+        ([0; 4], [0; 2]),
+        ([u32::MAX; 4], [u32::MAX; 2]),
+        (
+            [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+            [0xa409_3822, 0x299f_31d0],
+        ),
+    ];
+    let seed = 0xfeed_beef_1234_5678u64;
+    for (i, j, h, b) in [
+        (0, 0, 0, 0),
+        (9, 31, 3, 7),
+        (511, 510, 11, 255),
+        (16, 2, 1, 1),
+    ] {
+        cases.push(([j >> 1, i & !8, h, b], [seed as u32, (seed >> 32) as u32]));
+    }
+    let input: String = cases
+        .iter()
+        .map(|(c, k)| format!("{} {} {} {} {} {}\n", c[0], c[1], c[2], c[3], k[0], k[1]))
+        .collect();
+    let mut child = std::process::Command::new(&exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let got: Vec<[u32; 4]> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Vec<u32> = l.split(' ').map(|x| x.parse().unwrap()).collect();
+            [v[0], v[1], v[2], v[3]]
+        })
+        .collect();
+    assert_eq!(got.len(), cases.len());
+    assert_eq!(got[0], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
+    for ((c, k), g) in cases.iter().zip(&got) {
+        assert_eq!(
+            *g,
+            mslt_kernels::philox::philox4x32_10(*c, *k),
+            "{c:?} {k:?}"
+        );
+    }
 }

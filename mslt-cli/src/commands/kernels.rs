@@ -54,7 +54,8 @@ enum KernelsCmd {
 struct SelectArgs {
     /// Parts to run, comma-separated: copy (bench), ln, gelu, attention (the default kernel
     /// choice and the Candle path), named (the kernels of --attention-kernels), model (check:
-    /// the whole frozen encoder), or all.
+    /// the whole frozen encoder), dropout (attention-probability dropout inside the kernels), or
+    /// all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Attention kernels checked / timed by name on CUDA (part `named`), comma-separated:
@@ -130,8 +131,10 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             println!("{}", harness::check_header());
             let mut print = |r: &harness::CheckRow| println!("{}", harness::check_line(r));
             let mut rows = harness::check(&dev, &shapes, &sel, &mut print)?;
-            if sel.has(Part::Model) {
-                let model = model_check(&dev, if large { "base" } else { "mini" })?;
+            if sel.has(Part::Model) || sel.has(Part::Dropout) {
+                let preset = if large { "base" } else { "mini" };
+                let model =
+                    model_check(&dev, preset, sel.has(Part::Model), sel.has(Part::Dropout))?;
                 model.iter().for_each(&mut print);
                 rows.extend(model);
             }
@@ -173,9 +176,16 @@ pub fn run(a: KernelsArgs) -> Result<()> {
 }
 
 /// The whole frozen encoder through the fused kernels vs the plain Candle path on the same
-/// device: a randomly initialised preset, padded batch, eval mode, every hidden state compared.
-/// On CPU the fused side runs the ops' CPU references (`allow_cpu`).
-fn model_check(dev: &candle_core::Device, preset: &str) -> Result<Vec<harness::CheckRow>> {
+/// device: a randomly initialised preset, padded batch, eval mode, every hidden state compared,
+/// and train mode with frozen dropout on (part `model`); the attention dropout inside the
+/// kernels against its Philox reference (part `dropout`). On CPU the fused side runs the ops'
+/// CPU references (`allow_cpu`).
+fn model_check(
+    dev: &candle_core::Device,
+    preset: &str,
+    model: bool,
+    dropout: bool,
+) -> Result<Vec<harness::CheckRow>> {
     use candle_core::DType;
     use mslt_core::model::FusedOptions;
     use mslt_core::{BertForPreTraining, BertInput, Mode, Rng};
@@ -210,7 +220,7 @@ fn model_check(dev: &candle_core::Device, preset: &str) -> Result<Vec<harness::C
         );
         Ok(m)
     };
-    for dtype in [DType::F32, DType::BF16] {
+    for dtype in [DType::F32, DType::BF16].into_iter().filter(|_| model) {
         let m = fused(&plain, dtype)?;
         let got = m.encode(&input, &mut Mode::Eval, true)?;
         for (i, (g, r)) in got
@@ -250,19 +260,48 @@ fn model_check(dev: &candle_core::Device, preset: &str) -> Result<Vec<harness::C
     };
     let mut plain_d = plain.clone();
     plain_d.frozen_dropout = true;
-    let fused_d = fused(&plain_d, DType::F32)?;
-    let (want, got) = (run(&plain_d)?, run(&fused_d)?);
     let last = cfg.num_hidden_layers;
-    let mut row = harness::compare(
-        "layers + dropout",
-        DType::F32,
-        format!("{preset} layer {last}/{last} train"),
-        "candle model",
-        &got.hidden_states[last],
-        &want.hidden_states[last],
-    )?;
-    row.tol = 1e-4;
-    row.pass = row.nonfinite == 0 && row.rel_err <= row.tol;
-    rows.push(row);
+    if model {
+        let fused_d = fused(&plain_d, DType::F32)?;
+        let (want, got) = (run(&plain_d)?, run(&fused_d)?);
+        let mut row = harness::compare(
+            "layers + dropout",
+            DType::F32,
+            format!("{preset} layer {last}/{last} train"),
+            "candle model",
+            &got.hidden_states[last],
+            &want.hidden_states[last],
+        )?;
+        row.tol = 1e-4;
+        row.pass = row.nonfinite == 0 && row.rel_err <= row.tol;
+        rows.push(row);
+    }
+    // Attention dropout inside the fused kernel (MSLT_ATTENTION_DROPOUT=kernel: the `_dropout`
+    // entry points on a GPU, the CPU op here) against the same Philox draws through Candle ops,
+    // the other dropouts drawn alike; f32 (tf32x3) and bf16 (fa2v2 at T = 128).
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 5e-2)]
+        .into_iter()
+        .filter(|_| dropout)
+    {
+        let with = |a| -> Result<BertForPreTraining> {
+            let mut m = fused(&plain_d, dtype)?;
+            m.set_attention_dropout(a);
+            Ok(m)
+        };
+        use mslt_core::model::AttentionDropout;
+        let want = run(&with(AttentionDropout::Reference)?)?;
+        let got = run(&with(AttentionDropout::Kernel)?)?;
+        let mut row = harness::compare(
+            "layers + kernel dropout",
+            dtype,
+            format!("{preset} layer {last}/{last} train"),
+            "philox reference",
+            &got.hidden_states[last],
+            &want.hidden_states[last],
+        )?;
+        row.tol = tol;
+        row.pass = row.nonfinite == 0 && row.rel_err <= row.tol;
+        rows.push(row);
+    }
     Ok(rows)
 }
