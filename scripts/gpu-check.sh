@@ -63,7 +63,7 @@ echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee 
 # reference, in a process of their own
 step "kernel check: attention dropout inside the kernels (not yet run on a GPU before this script)"
 DROP_OK=0
-if run 60 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels fa2v2,fa2w8,tf32x3 \
+if run 90 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels fa2v2,fa2w8,tf32x3 \
   --json "$OUT/json/check-dropout.json"; then DROP_OK=1; fi
 step "kernel timings: fused (output allocated per call), fused-into (preallocated output), candle"
 run 150 "$BIN" kernels bench --device cuda --only copy,ln,gelu,attention,named --json "$OUT/json/kbench.json"
