@@ -26,6 +26,20 @@ fn input(cfg: &BertConfig) -> BertInput {
     BertInput::from_host(cfg, (b, t), &ids, Some(&mask), Some(&tt), &Device::Cpu).unwrap()
 }
 
+/// MSLT 2 -> 3 layers, frozen embeddings: in stage 1 layers 0-1 are frozen, layer 2 trains.
+fn two_stages() -> Vec<mslt_core::train::stages::Stage> {
+    plan(&ScheduleSpec {
+        kind: ScheduleKind::Mslt,
+        target_depth: 3,
+        steps: 10,
+        stages: &[2, 3],
+        stage_steps: &[],
+        final_joint_frac: 0.0,
+        train_embeddings: false,
+    })
+    .unwrap()
+}
+
 fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
     let d = (a - b)
         .unwrap()
@@ -86,16 +100,7 @@ fn an_mslt_stage_with_fused_frozen_layers_trains_the_same() {
     let cfg = config();
     let w = init_all(&cfg, &mut Rng::new(5), &Device::Cpu).unwrap();
     let params = Params::from_tensors(&w).unwrap();
-    let stages = plan(&ScheduleSpec {
-        kind: ScheduleKind::Mslt,
-        target_depth: 3,
-        steps: 10,
-        stages: &[2, 3],
-        stage_steps: &[],
-        final_joint_frac: 0.0,
-        train_embeddings: false,
-    })
-    .unwrap();
+    let stages = two_stages();
     let stage = &stages[1]; // layers 0-1 and the embeddings frozen, layer 2 + heads train
     let x = input(&cfg);
     let labels: Vec<i64> = (0..32)
@@ -280,16 +285,7 @@ fn attention_dropout_in_the_kernel_matches_its_reference_in_a_stage_step() {
     let cfg = config();
     let w = init_all(&cfg, &mut Rng::new(15), &Device::Cpu).unwrap();
     let params = Params::from_tensors(&w).unwrap();
-    let stages = plan(&ScheduleSpec {
-        kind: ScheduleKind::Mslt,
-        target_depth: 3,
-        steps: 10,
-        stages: &[2, 3],
-        stage_steps: &[],
-        final_joint_frac: 0.0,
-        train_embeddings: false,
-    })
-    .unwrap();
+    let stages = two_stages();
     let x = input(&cfg);
     let labels: Vec<i64> = (0..32)
         .map(|k| if k % 3 == 1 { 11 + k } else { -100 })

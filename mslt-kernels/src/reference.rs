@@ -40,9 +40,9 @@ pub fn split_heads(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor
     Ok((part(0)?, part(1)?, part(2)?))
 }
 
-/// softmax(q k^T / sqrt(D) + mask) v with heads merged: qkv (B, T, 3C), mask (B, T) -> (B, T, C),
-/// f32, softmax composed from exp / sum with the row max subtracted.
-pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
+/// softmax(q k^T / sqrt(D) + mask) (B, H, T, T) and v (B, H, T, D) from qkv (B, T, 3C) and
+/// mask (B, T), f32, the softmax composed from exp / sum with the row max subtracted.
+fn probs_and_values(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     let (b, t, c3) = qkv.dims3()?;
     let c = c3 / 3;
     let (q, k, v) = split_heads(&f32(qkv)?, heads)?; // (B, H, T, D)
@@ -50,10 +50,20 @@ pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
     let s = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, T)
     let s = s.broadcast_add(&f32(mask)?.reshape((b, 1, 1, t))?)?;
     let s = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
-    let p = s.broadcast_div(&s.sum_keepdim(D::Minus1)?)?;
-    p.matmul(&v)? // (B, H, T, D)
-        .transpose(1, 2)?
-        .reshape((b, t, c))
+    Ok((s.broadcast_div(&s.sum_keepdim(D::Minus1)?)?, v))
+}
+
+/// (B, H, T, D) -> (B, T, C): the heads merged.
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, t, h * d))
+}
+
+/// softmax(q k^T / sqrt(D) + mask) v with heads merged: qkv (B, T, 3C), mask (B, T) -> (B, T, C),
+/// f32, softmax composed from exp / sum with the row max subtracted.
+pub fn attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
+    let (p, v) = probs_and_values(qkv, mask, heads)?;
+    merge_heads(&p.matmul(&v)?)
 }
 
 /// [`attention`] with dropout `p` on the normalised probabilities, the mask drawn from `seed` by
@@ -65,14 +75,8 @@ pub fn attention_dropout(
     p: f64,
     seed: u64,
 ) -> Result<Tensor> {
-    let (b, t, c3) = qkv.dims3()?;
-    let c = c3 / 3;
-    let (q, k, v) = split_heads(&f32(qkv)?, heads)?; // (B, H, T, D)
-    let scale = 1.0 / ((c / heads) as f64).sqrt();
-    let s = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, T)
-    let s = s.broadcast_add(&f32(mask)?.reshape((b, 1, 1, t))?)?;
-    let s = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
-    let probs = s.broadcast_div(&s.sum_keepdim(D::Minus1)?)?;
+    let (b, t, _) = qkv.dims3()?;
+    let (probs, v) = probs_and_values(qkv, mask, heads)?; // (B, H, T, T), (B, H, T, D)
     let mut m = Vec::with_capacity(b * heads * t * t);
     for bi in 0..b {
         for h in 0..heads {
@@ -80,8 +84,5 @@ pub fn attention_dropout(
         }
     }
     let m = Tensor::from_vec(m, (b, heads, t, t), qkv.device())?; // (B, H, T, T)
-    (probs * m)?
-        .matmul(&v)? // (B, H, T, D)
-        .transpose(1, 2)?
-        .reshape((b, t, c))
+    merge_heads(&(probs * m)?.matmul(&v)?)
 }
