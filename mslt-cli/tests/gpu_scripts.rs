@@ -97,6 +97,45 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert!(quick.contains("new attention kernels that passed their checks: none"));
 }
 
+/// tools/gpu_report.py on the committed H100 runs 5 and 6 finds the figures docs/gpu-results.md
+/// quotes from them.
+#[test]
+fn gpu_report_reproduces_runs_5_and_6() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let report = |run: &str| {
+        let o = Command::new("python3")
+            .arg("tools/gpu_report.py")
+            .arg(format!("docs/gpu/{run}"))
+            .arg("--log")
+            .arg(format!("docs/gpu/{run}/gpu-check.log"))
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let r5 = report("run5");
+    for want in [
+        "195 of 195 checks passed.",
+        "Reference: the fastest, **2976 GB/s**.",
+        "fused: 86-100% -> **met**",
+        "fused-tf32x3 [kbench-tf32x3] f32: ours / SDPA 0.41-0.82 over 12 of 12 shapes -> **met**",
+        "fused-fa2 [kbench-fa2] bf16: ours / SDPA 0.93-2.73 over 12 of 12 shapes -> **not met**",
+        "| fused-bf16-tf32 | kernels fused, frozen dtype BF16, frozen dropout off | retain | tf32 46.1 TFLOP/s | 118.8 (1.00x)",
+    ] {
+        assert!(r5.contains(want), "run 5: missing `{want}` in\n{r5}");
+    }
+    let r6 = report("run6");
+    for want in [
+        "175 of 175 checks passed.",
+        "| fused-fa2w8 [kbench-fa2w8] | bf16 | B256 T512 H12 D64 nopad | 1049.5 | 196.4 | 499.8 (no mask) | 2.10 |",
+        "| fused-fa2v2 [kbench-fa2v2] | bf16 | B128 T128 H12 D64 | 53.6 | 120.1 | 48.5 (mask) | 1.11 |",
+        "fused f32: ours / SDPA 0.40-0.82 over 12 of 12 shapes -> **met**",
+    ] {
+        assert!(r6.contains(want), "run 6: missing `{want}` in\n{r6}");
+    }
+}
+
 /// tools/gpu_report.py turns a run's JSON into the tables and verdicts of docs/gpu-results.md:
 /// on the committed H100 run 3 it must reproduce the figures written there by hand.
 #[test]
