@@ -157,6 +157,14 @@ def main():
                 verdicts.append(f"LayerNorm goal (>= {100 * LN_GOAL:.0f}% of copy at >= {BERT_ROWS} rows), {impl}: "
                                 f"{min(v):.0f}-{max(v):.0f}% -> **{'met' if met else 'not met'}**")
 
+    def baselines(r):
+        """An attention row's comparisons, same op: (unpadded?, SDPA with the mask, or without it
+        for `nopad` rows; the Candle path, padded rows only)."""
+        nopad = r["shape"].endswith(" nopad")
+        base = r["shape"].removesuffix(" nopad")
+        sd = find(torch, r["op"], "torch-sdpa-nomask" if nopad else "torch-sdpa-mask", r["dtype"], base)
+        return nopad, sd, None if nopad else find(ours, r["op"], "candle", r["dtype"], base)
+
     att = [r for r in ours if r["op"] == "attention" and r["implementation"].startswith("fused")]
     if att:
         p("## Attention (12 heads x 64)\n")
@@ -166,10 +174,7 @@ def main():
         p("|---|---|---|---|---|---|---|---|")
         worst = {}
         for r in att:
-            nopad = r["shape"].endswith(" nopad")
-            base = r["shape"].removesuffix(" nopad")
-            sd = find(torch, "attention", "torch-sdpa-nomask" if nopad else "torch-sdpa-mask", r["dtype"], base)
-            cand = None if nopad else find(ours, "attention", "candle", r["dtype"], base)
+            nopad, sd, cand = baselines(r)
             q = ratio(us(r), us(sd))
             w = worst.setdefault((r["impl"], r["dtype"]), [0.0, 9e9, 0, 0])
             w[3] += 1
@@ -195,10 +200,7 @@ def main():
         p("| dtype | shape | fused us | candle us | SDPA us | fused / candle | fused / SDPA |")
         p("|---|---|---|---|---|---|---|")
         for r in datt:
-            nopad = r["shape"].endswith(" nopad")
-            base = r["shape"].removesuffix(" nopad")
-            sd = find(torch, "attention+dropout", "torch-sdpa-nomask" if nopad else "torch-sdpa-mask", r["dtype"], base)
-            cand = None if nopad else find(ours, "attention+dropout", "candle", r["dtype"], base)
+            _, sd, cand = baselines(r)
             p(f"| {r['dtype']} | {r['shape']} | {us(r):.1f} | {fmt(us(cand))} | {fmt(us(sd))} | "
               f"{fmt(ratio(us(r), us(cand)), '.2f')} | {fmt(ratio(us(r), us(sd)), '.2f')} |")
         p("")

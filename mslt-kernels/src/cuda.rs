@@ -1,7 +1,7 @@
 //! NVRTC compilation (once per source and architecture, cached), module loading (once per
 //! device, through Candle's custom-module cache) and the launches of the fused kernels.
 
-use crate::ops::{span, AddLayerNorm, Attention, AttentionKernel};
+use crate::ops::{aligned16, span, AddLayerNorm, Attention, AttentionKernel};
 use crate::{KernelError, Source, ATTENTION, BIAS_GELU, LAYER_NORM};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -96,10 +96,6 @@ fn view<'a, T: CudaDType>(
 }
 
 /// Whether a contiguous layout starts on a 16-byte boundary (allocations are 256-byte aligned).
-fn aligned16(l: &Layout, elem_size: usize) -> bool {
-    (l.start_offset() * elem_size) & 15 == 0
-}
-
 fn launch_err(entry: &str, e: impl std::fmt::Display) -> candle_core::Error {
     KernelError::Cuda {
         kernel: entry.to_string(),
@@ -455,12 +451,9 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let dev = qkv.0.device();
     let (b, t, c3) = qkv.1.shape().dims3()?;
     let d = c3 / 3 / op.heads;
-    // read once per process: this runs in every frozen layer's forward
-    static ENV: OnceLock<Option<String>> = OnceLock::new();
-    let env = ENV.get_or_init(|| std::env::var("MSLT_ATTENTION").ok());
     let kind = crate::ops::resolve_attention_kernel(
         op.kernel,
-        env.as_deref(),
+        crate::ops::attention_env(),
         qkv.0.dtype(),
         d,
         t,

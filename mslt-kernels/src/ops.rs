@@ -482,8 +482,23 @@ pub fn attention_dropout_with(
     attention_op(qkv, mask, heads, kernel, Some(AttnDropout { p, seed }))
 }
 
+/// `MSLT_ATTENTION`, read once per process: the kernel choice runs in every frozen layer's
+/// forward, and the launch and [`attention_dropout_fits`] must see the same value.
+pub(crate) fn attention_env() -> Option<&'static str> {
+    static ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| std::env::var("MSLT_ATTENTION").ok())
+        .as_deref()
+}
+
+/// Whether a tensor laid out as `l` starts on a 16-byte boundary (the tensor-core kernels load
+/// 16-byte vectors).
+pub(crate) fn aligned16(l: &Layout, elem_size: usize) -> bool {
+    (l.start_offset() * elem_size) & 15 == 0
+}
+
 /// Whether [`attention_dropout`] runs for `qkv` (B, T, 3C) with `heads` heads: always on the
-/// CPU; on CUDA when the kernel `MSLT_ATTENTION` (or the default) picks has a dropout variant.
+/// CPU; on CUDA when the kernel `MSLT_ATTENTION` (or the default) picks has a dropout variant,
+/// decided as the launch decides it.
 pub fn attention_dropout_fits(qkv: &Tensor, heads: usize) -> bool {
     let Ok((_, t, c3)) = qkv.dims3() else {
         return false;
@@ -494,15 +509,13 @@ pub fn attention_dropout_fits(qkv: &Tensor, heads: usize) -> bool {
     if !qkv.device().is_cuda() {
         return true;
     }
-    let d = c3 / 3 / heads;
-    // the projection output is contiguous with rows of 3C elements: 16-byte aligned for D = 64
-    let aligned = (c3 * qkv.dtype().size_in_bytes()).is_multiple_of(16);
-    let env = std::env::var("MSLT_ATTENTION").ok();
+    // the op launches on `qkv.contiguous()`: the tensor itself, or a fresh copy at offset 0
+    let aligned = !qkv.is_contiguous() || aligned16(qkv.layout(), qkv.dtype().size_in_bytes());
     resolve_attention_kernel(
         AttentionKernel::Auto,
-        env.as_deref(),
+        attention_env(),
         qkv.dtype(),
-        d,
+        c3 / 3 / heads,
         t,
         aligned,
     )
