@@ -564,6 +564,73 @@ __device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, flo
   }
 }
 
+// One key tile of attention_fa2p (below) for one warp, the loop body of attention_fa2 as a
+// function. (attention_fa2 keeps its own copy: with the call, ptxas orders the instructions of
+// the kernels measured in runs 5 and 6 differently, and _fa2_w8_dropout spills on sm_90.) S = Q K^T for its MT m-tiles of 16 query rows
+// (Q fragments qa), the base-2 online softmax (running max m, partial sums l, output o rescaled),
+// dropout on the probabilities (DROP), then O += P V. Kt, Vt: the tile's BK keys and values in
+// shared memory (rows of DP = 72 elements); ms: their mask * log2(e). g, q4: the lane's accumulator
+// rows g, g + 8 and columns 2 q4 + {0, 1}; lm, lr: its ldmatrix matrix and row. row0: the warp's
+// first query row in the sequence; key0: the tile's first key.
+template <int MT, int BK, bool V2, bool DROP>
+__device__ __forceinline__ void fa2_tile(const bf16_t (*Kt)[72], const bf16_t (*Vt)[72], const float* ms,
+                                         const unsigned (&qa)[MT][4][4], float (&o)[MT][8][4], float (&m)[MT][2],
+                                         float (&l)[MT][2], float sl2, int g, int q4, int lm, int lr, int row0,
+                                         int key0, int h, int b, Dropout dr) {
+  constexpr int NKT = BK / 8;   // n-tiles of 8 keys in S = Q K^T
+  constexpr int KKS = BK / 16;  // k-steps of 16 keys in O += P V
+  // S = Q K^T: NKT n-tiles of 8 keys; one ldmatrix.x4 = the B fragments of 2 k-steps
+  float s[MT][NKT][4];
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      unsigned kb[4];
+      ldsm_x4(kb, &Kt[nt * 8 + lr][p * 32 + lm * 8]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_bf16_16816(s[mt][nt], qa[mt][2 * p], kb[0], kb[1]);
+        mma_bf16_16816(s[mt][nt], qa[mt][2 * p + 1], kb[2], kb[3]);
+      }
+    }
+  }
+  // online softmax in base 2, per m-tile
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    softmax_tile<NKT, true>(s[mt], ms, q4, sl2, m[mt][0], m[mt][1], l[mt][0], l[mt][1], o[mt]);
+  static_assert(!DROP || V2, "dropout in the V2 kernels only");
+  // O += P V: KKS k-steps of 16 keys; one ldmatrix.x4.trans = the B fragments of 2 n-tiles
+#pragma unroll
+  for (int kk = 0; kk < KKS; ++kk) {
+    unsigned pa[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      if (DROP) {  // the two n-tiles of 8 keys this k-step packs
+        drop4(s[mt][2 * kk], dr, row0 + mt * 16 + g, key0 + kk * 16 + 2 * q4, h, b);
+        drop4(s[mt][2 * kk + 1], dr, row0 + mt * 16 + g, key0 + kk * 16 + 8 + 2 * q4, h, b);
+      }
+      pa[mt][0] = V2 ? pack_bf16_cvt(s[mt][2 * kk][0], s[mt][2 * kk][1]) : pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+      pa[mt][1] = V2 ? pack_bf16_cvt(s[mt][2 * kk][2], s[mt][2 * kk][3]) : pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+      pa[mt][2] = V2 ? pack_bf16_cvt(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1])
+                     : pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+      pa[mt][3] = V2 ? pack_bf16_cvt(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3])
+                     : pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      unsigned vb[4];
+      ldsm_x4_trans(vb, &Vt[kk * 16 + (lm & 1) * 8 + lr][(2 * np + (lm >> 1)) * 8]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_bf16_16816(o[mt][2 * np], pa[mt], vb[0], vb[1]);
+        mma_bf16_16816(o[mt][2 * np + 1], pa[mt], vb[2], vb[3]);
+      }
+    }
+  }
+}
+
 // MT m-tiles of 16 query rows per warp, NW warps: BQ = 16 NW MT query rows per block, key tiles of
 // BK = 64 / MT. With MT = 2 each K/V fragment loaded from shared memory feeds two mma and each K/V
 // tile serves twice the query rows (half the L2 traffic), for more registers per thread. With
@@ -758,6 +825,154 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_
     unsigned thr, float keep_scale) {
   attention_fa2<1, 8, true, true>(qkv, mask, out, T_, H, scale,
                                   Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention_fwd_bf16_d64_fa2_v3 / _w8v3 ("fa2v3", "fa2w8v3"): fa2v2 and fa2w8 (V2, one m-tile of
+// 16 query rows per warp, key tiles of 64) with the global-memory latency taken off the critical
+// path, for T <= 512 (BERT's longest sequence). Read off their machine code, the V2 kernels wait
+// on a global load in every key tile and in a serial prologue:
+//  - LOAD_KV_TILE reads the tile's mask with a plain load and stores it to shared memory before
+//    the barrier that starts the tile: every tile, the whole block waits one L2 round trip;
+//  - live_tiles makes one load and one barrier per key tile (8 in a row at T = 512) before the
+//    first copy is issued, and the Q tile is waited for before the first K/V tile is requested.
+// Here the Q tile and key tile 0 are requested together (two cp.async groups), the mask row is
+// read once into registers meanwhile (all loads in flight together), scaled into shared memory
+// (Mrow, -inf beyond T) and reduced to the live-tile bits with one warp reduction and the barrier
+// the Q tile needs anyway; the loop then reads nothing from global memory but its cp.async tiles.
+// Key tile 0 is always processed (no wait for the live bits): when all its keys are padding its
+// probabilities are exactly 0 and the running max it leaves is wiped by the first live tile
+// (ex2(-1.4e9) = 0), the same result as skipping it. With 8 warps the Q tile (128 rows) lies over
+// key tile buffer 1 (K and V, 18 KB), read into registers before tile 1 is requested, so tile 0
+// still streams into buffer 0 while Q lands. T must be <= 512 (MAXT; the caller checks).
+#define FA2P_MAXT 512
+
+// Key tile jt -> buffer bf of KV (K and V, cp.async, zero rows beyond T): LOAD_KV_TILE_U without
+// the mask. Expects in scope tid, NTH, base, rs, C, T_, BK, D, KV.
+#define LOAD_KV_TILE_P(jt, bf)                                                             \
+  do {                                                                                     \
+    const int k0_ = (jt) * BK;                                                             \
+    constexpr int N_ = BK * (D / 8);                                                       \
+    static_assert(N_ % NTH == 0, "whole chunks per thread");                               \
+    _Pragma("unroll") for (int it_ = 0; it_ < N_ / NTH; ++it_) {                           \
+      const int i = tid + it_ * NTH;                                                       \
+      const int r = i >> 3, c = (i & 7) * 8, k = k0_ + r;                                  \
+      const bf16_t* src = base + (long)(k < T_ ? k : 0) * rs + C + c;                      \
+      cp_async16(&KV[bf][0][r][c], src, k < T_);                                           \
+      cp_async16(&KV[bf][1][r][c], src + C, k < T_);                                       \
+    }                                                                                      \
+  } while (0)
+
+template <int NW, bool DROP = false>
+__device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                               bf16_t* __restrict__ out, int T_, int H, float scale,
+                                               Dropout dr = Dropout{}) {
+  constexpr int D = 64, BQ = 16 * NW, BK = 64, DP = D + 8, NTH = 32 * NW;
+  constexpr int MPT = FA2P_MAXT / NTH;  // mask entries per thread
+  constexpr bool ALIAS_Q = NW == 8;     // Q tile over buffer 1 (its K and V: the same 2 BK rows)
+  static_assert(!ALIAS_Q || BQ == 2 * BK, "Q tile = buffer 1");
+  __shared__ __align__(16) bf16_t KV[2][2][BK][DP];  // [buffer][K, V][key][column]
+  __shared__ __align__(16) bf16_t Qown[ALIAS_Q ? 1 : BQ][DP];
+  __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
+  __shared__ unsigned Lw[NW];         // live-tile bits per warp
+  bf16_t(*Qs)[DP] = ALIAS_Q ? reinterpret_cast<bf16_t(*)[DP]>(&KV[1][0][0][0]) : Qown;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, q4 = lane & 3;   // accumulator rows g and g + 8, columns 2 q4 + {0, 1}
+  const int lm = lane >> 3, lr = lane & 7;  // ldmatrix: this lane addresses row lr of matrix lm
+  const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
+  const int C = H * D;
+  const long rs = 3L * C;
+  const bf16_t* base = qkv + (long)b * T_ * rs + (long)h * D;
+  const float* mrow = mask + (long)b * T_;
+  const float sl2 = scale * LOG2E_F;
+  const int ntiles = (T_ + BK - 1) / BK;
+
+  // Q tile (zero rows beyond T): group 1; key tile 0 into buffer 0: group 2
+#pragma unroll
+  for (int it = 0; it < BQ * (D / 8) / NTH; ++it) {
+    const int i = tid + it * NTH, r = i >> 3, c8 = (i & 7) * 8, q = q0 + r;
+    cp_async16(&Qs[r][c8], base + (long)(q < T_ ? q : 0) * rs + c8, q < T_);
+  }
+  cp_async_commit();
+  LOAD_KV_TILE_P(0, 0);
+  cp_async_commit();
+  // the mask row, meanwhile: MPT independent loads per thread, then Mrow and the live bits
+  float mv[MPT];
+#pragma unroll
+  for (int i = 0; i < MPT; ++i) {
+    const int k = tid + i * NTH;
+    mv[i] = k < T_ ? mrow[k] : 0.0f;
+  }
+  unsigned bits = 0u;
+#pragma unroll
+  for (int i = 0; i < MPT; ++i) {
+    const int k = tid + i * NTH;
+    if (k < T_ && mv[i] > PAD_MASK) bits |= 1u << (k / BK);
+    Mrow[k] = k < T_ ? fmaxf(mv[i] * LOG2E_F, -FLT_MAX_F) : NEG_INF;
+  }
+  bits = __reduce_or_sync(0xffffffffu, bits);
+  if (lane == 0) Lw[w] = bits;
+  cp_async_wait1();  // the Q tile (this thread's part)
+  __syncthreads();   // ... everyone's, and Mrow, Lw
+  unsigned live = 0u;
+#pragma unroll
+  for (int i = 0; i < NW; ++i) live |= Lw[i];
+  unsigned qa[1][4][4];  // A fragments of this warp's 16 query rows, 4 k-steps of 16 over D
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) ldsm_x4(qa[0][ks], &Qs[w * 16 + (lm & 1) * 8 + lr][ks * 16 + (lm >> 1) * 8]);
+  if (ALIAS_Q) __syncthreads();  // every warp has its Q fragments before tile 1 lands in buffer 1
+
+  float o[1][8][4];
+  float m[1][2] = {{NEG_INF, NEG_INF}}, l[1][2] = {{0.0f, 0.0f}};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) o[0][nt][0] = o[0][nt][1] = o[0][nt][2] = o[0][nt][3] = 0.0f;
+  int j = 0, buf = 0;
+  while (j < ntiles) {
+    const int jn = next_live(j + 1, ntiles, live);
+    if (jn < ntiles) LOAD_KV_TILE_P(jn, buf ^ 1);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = tile j
+    cp_async_wait1();
+    __syncthreads();
+#if __CUDA_ARCH__ >= 900
+    fa2_tile<1, BK, true, DROP>(KV[buf][0], KV[buf][1], &Mrow[j * BK], qa, o, m, l, sl2, g, q4, lm, lr, q0 + w * 16,
+                                j * BK, h, b, dr);
+#else  // the same tile; written so, ptxas for sm_80 keeps fa2_w8v3 in 128 registers without spills
+    const bf16_t(*kt)[DP] = KV[buf][0];
+    fa2_tile<1, BK, true, DROP>(kt, kt + BK, Mrow + j * BK, qa, o, m, l, sl2, g, q4, lm, lr, q0 + w * 16, j * BK, h,
+                                b, dr);
+#endif
+    __syncthreads();  // tile j consumed before its buffer is refilled
+    buf ^= 1;
+    j = jn;
+  }
+  store_rows(o[0], l[0][0], l[0][1], out, b, T_, C, h * D, q0 + w * 16 + g, q4);
+}
+
+// Launch: grid (ceil(T / 64), H, B), block 128, T <= 512; at most 128 registers (4 blocks per SM).
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v3(const bf16_t* qkv, const float* mask,
+                                                                                bf16_t* out, int T_, int H, float scale) {
+  attention_fa2p<4>(qkv, mask, out, T_, H, scale);
+}
+
+// attention_fwd_bf16_d64_fa2_v3 with dropout on the probabilities (see Dropout): launch as it.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v3_dropout(
+    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
+    unsigned thr, float keep_scale) {
+  attention_fa2p<4, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
+}
+
+// Launch: grid (ceil(T / 128), H, B), block 256, T <= 512; at most 128 registers (2 blocks per SM).
+extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8v3(const bf16_t* qkv,
+                                                                                    const float* mask, bf16_t* out,
+                                                                                    int T_, int H, float scale) {
+  attention_fa2p<8>(qkv, mask, out, T_, H, scale);
+}
+
+// attention_fwd_bf16_d64_fa2_w8v3 with dropout on the probabilities (see Dropout): launch as it.
+extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8v3_dropout(
+    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
+    unsigned thr, float keep_scale) {
+  attention_fa2p<8, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 """Warp-level emulation of the tensor-core attention kernels of kernels-cu/attention.cu (numpy
 only): attention_fa2<MT, NW, V2, DROP> (entry points attention_fwd_bf16_d64_fa2, MT = 1, NW = 4;
 attention_fwd_bf16_d64_fa2_v2, the same computation; attention_fwd_bf16_d64_fa2_q128, MT = 2;
-attention_fwd_bf16_d64_fa2_w8, NW = 8 warps with the Q tile over the K buffers) and
+attention_fwd_bf16_d64_fa2_w8, NW = 8 warps with the Q tile over the K buffers),
+attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4, and _w8v3, NW = 8 with the Q tile
+over the second K/V buffer; the mask row preloaded, key tile 0 always processed) and
 attention_fwd_f32_d64_tf32x3, and the _dropout variants (Philox dropout on the probabilities,
 each lane's draws against the mask defined element by element).
 
@@ -217,7 +219,6 @@ def block(qkv, mask, b, h, q0, H, scale, MT, NW=4, drop=None):
     (BQ, D) (NaN beyond T) and the key tiles processed. With NW = 8 the Q tile lies over the two
     K buffers (ALIAS_Q): it is read into the fragments before the first K/V tile overwrites it."""
     BQ, BK = 16 * NW * MT, 64 // MT
-    NKT, KKS = BK // 8, BK // 16
     T = qkv.shape[1]
     C = H * D
     base = qkv[b][:, h * D:]  # row k: q at [0:D], k at [C:C+D], v at [2C:2C+D]
@@ -241,28 +242,106 @@ def block(qkv, mask, b, h, q0, H, scale, MT, NW=4, drop=None):
     processed = []
     for j, buf in kv.tiles():
         processed.append(j)
-        for st in warps:
-            s = np.zeros((NKT, 32, 4), np.float32)
-            for nt in range(NKT):
-                for p in range(2):
-                    kb = ldsm_x4(kv.K[buf], nt * 8 + LR, p * 32 + LM * 8)
-                    s[nt] = mma(s[nt], st["qa"][2 * p], kb[:, 0], kb[:, 1])
-                    s[nt] = mma(s[nt], st["qa"][2 * p + 1], kb[:, 2], kb[:, 3])
-            online_softmax(st, s, kv.M[buf], sl2)
-            for kk in range(KKS):
-                if drop is not None:  # the V2 kernels' dropout: per k-step, before packing
-                    for half in range(2):
-                        drop4(s[2 * kk + half], drop, q0 + st["row0"] + G, j * BK + kk * 16 + half * 8 + 2 * Q4, h, b)
-                pa = np.zeros((32, 4, 2), np.float32)
-                pa[:, 0] = bf16(s[2 * kk][:, 0:2])
-                pa[:, 1] = bf16(s[2 * kk][:, 2:4])
-                pa[:, 2] = bf16(s[2 * kk + 1][:, 0:2])
-                pa[:, 3] = bf16(s[2 * kk + 1][:, 2:4])
-                for np_ in range(4):
-                    vb = ldsm_x4(kv.V[buf], kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
-                    st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
-                    st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
+        fa2_tile(warps, kv.K[buf], kv.V[buf], kv.M[buf], BK, sl2, q0, j, h, b, drop)
     return finish(warps, BQ, q0, T, bf16), processed
+
+
+def fa2_tile(warps, Kt, Vt, ms, BK, sl2, q0, j, h, b, drop):
+    """The kernels' fa2_tile for every (warp, m-tile) state: S = Q K^T on key tile j (Kt, Vt,
+    mask * log2(e) ms), the online softmax, dropout, O += P V."""
+    NKT, KKS = BK // 8, BK // 16
+    for st in warps:
+        s = np.zeros((NKT, 32, 4), np.float32)
+        for nt in range(NKT):
+            for p in range(2):
+                kb = ldsm_x4(Kt, nt * 8 + LR, p * 32 + LM * 8)
+                s[nt] = mma(s[nt], st["qa"][2 * p], kb[:, 0], kb[:, 1])
+                s[nt] = mma(s[nt], st["qa"][2 * p + 1], kb[:, 2], kb[:, 3])
+        online_softmax(st, s, ms, sl2)
+        for kk in range(KKS):
+            if drop is not None:  # the V2 kernels' dropout: per k-step, before packing
+                for half in range(2):
+                    drop4(s[2 * kk + half], drop, q0 + st["row0"] + G, j * BK + kk * 16 + half * 8 + 2 * Q4, h, b)
+            pa = np.zeros((32, 4, 2), np.float32)
+            pa[:, 0] = bf16(s[2 * kk][:, 0:2])
+            pa[:, 1] = bf16(s[2 * kk][:, 2:4])
+            pa[:, 2] = bf16(s[2 * kk + 1][:, 0:2])
+            pa[:, 3] = bf16(s[2 * kk + 1][:, 2:4])
+            for np_ in range(4):
+                vb = ldsm_x4(Vt, kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
+                st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
+                st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
+
+
+MAXT = 512  # FA2P_MAXT
+
+
+def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None):
+    """attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4; _w8v3, NW = 8), one block: the Q
+    tile and key tile 0 (buffer 0) requested together, with NW = 8 the Q tile over buffer 1 (its
+    K and V rows, one view of the same memory); the mask row scaled into Mrow by each thread's
+    MPT keys, the live bits OR-reduced per warp then over warps; key tile 0 always processed,
+    then the live tiles, the next one loaded into the other buffer first."""
+    BQ, BK, NTH = 16 * NW, 64, 32 * NW
+    T = qkv.shape[1]
+    assert T <= MAXT
+    C = H * D
+    base = qkv[b][:, h * D:]
+    mrow = mask[b]
+    sl2 = np.float32(scale * LOG2E)
+    ntiles = (T + BK - 1) // BK
+    KV = np.full((2, 2, BK, DP), np.nan, np.float32)  # [buffer][K, V]; NaN: never written
+    Qs = KV[1].reshape(2 * BK, DP) if NW == 8 else np.full((BQ, DP), np.nan, np.float32)
+    assert NW != 8 or np.shares_memory(Qs, KV[1])
+
+    def load(jt, bf):  # LOAD_KV_TILE_P
+        for r in range(BK):
+            k = jt * BK + r
+            KV[bf, 0, r, :D] = base[k, C:C + D] if k < T else 0
+            KV[bf, 1, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
+
+    for r in range(BQ):
+        Qs[r, :D] = base[q0 + r, 0:D] if q0 + r < T else 0
+    load(0, 0)
+    Mrow = np.full(MAXT, np.nan, np.float32)
+    lw = []
+    for w in range(NW):
+        bits = 0
+        for lane in range(32):
+            for i in range(MAXT // NTH):
+                k = w * 32 + lane + i * NTH
+                v = np.float32(mrow[k]) if k < T else np.float32(0)
+                if k < T and v > PAD_MASK:
+                    bits |= 1 << (k // BK)
+                Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
+        lw.append(bits)  # __reduce_or_sync, lane 0 -> Lw[w]
+    live = 0
+    for bits in lw:
+        live |= bits
+    assert not np.isnan(Mrow).any()
+    warps = []
+    for w in range(NW):
+        st = new_state(w * 16)
+        st["qa"] = [ldsm_x4(Qs, st["row0"] + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
+        warps.append(st)
+    kv = KV_live(live, ntiles)
+    processed, j, buf = [], 0, 0
+    while j < ntiles:
+        jn = kv.next_live(j + 1)
+        if jn < ntiles:
+            load(jn, buf ^ 1)  # over the Q tile when NW = 8 and j = 0: Q is in registers
+        processed.append(j)
+        fa2_tile(warps, KV[buf, 0], KV[buf, 1], Mrow[j * BK:(j + 1) * BK], BK, sl2, q0, j, h, b, drop)
+        buf ^= 1
+        j = jn
+    return finish(warps, BQ, q0, T, bf16), processed
+
+
+class KV_live(KV):
+    """next_live on given live bits."""
+
+    def __init__(self, live, ntiles):
+        self.live, self.ntiles = live, ntiles
 
 
 def tf32(x):
@@ -403,6 +482,13 @@ def main():
     kern = lambda q, m, b, h, q0: block(q, m, b, h, q0, H, scale, 1, NW=8)
     for T, rows in cases + [(2200, [2200, 90, (0, 5, 1050, 1100)])]:
         bad += run("fa2 w8", kern, T, rows, 1e-2, 128, rng, H, scale, True)
+    # attention_fwd_bf16_d64_fa2_v3 / _w8v3 (T <= 512): key tile 0 always processed, also when
+    # all its keys are padding ((70, 200), (100, 512)); T = 512 with a partial last query block
+    pcases = cases + [(512, [512, 1, (100, 512), (0, 5, 300, 330)]), (300, [300, (64, 300), 2])]
+    for NW in (4, 8):
+        kern = lambda q, m, b, h, q0, NW=NW: block_pre(q, m, b, h, q0, H, scale, NW)
+        for T, rows in pcases:
+            bad += run(f"fa2p NW{NW}", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True)
     # attention_fwd_f32_d64_tf32x3: f32 inputs, tolerance 1e-5 (the f32 kernels' check)
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale)
     for T, rows in cases[:3] + [(96, [96, 33, (40, 96)]), (1100, [90, (0, 5, 1050, 1100)])]:
@@ -417,6 +503,10 @@ def main():
         kern = lambda q, m, b, h, q0, NW=NW: block(q, m, b, h, q0, H, scale, 1, NW=NW, drop=drop)
         for T, rows in dcases:
             bad += run(f"fa2 NW{NW}+drop", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True, drop)
+    for NW in (4, 8):
+        kern = lambda q, m, b, h, q0, NW=NW: block_pre(q, m, b, h, q0, H, scale, NW, drop=drop)
+        for T, rows in dcases[:2] + [(512, [(70, 512)])]:
+            bad += run(f"fa2p NW{NW}+drop", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True, drop)
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale, drop=drop)
     for T, rows in dcases:
         bad += run("tf32x3+drop", kern, T, rows, 1e-5, 64, rng, H, scale, False, drop)

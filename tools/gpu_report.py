@@ -159,11 +159,11 @@ def main():
 
     def baselines(r):
         """An attention row's comparisons, same op: (unpadded?, SDPA with the mask, or without it
-        for `nopad` rows; the Candle path, padded rows only)."""
+        for `nopad` rows; the Candle path, padded rows only, from the row's file where it has one)."""
         nopad = r["shape"].endswith(" nopad")
         base = r["shape"].removesuffix(" nopad")
         sd = find(torch, r["op"], "torch-sdpa-nomask" if nopad else "torch-sdpa-mask", r["dtype"], base)
-        return nopad, sd, None if nopad else find(ours, r["op"], "candle", r["dtype"], base)
+        return nopad, sd, None if nopad else find(ours, r["op"], "candle", r["dtype"], base, r.get("src"))
 
     att = [r for r in ours if r["op"] == "attention" and r["implementation"].startswith("fused")]
     if att:
@@ -196,12 +196,13 @@ def main():
         p("## Attention with dropout p = 0.1 on the probabilities (12 heads x 64)\n")
         p("fused: the `_dropout` kernels (Philox draw); candle: Candle's attention with a device-drawn mask (what "
           "a frozen layer with frozen dropout on runs by default); SDPA with `dropout_p=0.1`, with the mask "
-          "for padded rows and without for `nopad` rows.\n")
-        p("| dtype | shape | fused us | candle us | SDPA us | fused / candle | fused / SDPA |")
-        p("|---|---|---|---|---|---|---|")
+          "for padded rows and without for `nopad` rows. Rows tagged [kbench-dropout-K] ran with "
+          "MSLT_ATTENTION=K.\n")
+        p("| implementation | dtype | shape | fused us | candle us | SDPA us | fused / candle | fused / SDPA |")
+        p("|---|---|---|---|---|---|---|---|")
         for r in datt:
             _, sd, cand = baselines(r)
-            p(f"| {r['dtype']} | {r['shape']} | {us(r):.1f} | {fmt(us(cand))} | {fmt(us(sd))} | "
+            p(f"| {r['impl']} | {r['dtype']} | {r['shape']} | {us(r):.1f} | {fmt(us(cand))} | {fmt(us(sd))} | "
               f"{fmt(ratio(us(r), us(cand)), '.2f')} | {fmt(ratio(us(r), us(sd)), '.2f')} |")
         p("")
 

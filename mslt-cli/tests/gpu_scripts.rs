@@ -63,12 +63,13 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     let ran = |s: &str| count_ran(&all, s);
     // gpu-check: the default check, one check and one timing per new attention kernel (all
     // "pass" here), the base benches (incl. one per new kernel)
-    // ... and the attention dropout inside the kernels: one check, one timing, and the base
-    // benches with frozen dropout on, with it inside the kernels and on Candle ops (f32, bf16)
+    // ... and the attention dropout inside the kernels: one check (the new kernels included),
+    // one timing for the default kernel and one per new kernel, and the base benches with frozen
+    // dropout on, with it inside the kernels and on Candle ops (f32, bf16)
     assert_eq!(ran("kernels check"), 4, "{all}");
-    assert_eq!(ran("kernels bench"), 4, "{all}");
+    assert_eq!(ran("kernels bench"), 6, "{all}");
     assert_eq!(
-        ran("--only named,dropout --attention-kernels fa2v2,fa2w8,tf32x3"),
+        ran("--only named,dropout --attention-kernels fa2v2,fa2w8,tf32x3,fa2v2,fa2w8"),
         1
     );
     assert_eq!(ran("MSLT_ATTENTION_DROPOUT=kernel bench"), 2, "{all}");
@@ -79,6 +80,13 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
             "{k}"
         );
         assert_eq!(ran(&format!("MSLT_ATTENTION={k} bench")), 1, "{k}");
+        assert_eq!(
+            ran(&format!(
+                "MSLT_ATTENTION={k} kernels bench --device cuda --only dropout"
+            )),
+            1,
+            "{k}"
+        );
     }
     assert_eq!(ran("--matmul-precision tf32"), 1);
     assert_eq!(ran("bench --model-config base"), 11);
@@ -88,13 +96,24 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("train --data"), 2, "{all}");
     assert_eq!(ran("--nproc 1"), 1);
 
-    // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; with no
-    // NEW_KERNELS only the default check and timings run
+    // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; NEW_KERNELS
+    // unset: the kernels not yet run on a GPU, fa2v3 and fa2w8v3
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
-    assert_eq!(count_ran(&quick, "bench --model-config base"), 5, "{quick}");
-    assert_eq!(count_ran(&quick, "kernels check"), 2, "{quick}");
-    assert_eq!(count_ran(&quick, "kernels bench"), 2, "{quick}");
-    assert!(quick.contains("new attention kernels that passed their checks: none"));
+    let ran = |s: &str| count_ran(&quick, s);
+    assert_eq!(ran("bench --model-config base"), 7, "{quick}");
+    assert_eq!(ran("kernels check"), 4, "{quick}");
+    assert_eq!(ran("kernels bench"), 6, "{quick}");
+    assert_eq!(
+        ran("--attention-kernels fa2v2,fa2w8,tf32x3,fa2v3,fa2w8v3"),
+        1
+    );
+    assert!(quick.contains("new attention kernels that passed their checks: fa2v3 fa2w8v3"));
+    // NEW_KERNELS empty: only the default check and timings
+    let none = run_gpu_all(&[("GPU_CHECK_QUICK", "1"), ("NEW_KERNELS", "")]);
+    assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");
+    assert_eq!(count_ran(&none, "kernels bench"), 2, "{none}");
+    assert_eq!(count_ran(&none, "bench --model-config base"), 5, "{none}");
+    assert!(none.contains("new attention kernels that passed their checks: none"));
 }
 
 /// tools/gpu_report.py on the committed H100 runs 5 and 6 finds the figures docs/gpu-results.md

@@ -466,7 +466,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             Some(_) => Err(KernelError::Input {
                 kernel: K,
                 what: format!(
-                    "dropout on the probabilities runs in the fa2v2, fa2w8 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
                 ),
             }
             .into()),
@@ -475,6 +475,8 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let entry = match kind {
         AttentionKernel::Fa2V2 => drop_entry("attention_fwd_bf16_d64_fa2_v2")?,
         AttentionKernel::Fa2W8 => drop_entry("attention_fwd_bf16_d64_fa2_w8")?,
+        AttentionKernel::Fa2V3 => drop_entry("attention_fwd_bf16_d64_fa2_v3")?,
+        AttentionKernel::Fa2W8V3 => drop_entry("attention_fwd_bf16_d64_fa2_w8v3")?,
         AttentionKernel::Tf32x3 => drop_entry("attention_fwd_f32_d64_tf32x3")?,
         _ if op.dropout.is_some() => drop_entry("")?,
         AttentionKernel::Tc => "attention_fwd_bf16_d64_tc".to_string(),
@@ -486,10 +488,11 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     // (warps per block, query rows per warp), as each entry point's launch comment says
     let (warps, rows_per_warp) = match kind {
         AttentionKernel::Fa2Q128 => (4, 32),
-        AttentionKernel::Fa2W8 => (8, 16),
+        AttentionKernel::Fa2W8 | AttentionKernel::Fa2W8V3 => (8, 16),
         AttentionKernel::Tc
         | AttentionKernel::Fa2
         | AttentionKernel::Fa2V2
+        | AttentionKernel::Fa2V3
         | AttentionKernel::Tf32x3 => (4, 16),
         _ if d == 128 => (4, 4),
         _ => (4, 8),

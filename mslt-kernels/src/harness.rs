@@ -173,6 +173,8 @@ impl Select {
                 AttentionKernel::Fa2V2,
                 AttentionKernel::Fa2Q128,
                 AttentionKernel::Fa2W8,
+                AttentionKernel::Fa2V3,
+                AttentionKernel::Fa2W8V3,
                 AttentionKernel::Tf32x3,
             ],
         }
@@ -182,14 +184,21 @@ impl Select {
         self.parts.contains(&p)
     }
 
-    /// The named attention kernels to run on `dev` for `dtype` and head dim `d`: those that fit,
-    /// when part `named` is selected, on CUDA only (the CPU side has one reference).
-    pub fn named_kernels(&self, dev: &Device, dtype: DType, d: usize) -> Vec<AttentionKernel> {
+    /// The named attention kernels to run on `dev` for `dtype`, head dim `d` and sequence length
+    /// `t`: those that fit, when part `named` is selected, on CUDA only (the CPU side has one
+    /// reference).
+    pub fn named_kernels(
+        &self,
+        dev: &Device,
+        dtype: DType,
+        d: usize,
+        t: usize,
+    ) -> Vec<AttentionKernel> {
         if !dev.is_cuda() || !self.has(Part::Named) {
             return Vec::new();
         }
         let ks = self.attention_kernels.iter().copied();
-        ks.filter(|k| k.fits(dtype, d)).collect()
+        ks.filter(|k| k.fits(dtype, d, t)).collect()
     }
 
     /// Parses comma-separated lists (`--only`, `--attention-kernels`); `all` selects everything,
@@ -348,7 +357,7 @@ pub fn check(
             }
         }
         for (i, &(b, t, h, d)) in shapes.attn.iter().enumerate() {
-            let named = sel.named_kernels(dev, dtype, d);
+            let named = sel.named_kernels(dev, dtype, d, t);
             let drop_named: Vec<_> = named.iter().copied().filter(|k| k.has_dropout()).collect();
             let dropout = sel.has(Part::Dropout);
             if !sel.has(Part::Attention) && named.is_empty() && !dropout {
@@ -740,7 +749,7 @@ pub fn bench(
         }
         for (i, &(b, t_)) in s.attn.iter().enumerate() {
             let (h, d) = (12, 64);
-            let named = sel.named_kernels(dev, dtype, d);
+            let named = sel.named_kernels(dev, dtype, d, t_);
             if !sel.has(Part::Attention) && named.is_empty() && !sel.has(Part::Dropout) {
                 continue;
             }

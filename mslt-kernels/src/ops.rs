@@ -151,13 +151,19 @@ impl CustomOp2 for BiasGelu {
     }
 }
 
-/// Which CUDA attention kernel runs. bf16 with 64-wide heads has six (fa2v2 / fa2w8 the
+/// The longest sequence fa2v3 and fa2w8v3 take: `FA2P_MAXT` in kernels-cu/attention.cu (the
+/// size of their shared mask row; a test reads it from the source).
+pub const FA2P_MAX_T: usize = 512;
+
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has eight (fa2v2 / fa2w8 the
 /// default), f32 with 64-wide heads two (tf32x3 the default); every other dtype and head dim has
-/// the CUDA-core kernel only. All passed their checks on an H100 (runs 5 and 6,
-/// docs/gpu-results.md). The CPU side ignores it (one reference).
+/// the CUDA-core kernel only. All but fa2v3 and fa2w8v3 passed their checks on an H100 (runs 5
+/// and 6, docs/gpu-results.md); those two have not run on a GPU yet. The CPU side ignores it
+/// (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
-    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | tf32x3) where it applies,
+    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | fa2v3 | fa2w8v3 | tf32x3)
+    /// where it applies,
     /// else the default of [`resolve_attention_kernel`].
     #[default]
     Auto,
@@ -184,6 +190,17 @@ pub enum AttentionKernel {
     /// and occupancy (`attention_fwd_bf16_d64_fa2_w8`; 556 loop instructions). The bf16 default
     /// from T = 256 on: 0.79-0.88x the time of `Fa2` at T = 512 on the H100 (run 6).
     Fa2W8,
+    /// `Fa2V2` with no global load on the critical path, for T <= 512
+    /// (`attention_fwd_bf16_d64_fa2_v3`): the Q tile and the first K/V tile requested together,
+    /// the mask row read once (into shared memory, with the live-tile bits) while they stream
+    /// in, where `Fa2V2` waits one L2 round trip for each key tile's mask and runs a serial
+    /// prologue (one load and barrier per key tile). 584 loop instructions per 64 mma on sm_90,
+    /// 128 registers. Not yet run on a GPU.
+    Fa2V3,
+    /// `Fa2W8` as `Fa2V3` (`attention_fwd_bf16_d64_fa2_w8v3`; T <= 512): the Q tile lies over
+    /// the second K/V buffer, so the first K/V tile still streams in beside it. 531 loop
+    /// instructions. Not yet run on a GPU.
+    Fa2W8V3,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
     /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64). The f32 default: within 1.2e-6 relative of
     /// the f32 reference and 2.8-5.5x faster than `Simt` on the H100 (run 5).
@@ -192,19 +209,31 @@ pub enum AttentionKernel {
 
 impl AttentionKernel {
     /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
-    /// kernel, [`crate::philox`]): fa2v2, fa2w8 and tf32x3.
+    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3 and tf32x3.
     pub fn has_dropout(self) -> bool {
-        matches!(self, Self::Fa2V2 | Self::Fa2W8 | Self::Tf32x3)
+        matches!(
+            self,
+            Self::Fa2V2 | Self::Fa2W8 | Self::Fa2V3 | Self::Fa2W8V3 | Self::Tf32x3
+        )
     }
 
-    /// Whether this kernel takes inputs of `dtype` with head dim `d` (16-byte aligned rows):
-    /// tc and the fa2 family take bf16, tf32x3 f32, all with D = 64; simt (and auto)
-    /// everything.
-    pub fn fits(self, dtype: DType, d: usize) -> bool {
+    /// The longest sequence the kernel takes: fa2v3 and fa2w8v3 hold the mask row in a fixed
+    /// shared array of 512 (BERT's longest); the others take any T.
+    pub fn max_seq_len(self) -> Option<usize> {
+        matches!(self, Self::Fa2V3 | Self::Fa2W8V3).then_some(FA2P_MAX_T)
+    }
+
+    /// Whether this kernel takes inputs of `dtype` with head dim `d` and sequence length `t`
+    /// (16-byte aligned rows): tc and the fa2 family take bf16, tf32x3 f32, all with D = 64
+    /// (fa2v3 and fa2w8v3 with T <= 512); simt (and auto) everything.
+    pub fn fits(self, dtype: DType, d: usize, t: usize) -> bool {
         use AttentionKernel::*;
+        let t_ok = self.max_seq_len().is_none_or(|m| t <= m);
         match self {
             Auto | Simt => true,
-            Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 => dtype == DType::BF16 && d == 64,
+            Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 => {
+                dtype == DType::BF16 && d == 64 && t_ok
+            }
             Tf32x3 => dtype == DType::F32 && d == 64,
         }
     }
@@ -221,9 +250,11 @@ impl std::str::FromStr for AttentionKernel {
             "fa2v2" => Ok(Self::Fa2V2),
             "fa2q128" => Ok(Self::Fa2Q128),
             "fa2w8" => Ok(Self::Fa2W8),
+            "fa2v3" => Ok(Self::Fa2V3),
+            "fa2w8v3" => Ok(Self::Fa2W8V3),
             "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8 or tf32x3"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3 or tf32x3"
             )),
         }
     }
@@ -239,6 +270,8 @@ impl std::fmt::Display for AttentionKernel {
             Self::Fa2V2 => "fa2v2",
             Self::Fa2Q128 => "fa2q128",
             Self::Fa2W8 => "fa2w8",
+            Self::Fa2V3 => "fa2v3",
+            Self::Fa2W8V3 => "fa2w8v3",
             Self::Tf32x3 => "tf32x3",
         })
     }
@@ -260,7 +293,7 @@ pub fn resolve_attention_kernel(
 ) -> Result<AttentionKernel> {
     use AttentionKernel::*;
     // the tensor-core kernels load 16-byte vectors; simt has no alignment need
-    let fits = |k: AttentionKernel| k.fits(dtype, d) && (aligned || matches!(k, Auto | Simt));
+    let fits = |k: AttentionKernel| k.fits(dtype, d, t) && (aligned || matches!(k, Auto | Simt));
     let bf16 = if t >= 256 { Fa2W8 } else { Fa2V2 };
     let default = [bf16, Tf32x3]
         .into_iter()
@@ -278,7 +311,7 @@ pub fn resolve_attention_kernel(
         (k, _) => Err(input_err(
             "attention",
             format!(
-                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128 and fa2w8 take bf16, tf32x3 takes f32, all with 64-wide heads",
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3 and fa2w8v3 take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3 and fa2w8v3 take T <= 512",
                 if aligned { "" } else { "not " }
             ),
         )),

@@ -125,7 +125,7 @@ fn kernels_switch_parses() {
         .unwrap_err()
         .contains("fused or candle"));
     for k in [
-        "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "tf32x3",
+        "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "fa2v3", "fa2w8v3", "tf32x3",
     ] {
         assert_eq!(
             k.parse::<AttentionKernel>().map(|v| v.to_string()),
@@ -203,6 +203,30 @@ fn attention_kernel_dispatch() {
         "{e}"
     );
     assert!(r(Tc, None, DType::BF16, 32, true).is_err());
+    // fa2v3 / fa2w8v3 (not yet run on a GPU, so not a default): chosen by name up to T = 512
+    let at = |k, env, t| ops::resolve_attention_kernel(k, env, DType::BF16, 64, t, true);
+    assert_eq!(at(Auto, Some("fa2v3"), 512).unwrap(), Fa2V3);
+    assert_eq!(at(Auto, Some("fa2w8v3"), 128).unwrap(), Fa2W8V3);
+    assert_eq!(at(Fa2W8V3, None, 512).unwrap(), Fa2W8V3);
+    // beyond 512 the environment falls back to the default, an explicit choice is an error
+    assert_eq!(at(Auto, Some("fa2v3"), 513).unwrap(), Fa2W8);
+    let e = at(Fa2V3, None, 513).unwrap_err().to_string();
+    assert!(e.contains("T = 513") && e.contains("T <= 512"), "{e}");
+    assert!(at(Fa2W8V3, None, 600).is_err());
+    assert!(AttentionKernel::Fa2V3.has_dropout() && AttentionKernel::Fa2W8V3.has_dropout());
+}
+
+/// The 512-key limit of fa2v3 / fa2w8v3 in Rust is the size of their shared mask row in the
+/// kernel source.
+#[test]
+fn fa2p_max_t_matches_the_kernel_source() {
+    let src = include_str!("../../kernels-cu/attention.cu");
+    let def = format!("#define FA2P_MAXT {}\n", ops::FA2P_MAX_T);
+    assert!(src.contains(&def), "attention.cu has no `{def}`");
+    for k in [AttentionKernel::Fa2V3, AttentionKernel::Fa2W8V3] {
+        assert_eq!(k.max_seq_len(), Some(ops::FA2P_MAX_T));
+    }
+    assert_eq!(AttentionKernel::Fa2W8.max_seq_len(), None);
 }
 
 /// On CPU every attention kernel choice runs the one CPU reference.
@@ -219,6 +243,8 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
         AttentionKernel::Fa2V2,
         AttentionKernel::Fa2Q128,
         AttentionKernel::Fa2W8,
+        AttentionKernel::Fa2V3,
+        AttentionKernel::Fa2W8V3,
     ] {
         let got = ops::attention_with(&qkv, &mask, 2, k)?.to_dtype(DType::F32)?;
         let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -394,14 +420,17 @@ fn select_lists_parse_and_name_bad_entries() {
     let e = Select::parse_list("--attention-kernels", "fa3", &all.attention_kernels).unwrap_err();
     assert!(e.contains("`fa3`"), "{e}");
     // fits: which kernel takes which inputs
-    assert!(AttentionKernel::Fa2.fits(DType::BF16, 64));
-    assert!(AttentionKernel::Fa2W8.fits(DType::BF16, 64));
-    assert!(AttentionKernel::Fa2V2.fits(DType::BF16, 64));
-    assert!(!AttentionKernel::Fa2W8.fits(DType::F32, 64));
-    assert!(!AttentionKernel::Fa2.fits(DType::F32, 64));
-    assert!(!AttentionKernel::Tc.fits(DType::BF16, 128));
-    assert!(AttentionKernel::Tf32x3.fits(DType::F32, 64));
-    assert!(AttentionKernel::Simt.fits(DType::F32, 32));
+    assert!(AttentionKernel::Fa2.fits(DType::BF16, 64, 128));
+    assert!(AttentionKernel::Fa2W8.fits(DType::BF16, 64, 4096));
+    assert!(AttentionKernel::Fa2V2.fits(DType::BF16, 64, 128));
+    assert!(!AttentionKernel::Fa2W8.fits(DType::F32, 64, 128));
+    assert!(!AttentionKernel::Fa2.fits(DType::F32, 64, 128));
+    assert!(!AttentionKernel::Tc.fits(DType::BF16, 128, 128));
+    assert!(AttentionKernel::Tf32x3.fits(DType::F32, 64, 4096));
+    assert!(AttentionKernel::Simt.fits(DType::F32, 32, 4096));
+    assert!(AttentionKernel::Fa2V3.fits(DType::BF16, 64, 512));
+    assert!(!AttentionKernel::Fa2V3.fits(DType::BF16, 64, 513));
+    assert!(!AttentionKernel::Fa2W8V3.fits(DType::F32, 64, 128));
 }
 
 /// Dropout inside the attention op (CPU side, the same Philox draw as the CUDA kernels): equal
