@@ -276,12 +276,13 @@ def fa2_tile(warps, Kt, Vt, ms, BK, sl2, q0, j, h, b, drop):
 MAXT = 512  # FA2P_MAXT
 
 
-def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None):
+def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, tile0_buf=0):
     """attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4; _w8v3, NW = 8), one block: the Q
     tile and key tile 0 (buffer 0) requested together, with NW = 8 the Q tile over buffer 1 (its
     K and V rows, one view of the same memory); the mask row scaled into Mrow by each thread's
     MPT keys, the live bits OR-reduced per warp then over warps; key tile 0 always processed,
-    then the live tiles, the next one loaded into the other buffer first."""
+    then the live tiles, the next one loaded into the other buffer first. tile0_buf = 1: the
+    negative control (tile 0 loaded over the Q tile / into the wrong buffer)."""
     BQ, BK, NTH = 16 * NW, 64, 32 * NW
     T = qkv.shape[1]
     assert T <= MAXT
@@ -302,7 +303,7 @@ def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None):
 
     for r in range(BQ):
         Qs[r, :D] = base[q0 + r, 0:D] if q0 + r < T else 0
-    load(0, 0)
+    load(0, tile0_buf)
     Mrow = np.full(MAXT, np.nan, np.float32)
     lw = []
     for w in range(NW):
@@ -489,6 +490,12 @@ def main():
         kern = lambda q, m, b, h, q0, NW=NW: block_pre(q, m, b, h, q0, H, scale, NW)
         for T, rows in pcases:
             bad += run(f"fa2p NW{NW}", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True)
+    # negative control: key tile 0 into buffer 1 (over the Q tile with 8 warps) must mismatch
+    kern = lambda q, m, b, h, q0: block_pre(q, m, b, h, q0, H, scale, 8, tile0_buf=1)
+    neg = run("fa2p NW8 tile 0 in buffer 1 (negative control)", kern, 150, [150, 70], 1e-2, 128, rng, H, scale, True)
+    if neg != 2:
+        print("negative control: the emulation did not notice tile 0 in the wrong buffer")
+        bad += 1
     # attention_fwd_f32_d64_tf32x3: f32 inputs, tolerance 1e-5 (the f32 kernels' check)
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale)
     for T, rows in cases[:3] + [(96, [96, 33, (40, 96)]), (1100, [90, (0, 5, 1050, 1100)])]:
