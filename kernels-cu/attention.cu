@@ -876,6 +876,7 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
   __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
   __shared__ unsigned Lw[NW];         // live-tile bits per warp
   bf16_t(*Qs)[DP] = ALIAS_Q ? reinterpret_cast<bf16_t(*)[DP]>(&KV[1][0][0][0]) : Qown;
+  if (T_ > FA2P_MAXT) __trap();  // the host never launches it so; fail loudly rather than read past Mrow
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, q4 = lane & 3;   // accumulator rows g and g + 8, columns 2 q4 + {0, 1}
   const int lm = lane >> 3, lr = lane & 7;  // ldmatrix: this lane addresses row lr of matrix lm

@@ -276,13 +276,14 @@ def fa2_tile(warps, Kt, Vt, ms, BK, sl2, q0, j, h, b, drop):
 MAXT = 512  # FA2P_MAXT
 
 
-def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, tile0_buf=0):
+def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, neg=None):
     """attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4; _w8v3, NW = 8), one block: the Q
     tile and key tile 0 (buffer 0) requested together, with NW = 8 the Q tile over buffer 1 (its
     K and V rows, one view of the same memory); the mask row scaled into Mrow by each thread's
     MPT keys, the live bits OR-reduced per warp then over warps; key tile 0 always processed,
-    then the live tiles, the next one loaded into the other buffer first. tile0_buf = 1: the
-    negative control (tile 0 loaded over the Q tile / into the wrong buffer)."""
+    then the live tiles, the next one loaded into the other buffer first. neg: a negative
+    control, "tile0_buf1" (tile 0 loaded into buffer 1) or "tile1_before_q" (tile 1 loaded into
+    buffer 1 before the Q fragments are read: over the Q tile with NW = 8)."""
     BQ, BK, NTH = 16 * NW, 64, 32 * NW
     T = qkv.shape[1]
     assert T <= MAXT
@@ -303,7 +304,9 @@ def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, tile0_buf=0):
 
     for r in range(BQ):
         Qs[r, :D] = base[q0 + r, 0:D] if q0 + r < T else 0
-    load(0, tile0_buf)
+    load(0, 1 if neg == "tile0_buf1" else 0)
+    if neg == "tile1_before_q" and ntiles > 1:
+        load(1, 1)
     Mrow = np.full(MAXT, np.nan, np.float32)
     lw = []
     for w in range(NW):
@@ -490,12 +493,13 @@ def main():
         kern = lambda q, m, b, h, q0, NW=NW: block_pre(q, m, b, h, q0, H, scale, NW)
         for T, rows in pcases:
             bad += run(f"fa2p NW{NW}", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True)
-    # negative control: key tile 0 into buffer 1 (over the Q tile with 8 warps) must mismatch
-    kern = lambda q, m, b, h, q0: block_pre(q, m, b, h, q0, H, scale, 8, tile0_buf=1)
-    neg = run("fa2p NW8 tile 0 in buffer 1 (negative control)", kern, 150, [150, 70], 1e-2, 128, rng, H, scale, True)
-    if neg != 2:
-        print("negative control: the emulation did not notice tile 0 in the wrong buffer")
-        bad += 1
+    # negative controls, each of whose cases must mismatch: key tile 0 into buffer 1, and (8 warps)
+    # tile 1 into buffer 1 before the Q fragments are read from it
+    for neg in ("tile0_buf1", "tile1_before_q"):
+        kern = lambda q, m, b, h, q0, neg=neg: block_pre(q, m, b, h, q0, H, scale, 8, neg=neg)
+        if run(f"negative control {neg}", kern, 150, [150, 70], 1e-2, 128, rng, H, scale, True) != 2:
+            print(f"negative control {neg}: the emulation did not notice it")
+            bad += 1
     # attention_fwd_f32_d64_tf32x3: f32 inputs, tolerance 1e-5 (the f32 kernels' check)
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale)
     for T, rows in cases[:3] + [(96, [96, 33, (40, 96)]), (1100, [90, (0, 5, 1050, 1100)])]:

@@ -98,6 +98,29 @@ pub fn padding_mask(b: usize, t: usize, seed: u64, dev: &Device) -> Result<Tenso
     Tensor::from_vec(v, (b, t), dev)
 }
 
+/// An additive key mask (B, T) with the padding before and between the valid keys, which
+/// [`padding_mask`] never makes: rows cycle through keys [min(70, T - 1), T) (with T >= 128 a
+/// first key tile of 64 that is all padding), keys [0, 5) and [T - 30, T) (a gap: whole tiles of
+/// padding in the middle from T = 192 on), and every key.
+pub fn lead_gap_mask(b: usize, t: usize, dev: &Device) -> Result<Tensor> {
+    let mut v = Vec::with_capacity(b * t);
+    for bi in 0..b {
+        v.extend((0..t).map(|j| {
+            let valid = match bi % 3 {
+                0 => j >= 70.min(t - 1),
+                1 => j < 5 || j + 30 >= t,
+                _ => true,
+            };
+            if valid {
+                0f32
+            } else {
+                -1e9
+            }
+        }));
+    }
+    Tensor::from_vec(v, (b, t), dev)
+}
+
 /// A part of `kernels check` / `kernels bench` (`--only`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -400,6 +423,35 @@ pub fn check(
                     &got,
                     &want,
                 )?);
+            }
+            // keys padded before and between the valid ones (T >= 128): the key-tile skipping,
+            // and fa2v3 / fa2w8v3, which process key tile 0 even when it is all padding
+            if t >= 128 && (sel.has(Part::Attention) || !named.is_empty()) {
+                let gap = lead_gap_mask(b, t, dev)?;
+                let want = reference::attention(&qkv, &gap, h)?;
+                let shape = format!("{shape} lead/gap pad");
+                if sel.has(Part::Attention) {
+                    let got = ops::attention(&qkv, &gap, h)?;
+                    rows.push(compare(
+                        "attention",
+                        dtype,
+                        shape.clone(),
+                        "candle reference",
+                        &got,
+                        &want,
+                    )?);
+                }
+                for &kern in &named {
+                    let got = ops::attention_with(&qkv, &gap, h, kern)?;
+                    rows.push(compare(
+                        &format!("attention[{kern}]"),
+                        dtype,
+                        shape.clone(),
+                        "candle reference",
+                        &got,
+                        &want,
+                    )?);
+                }
             }
             // Part `dropout`: dropout on the probabilities inside the kernel (p = 0.1, Philox
             // mask) through the default kernel where it has a dropout variant (always on the

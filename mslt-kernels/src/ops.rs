@@ -198,7 +198,7 @@ pub enum AttentionKernel {
     /// 128 registers. Not yet run on a GPU.
     Fa2V3,
     /// `Fa2W8` as `Fa2V3` (`attention_fwd_bf16_d64_fa2_w8v3`; T <= 512): the Q tile lies over
-    /// the second K/V buffer, so the first K/V tile still streams in beside it. 531 loop
+    /// the second K/V buffer, so the first K/V tile still streams in beside it. 532 loop
     /// instructions. Not yet run on a GPU.
     Fa2W8V3,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy

@@ -17,9 +17,16 @@ fn cpu_ops_match_candle_references() -> candle_core::Result<()> {
     )?;
     print!("{}", harness::check_table(&rows));
     assert_eq!(streamed, rows.len(), "every row goes to the sink");
-    // 7 LN shapes x 2 (residual or not) + 4 GELU + 5 attention + 5 attention with dropout
-    // (CPU op vs the Candle reference with the same Philox mask), in f32 and bf16.
-    assert_eq!(rows.len(), 2 * (7 * 2 + 4 + 5 + 5));
+    // 7 LN shapes x 2 (residual or not) + 4 GELU + 5 attention + 1 attention with keys padded
+    // before and between the valid ones (T >= 128) + 5 attention with dropout (CPU op vs the
+    // Candle reference with the same Philox mask), in f32 and bf16.
+    assert_eq!(rows.len(), 2 * (7 * 2 + 4 + 5 + 1 + 5));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.kernel == "attention" && r.shape.ends_with("lead/gap pad"))
+            .count(),
+        2
+    );
     assert_eq!(
         rows.iter()
             .filter(|r| r.kernel == "attention+dropout")
@@ -30,6 +37,18 @@ fn cpu_ops_match_candle_references() -> candle_core::Result<()> {
         assert!(r.pass, "{r:?}");
         assert!(r.max_abs_ref > 0.0, "reference is all zeros: {r:?}");
     }
+    // the lead/gap mask: keys 0..70 padding (a first key tile of 64 all padding), a gap, full
+    let m = harness::lead_gap_mask(3, 128, &Device::Cpu)?.to_vec2::<f32>()?;
+    let valid = |r: &Vec<f32>| r.iter().map(|&v| v == 0.0).collect::<Vec<_>>();
+    assert!(valid(&m[0])
+        .iter()
+        .enumerate()
+        .all(|(j, &v)| v == (j >= 70)));
+    assert!(valid(&m[1])
+        .iter()
+        .enumerate()
+        .all(|(j, &v)| v != (5..98).contains(&j)));
+    assert!(valid(&m[2]).iter().all(|&v| v));
     Ok(())
 }
 
