@@ -545,9 +545,17 @@ __device__ __forceinline__ void store_pair(bf16_t* p, float a, float b) {
 }
 __device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 
+// bf16 pair by cvt.rn.bf16x2 (the same rounding to nearest even as pack_bf16, one instruction)
+__device__ __forceinline__ void store_pair_cvt(bf16_t* p, float a, float b) {
+  *reinterpret_cast<unsigned*>(p) = pack_bf16_cvt(a, b);
+}
+__device__ __forceinline__ void store_pair_cvt(float* p, float a, float b) { store_pair(p, a, b); }
+
 // o / l for query rows qa0 (the m16 tile's row g) and qa0 + 8 -> out (B, T, C), columns
 // col0 + 8 nt + 2 q4 + {0, 1}; l0, l1 are this lane's partial sums (summed over the quad here).
-template <typename T>
+// CVT: bf16 packed by cvt.rn.bf16x2 (fa2p; the kernels measured in runs 5-6 keep pack_bf16's
+// integer rounding, about 17 instructions per pair).
+template <typename T, bool CVT = false>
 __device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, float l1, T* __restrict__ out, int b,
                                            int T_, int C, int col0, int qa0, int q4) {
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -559,8 +567,18 @@ __device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, flo
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
     const int col = col0 + nt * 8 + q4 * 2;
-    if (qa0 < T_) store_pair(out + ((long)b * T_ + qa0) * C + col, o[nt][0] * i0, o[nt][1] * i0);
-    if (qa1 < T_) store_pair(out + ((long)b * T_ + qa1) * C + col, o[nt][2] * i1, o[nt][3] * i1);
+    if (qa0 < T_) {
+      if (CVT)
+        store_pair_cvt(out + ((long)b * T_ + qa0) * C + col, o[nt][0] * i0, o[nt][1] * i0);
+      else
+        store_pair(out + ((long)b * T_ + qa0) * C + col, o[nt][0] * i0, o[nt][1] * i0);
+    }
+    if (qa1 < T_) {
+      if (CVT)
+        store_pair_cvt(out + ((long)b * T_ + qa1) * C + col, o[nt][2] * i1, o[nt][3] * i1);
+      else
+        store_pair(out + ((long)b * T_ + qa1) * C + col, o[nt][2] * i1, o[nt][3] * i1);
+    }
   }
 }
 
@@ -946,7 +964,7 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
     buf ^= 1;
     j = jn;
   }
-  store_rows(o[0], l[0][0], l[0][1], out, b, T_, C, h * D, q0 + w * 16 + g, q4);
+  store_rows<bf16_t, true>(o[0], l[0][0], l[0][1], out, b, T_, C, h * D, q0 + w * 16 + g, q4);
 }
 
 // Launch: grid (ceil(T / 64), H, B), block 128, T <= 512; at most 128 registers (4 blocks per SM).

@@ -75,7 +75,7 @@ def main():
             x = (torch.randn(r, c, device=dev) * 2).to(dt)
             b = (torch.randn(c, device=dev) * 0.5).to(dt)
             add("bias_gelu", "torch", name, f"{r}x{c}", timeit(lambda: F.gelu(x + b)), 2 * r * c * es)
-        for (B, T) in [(32, 128), (128, 128), (256, 128), (32, 512), (128, 512), (256, 512)]:
+        for (B, T) in [(32, 128), (128, 128), (256, 128), (32, 512), (128, 512), (256, 512), (64, 256), (128, 256)]:
             H, D = 12, 64
             qkv = torch.randn(B, T, 3, H, D, device=dev).to(dt)
             q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, D) views, as HF

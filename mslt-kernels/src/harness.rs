@@ -576,6 +576,10 @@ impl BenchShapes {
                 (32, 512),
                 (128, 512),
                 (256, 512),
+                // T = 256, where the bf16 default switches kernels (appended: the padded
+                // masks of the shapes above keep their seeds)
+                (64, 256),
+                (128, 256),
             ],
             copy_mib: 512,
             trials: 7,

@@ -194,11 +194,11 @@ pub enum AttentionKernel {
     /// (`attention_fwd_bf16_d64_fa2_v3`): the Q tile and the first K/V tile requested together,
     /// the mask row read once (into shared memory, with the live-tile bits) while they stream
     /// in, where `Fa2V2` waits one L2 round trip for each key tile's mask and runs a serial
-    /// prologue (one load and barrier per key tile). 584 loop instructions per 64 mma on sm_90,
-    /// 128 registers. Not yet run on a GPU.
+    /// prologue (one load and barrier per key tile); output packed by `cvt.rn.bf16x2`. 594 loop
+    /// instructions per 64 mma on sm_90, 128 registers. Not yet run on a GPU.
     Fa2V3,
     /// `Fa2W8` as `Fa2V3` (`attention_fwd_bf16_d64_fa2_w8v3`; T <= 512): the Q tile lies over
-    /// the second K/V buffer, so the first K/V tile still streams in beside it. 532 loop
+    /// the second K/V buffer, so the first K/V tile still streams in beside it. 530 loop
     /// instructions. Not yet run on a GPU.
     Fa2W8V3,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
