@@ -582,23 +582,20 @@ __device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, flo
   }
 }
 
-// One key tile of attention_fa2p (below) for one warp, the loop body of attention_fa2 as a
-// function. (attention_fa2 keeps its own copy: with the call, ptxas orders the instructions of
-// the kernels measured in runs 5 and 6 differently, and _fa2_w8_dropout spills on sm_90.) S = Q K^T for its MT m-tiles of 16 query rows
-// (Q fragments qa), the base-2 online softmax (running max m, partial sums l, output o rescaled),
-// dropout on the probabilities (DROP), then O += P V. Kt, Vt: the tile's BK keys and values in
-// shared memory (rows of DP = 72 elements); ms: their mask * log2(e). g, q4: the lane's accumulator
-// rows g, g + 8 and columns 2 q4 + {0, 1}; lm, lr: its ldmatrix matrix and row. row0: the warp's
-// first query row in the sequence; key0: the tile's first key.
-template <int MT, int BK, bool V2, bool DROP>
-__device__ __forceinline__ void fa2_tile(const bf16_t (*Kt)[72], const bf16_t (*Vt)[72], const float* ms,
-                                         const unsigned (&qa)[MT][4][4], float (&o)[MT][8][4], float (&m)[MT][2],
-                                         float (&l)[MT][2], float sl2, int g, int q4, int lm, int lr, int row0,
-                                         int key0, int h, int b, Dropout dr) {
-  constexpr int NKT = BK / 8;   // n-tiles of 8 keys in S = Q K^T
-  constexpr int KKS = BK / 16;  // k-steps of 16 keys in O += P V
+// One key tile of attention_fa2p (below) for one warp: the loop body of attention_fa2 as
+// functions. (attention_fa2 keeps its own copy: with the call, ptxas orders the instructions of
+// the kernels measured in runs 5 and 6 differently, and _fa2_w8_dropout spills on sm_90.)
+// fa2_qk: S = Q K^T for the warp's MT m-tiles of 16 query rows (Q fragments qa); fa2_softmax_pv:
+// the base-2 online softmax (running max m, partial sums l, output o rescaled), dropout on the
+// probabilities (DROP), then O += P V; fa2_tile: both. Kt, Vt: the tile's BK keys and values in
+// shared memory (rows of DP = 72 elements); ms: their mask * log2(e). g, q4: the lane's
+// accumulator rows g, g + 8 and columns 2 q4 + {0, 1}; lm, lr: its ldmatrix matrix and row. row0:
+// the warp's first query row in the sequence; key0: the tile's first key.
+template <int MT, int BK>
+__device__ __forceinline__ void fa2_qk(float (&s)[MT][BK / 8][4], const bf16_t (*Kt)[72], const unsigned (&qa)[MT][4][4],
+                                       int lm, int lr) {
+  constexpr int NKT = BK / 8;  // n-tiles of 8 keys in S = Q K^T
   // S = Q K^T: NKT n-tiles of 8 keys; one ldmatrix.x4 = the B fragments of 2 k-steps
-  float s[MT][NKT][4];
 #pragma unroll
   for (int nt = 0; nt < NKT; ++nt) {
 #pragma unroll
@@ -614,6 +611,17 @@ __device__ __forceinline__ void fa2_tile(const bf16_t (*Kt)[72], const bf16_t (*
       }
     }
   }
+}
+
+// The rest of a key tile after S: the base-2 online softmax (running max m, partial sums l, output
+// o rescaled), dropout on the probabilities (DROP), then O += P V with Vt's fragments.
+template <int MT, int BK, bool V2, bool DROP>
+__device__ __forceinline__ void fa2_softmax_pv(float (&s)[MT][BK / 8][4], const bf16_t (*Vt)[72], const float* ms,
+                                               float (&o)[MT][8][4], float (&m)[MT][2], float (&l)[MT][2], float sl2,
+                                               int g, int q4, int lm, int lr, int row0, int key0, int h, int b,
+                                               Dropout dr) {
+  constexpr int NKT = BK / 8;   // n-tiles of 8 keys in S = Q K^T
+  constexpr int KKS = BK / 16;  // k-steps of 16 keys in O += P V
   // online softmax in base 2, per m-tile
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -647,6 +655,16 @@ __device__ __forceinline__ void fa2_tile(const bf16_t (*Kt)[72], const bf16_t (*
       }
     }
   }
+}
+
+template <int MT, int BK, bool V2, bool DROP>
+__device__ __forceinline__ void fa2_tile(const bf16_t (*Kt)[72], const bf16_t (*Vt)[72], const float* ms,
+                                         const unsigned (&qa)[MT][4][4], float (&o)[MT][8][4], float (&m)[MT][2],
+                                         float (&l)[MT][2], float sl2, int g, int q4, int lm, int lr, int row0,
+                                         int key0, int h, int b, Dropout dr) {
+  float s[MT][BK / 8][4];
+  fa2_qk<MT, BK>(s, Kt, qa, lm, lr);
+  fa2_softmax_pv<MT, BK, V2, DROP>(s, Vt, ms, o, m, l, sl2, g, q4, lm, lr, row0, key0, h, b, dr);
 }
 
 // MT m-tiles of 16 query rows per warp, NW warps: BQ = 16 NW MT query rows per block, key tiles of
@@ -992,6 +1010,169 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_
     const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
     unsigned thr, float keep_scale) {
   attention_fa2p<8, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention_fwd_bf16_d64_fa2_wg ("fa2wg"; Hopper, compiled for sm_90a; T <= 512): fa2v3 with
+// S = Q K^T on the warpgroup tensor cores. The block (4 warps, 64 query rows) is one warpgroup;
+// per key tile it issues four wgmma.mma_async.m64n64k16 (one per 16 of the 64 head dims) that
+// read Q and K from shared memory through matrix descriptors, where fa2v3's warps issue 32
+// mma.sync and 16 ldmatrix each. The accumulators come back in mma.sync's layout (warp w: rows
+// 16 w + g, + 8; 8 n-tiles of 8 keys, columns 2 q4 + {0, 1}), so the softmax and O += P V
+// (mma.sync, V fragments by ldmatrix.trans) are fa2v3's (fa2_softmax_pv).
+// Q and K tiles are stored for the descriptors in the no-swizzle K-major layout: 8 x 8 "core
+// matrices" of 128 contiguous bytes (8 rows of 8 head dims), core (row group rg, dim group kg)
+// at byte (8 rg + kg) 128. Descriptor: start address >> 4 (bits 0-13), the byte distance between
+// core matrices adjacent in K (leading dimension byte offset, 128) >> 4 at bit 16, in M / N
+// (stride dimension byte offset, 1024) >> 4 at bit 32, swizzle mode 0 (bits 62-63). The k-step
+// of 16 dims advances the start by two cores (256 bytes). Threads write the tiles with cp.async
+// (the generic proxy) and wgmma reads them through the async proxy: each thread fences
+// (fence.proxy.async.shared::cta) before the barrier that precedes the wgmma.
+// Elsewhere than sm_90a the entry points exist but trap; the host launches them on sm_90 only.
+#define WG_CORE(r, c8) ((((r) >> 3) * 8 + (c8)) * 64 + ((r) & 7) * 8)  // element offset of (row r, dims 8 c8..)
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ unsigned long long wg_desc(const void* p) {
+  return (unsigned long long)((smem_u32(p) & 0x3FFFFu) >> 4) | ((unsigned long long)(128 >> 4) << 16) |
+         ((unsigned long long)(1024 >> 4) << 32);
+}
+
+// The compiler must not move reads or writes of the accumulators across the asynchronous wgmma
+// (as CUTLASS's warpgroup_fence_operand).
+__device__ __forceinline__ void wg_fence_operand(float (&s)[8][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(s[nt][e])::"memory");
+}
+
+// s (64 x 64 over the warpgroup, mma.sync accumulator layout per warp) = Q K^T: four k-steps of
+// 16 head dims; the first overwrites s (scale-d 0).
+__device__ __forceinline__ void wg_qk(float (&s)[8][4], unsigned long long dq, unsigned long long dk) {
+  wg_fence_operand(s);
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]),
+          "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]),
+          "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]),
+          "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]),
+          "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
+        : "l"(dq + 16ull * ks), "l"(dk + 16ull * ks), "r"(ks));
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  wg_fence_operand(s);
+}
+#endif
+
+template <bool DROP = false>
+__device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                                bf16_t* __restrict__ out, int T_, int H, float scale,
+                                                Dropout dr = Dropout{}) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int D = 64, BQ = 64, BK = 64, DP = D + 8, NTH = 128, NW = 4;
+  constexpr int MPT = FA2P_MAXT / NTH;  // mask entries per thread
+  __shared__ __align__(128) bf16_t Qc[BQ * D];      // Q tile, core-matrix layout (WG_CORE)
+  __shared__ __align__(128) bf16_t Kc[2][BK * D];   // K tiles, core-matrix layout
+  __shared__ __align__(16) bf16_t Vs[2][BK][DP];    // V tiles, rows (for ldmatrix.trans)
+  __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
+  __shared__ unsigned Lw[NW];         // live-tile bits per warp
+  if (T_ > FA2P_MAXT) __trap();  // the host never launches it so; fail loudly rather than read past Mrow
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, q4 = lane & 3;   // accumulator rows g and g + 8, columns 2 q4 + {0, 1}
+  const int lm = lane >> 3, lr = lane & 7;  // ldmatrix: this lane addresses row lr of matrix lm
+  const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
+  const int C = H * D;
+  const long rs = 3L * C;
+  const bf16_t* base = qkv + (long)b * T_ * rs + (long)h * D;
+  const float* mrow = mask + (long)b * T_;
+  const float sl2 = scale * LOG2E_F;
+  const int ntiles = (T_ + BK - 1) / BK;
+  // key tile jt: K (core layout) and V (rows) into buffer bf, zero rows beyond T
+  auto load_kv = [&](int jt, int bf) {
+#pragma unroll
+    for (int it = 0; it < BK * (D / 8) / NTH; ++it) {
+      const int i = tid + it * NTH, r = i >> 3, c8 = i & 7, k = jt * BK + r;
+      const bf16_t* src = base + (long)(k < T_ ? k : 0) * rs + C + c8 * 8;
+      cp_async16(&Kc[bf][WG_CORE(r, c8)], src, k < T_);
+      cp_async16(&Vs[bf][r][c8 * 8], src + C, k < T_);
+    }
+  };
+
+  // Q tile and key tile 0: one cp.async group, waited for in the first iteration
+#pragma unroll
+  for (int it = 0; it < BQ * (D / 8) / NTH; ++it) {
+    const int i = tid + it * NTH, r = i >> 3, c8 = i & 7, q = q0 + r;
+    cp_async16(&Qc[WG_CORE(r, c8)], base + (long)(q < T_ ? q : 0) * rs + c8 * 8, q < T_);
+  }
+  load_kv(0, 0);
+  cp_async_commit();
+  // the mask row meanwhile (as attention_fa2p)
+  float mv[MPT];
+#pragma unroll
+  for (int i = 0; i < MPT; ++i) {
+    const int k = tid + i * NTH;
+    mv[i] = k < T_ ? mrow[k] : 0.0f;
+  }
+  unsigned bits = 0u;
+#pragma unroll
+  for (int i = 0; i < MPT; ++i) {
+    const int k = tid + i * NTH;
+    if (k < T_ && mv[i] > PAD_MASK) bits |= 1u << (k / BK);
+    Mrow[k] = k < T_ ? fmaxf(mv[i] * LOG2E_F, -FLT_MAX_F) : NEG_INF;
+  }
+  bits = __reduce_or_sync(0xffffffffu, bits);
+  if (lane == 0) Lw[w] = bits;
+  __syncthreads();  // Mrow, Lw
+  unsigned live = 0u;
+#pragma unroll
+  for (int i = 0; i < NW; ++i) live |= Lw[i];
+  const unsigned long long dq = wg_desc(Qc);
+
+  float o[1][8][4];
+  float m[1][2] = {{NEG_INF, NEG_INF}}, l[1][2] = {{0.0f, 0.0f}};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) o[0][nt][0] = o[0][nt][1] = o[0][nt][2] = o[0][nt][3] = 0.0f;
+  int j = 0, buf = 0;
+  while (j < ntiles) {
+    const int jn = next_live(j + 1, ntiles, live);
+    if (jn < ntiles) load_kv(jn, buf ^ 1);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = tile j (and Q)
+    cp_async_wait1();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async data -> wgmma
+    __syncthreads();
+    float s[1][8][4];
+    wg_qk(s[0], dq, wg_desc(Kc[buf]));
+    fa2_softmax_pv<1, BK, true, DROP>(s, Vs[buf], &Mrow[j * BK], o, m, l, sl2, g, q4, lm, lr, q0 + w * 16, j * BK,
+                                      h, b, dr);
+    __syncthreads();  // tile j consumed (wgmma waited for above) before its buffers are refilled
+    buf ^= 1;
+    j = jn;
+  }
+  store_rows<bf16_t, true>(o[0], l[0][0], l[0][1], out, b, T_, C, h * D, q0 + w * 16 + g, q4);
+#else
+  __trap();  // wgmma: sm_90a only
+#endif
+}
+
+// Launch: grid (ceil(T / 64), H, B), block 128 (one warpgroup), T <= 512; module compiled for
+// sm_90a.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg(const bf16_t* qkv, const float* mask,
+                                                                                bf16_t* out, int T_, int H, float scale) {
+  attention_fa2wg(qkv, mask, out, T_, H, scale);
+}
+
+// attention_fwd_bf16_d64_fa2_wg with dropout on the probabilities (see Dropout): launch as it.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg_dropout(
+    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
+    unsigned thr, float keep_scale) {
+  attention_fa2wg<true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
 }
 
 // ---------------------------------------------------------------------------------------------

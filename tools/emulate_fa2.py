@@ -248,8 +248,8 @@ def block(qkv, mask, b, h, q0, H, scale, MT, NW=4, drop=None):
 
 def fa2_tile(warps, Kt, Vt, ms, BK, sl2, q0, j, h, b, drop):
     """The kernels' fa2_tile for every (warp, m-tile) state: S = Q K^T on key tile j (Kt, Vt,
-    mask * log2(e) ms), the online softmax, dropout, O += P V."""
-    NKT, KKS = BK // 8, BK // 16
+    mask * log2(e) ms), then fa2_softmax_pv."""
+    NKT = BK // 8
     for st in warps:
         s = np.zeros((NKT, 32, 4), np.float32)
         for nt in range(NKT):
@@ -257,20 +257,27 @@ def fa2_tile(warps, Kt, Vt, ms, BK, sl2, q0, j, h, b, drop):
                 kb = ldsm_x4(Kt, nt * 8 + LR, p * 32 + LM * 8)
                 s[nt] = mma(s[nt], st["qa"][2 * p], kb[:, 0], kb[:, 1])
                 s[nt] = mma(s[nt], st["qa"][2 * p + 1], kb[:, 2], kb[:, 3])
-        online_softmax(st, s, ms, sl2)
-        for kk in range(KKS):
-            if drop is not None:  # the V2 kernels' dropout: per k-step, before packing
-                for half in range(2):
-                    drop4(s[2 * kk + half], drop, q0 + st["row0"] + G, j * BK + kk * 16 + half * 8 + 2 * Q4, h, b)
-            pa = np.zeros((32, 4, 2), np.float32)
-            pa[:, 0] = bf16(s[2 * kk][:, 0:2])
-            pa[:, 1] = bf16(s[2 * kk][:, 2:4])
-            pa[:, 2] = bf16(s[2 * kk + 1][:, 0:2])
-            pa[:, 3] = bf16(s[2 * kk + 1][:, 2:4])
-            for np_ in range(4):
-                vb = ldsm_x4(Vt, kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
-                st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
-                st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
+        softmax_pv(st, s, Vt, ms, BK, sl2, q0, j, h, b, drop)
+
+
+def softmax_pv(st, s, Vt, ms, BK, sl2, q0, j, h, b, drop):
+    """The kernels' fa2_softmax_pv for one warp's state: the online softmax of the scores s,
+    dropout, O += P V."""
+    KKS = BK // 16
+    online_softmax(st, s, ms, sl2)
+    for kk in range(KKS):
+        if drop is not None:  # the V2 kernels' dropout: per k-step, before packing
+            for half in range(2):
+                drop4(s[2 * kk + half], drop, q0 + st["row0"] + G, j * BK + kk * 16 + half * 8 + 2 * Q4, h, b)
+        pa = np.zeros((32, 4, 2), np.float32)
+        pa[:, 0] = bf16(s[2 * kk][:, 0:2])
+        pa[:, 1] = bf16(s[2 * kk][:, 2:4])
+        pa[:, 2] = bf16(s[2 * kk + 1][:, 0:2])
+        pa[:, 3] = bf16(s[2 * kk + 1][:, 2:4])
+        for np_ in range(4):
+            vb = ldsm_x4(Vt, kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
+            st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
+            st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
 
 
 MAXT = 512  # FA2P_MAXT
@@ -346,6 +353,94 @@ class KV_live(KV):
 
     def __init__(self, live, ntiles):
         self.live, self.ntiles = live, ntiles
+
+
+def wg_core(r, c8):
+    """WG_CORE: element offset of row r, head dims 8 c8 .. 8 c8 + 7 in a 64 x 64 core-matrix tile."""
+    return ((r >> 3) * 8 + c8) * 64 + (r & 7) * 8
+
+
+def wg_desc(addr):
+    """wg_desc: no-swizzle matrix descriptor for the shared-memory byte address addr."""
+    return ((addr & 0x3FFFF) >> 4) | ((128 >> 4) << 16) | ((1024 >> 4) << 32)
+
+
+def wgmma_ss(smem, da, db, s, scale_d):
+    """wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 with A (64 x 16) and B (64 x 16, the
+    N x K form of K-major B) read from smem (2-byte elements) through no-swizzle K-major
+    descriptors, as the PTX ISA defines them (checked on hardware by the MMA-Sim tests): element
+    (row r, k) at start + (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2 bytes. s: the
+    accumulators of the 4 warps, (4, 8 n-tiles, 32 lanes, 4), mma.sync's layout per warp."""
+    def operand(desc):
+        assert desc >> 62 == 0, "no swizzle"
+        start, lbo, sbo = (desc & 0x3FFF) << 4, ((desc >> 16) & 0x3FFF) << 4, ((desc >> 32) & 0x3FFF) << 4
+        r, k = np.meshgrid(np.arange(64), np.arange(16), indexing="ij")
+        byte = start + (r // 8) * sbo + (k // 8) * lbo + (r % 8) * 16 + (k % 8) * 2
+        return smem[byte // 2].astype(np.float64)
+    A, B = operand(da), operand(db)
+    D = A @ B.T
+    for w in range(4):
+        for nt in range(8):
+            for e in range(4):
+                row, col = 16 * w + G + 8 * (e // 2), 8 * nt + 2 * Q4 + (e % 2)
+                acc = s[w, nt, :, e].astype(np.float64) if scale_d else 0.0
+                s[w, nt, :, e] = (D[row, col] + acc).astype(np.float32)
+
+
+def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None):
+    """attention_fa2wg (attention_fwd_bf16_d64_fa2_wg), one block: as block_pre with NW = 4, but
+    the Q tile and the K tiles stored in the core-matrix layout (WG_CORE) of one shared-memory
+    array, and S = Q K^T by four wgmma k-steps through descriptors. neg = "desc_lbo_sbo": the
+    descriptor with LBO and SBO swapped (a negative control)."""
+    BQ, BK, NTH, NW = 64, 64, 128, 4
+    T = qkv.shape[1]
+    assert T <= MAXT
+    C = H * D
+    base = qkv[b][:, h * D:]
+    mrow = mask[b]
+    sl2 = np.float32(scale * LOG2E)
+    ntiles = (T + BK - 1) // BK
+    smem = np.full(3 * 4096, np.nan, np.float32)  # Qc at byte 0, Kc[0] at 8192, Kc[1] at 16384
+    QC, KC = 0, (8192, 16384)
+    Vs = np.full((2, BK, DP), np.nan, np.float32)
+
+    def load(jt, bf):  # load_kv
+        for r in range(BK):
+            k = jt * BK + r
+            for c8 in range(8):
+                smem[KC[bf] // 2 + wg_core(r, c8):][:8] = base[k, C + 8 * c8:C + 8 * c8 + 8] if k < T else 0
+            Vs[bf, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
+
+    for r in range(BQ):
+        for c8 in range(8):
+            smem[QC // 2 + wg_core(r, c8):][:8] = base[q0 + r, 8 * c8:8 * c8 + 8] if q0 + r < T else 0
+    load(0, 0)
+    Mrow = np.full(MAXT, np.nan, np.float32)
+    live = 0
+    for k in range(MAXT):
+        v = np.float32(mrow[k]) if k < T else np.float32(0)
+        if k < T and v > PAD_MASK:
+            live |= 1 << (k // BK)
+        Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
+    warps = [new_state(w * 16) for w in range(NW)]
+    desc = wg_desc
+    if neg == "desc_lbo_sbo":
+        desc = lambda a: ((a & 0x3FFFF) >> 4) | ((1024 >> 4) << 16) | ((128 >> 4) << 32)
+    kv = KV_live(live, ntiles)
+    processed, j, buf = [], 0, 0
+    while j < ntiles:
+        jn = kv.next_live(j + 1)
+        if jn < ntiles:
+            load(jn, buf ^ 1)
+        processed.append(j)
+        s = np.zeros((NW, 8, 32, 4), np.float32)
+        for ks in range(4):
+            wgmma_ss(smem, desc(QC) + 16 * ks, desc(KC[buf]) + 16 * ks, s, ks > 0)
+        for w, st in enumerate(warps):
+            softmax_pv(st, s[w], Vs[buf], Mrow[j * BK:(j + 1) * BK], BK, sl2, q0, j, h, b, drop)
+        buf ^= 1
+        j = jn
+    return finish(warps, BQ, q0, T, bf16), processed
 
 
 def tf32(x):
@@ -521,6 +616,17 @@ def main():
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale, drop=drop)
     for T, rows in dcases:
         bad += run("tf32x3+drop", kern, T, rows, 1e-5, 64, rng, H, scale, False, drop)
+    # attention_fwd_bf16_d64_fa2_wg: S = Q K^T by wgmma through descriptors (and with dropout)
+    kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale)
+    for T, rows in pcases:
+        bad += run("fa2wg", kern, T, rows, 1e-2, 64, rng, H, scale, True)
+    kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale, drop=drop)
+    for T, rows in dcases[:2] + [(512, [(70, 512)])]:
+        bad += run("fa2wg+drop", kern, T, rows, 1e-2, 64, rng, H, scale, True, drop)
+    kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale, neg="desc_lbo_sbo")
+    if run("negative control desc_lbo_sbo", kern, 150, [150, 70], 1e-2, 64, rng, H, scale, True) != 2:
+        print("negative control desc_lbo_sbo: the emulation did not notice it")
+        bad += 1
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")
     sys.exit(1 if bad else 0)
 

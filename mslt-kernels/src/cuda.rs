@@ -73,8 +73,19 @@ pub fn ptx(src: &Source, arch: &str) -> std::result::Result<String, KernelError>
     Ok(p)
 }
 
+/// The NVRTC target for `src` on `dev`: the device's architecture, or `sm_90a` on an sm_90
+/// device for a source with [`Source::sm90a`].
+fn target(dev: &CudaDevice, src: &Source) -> Result<String> {
+    let a = arch(dev)?;
+    Ok(if src.sm90a && a == "sm_90" {
+        "sm_90a".to_string()
+    } else {
+        a
+    })
+}
+
 fn func(dev: &CudaDevice, src: &Source, entry: &str) -> Result<CudaFunction> {
-    let p = ptx(src, &arch(dev)?)?;
+    let p = ptx(src, &target(dev, src)?)?;
     dev.get_or_load_custom_func(entry, src.module, &p)
         .map(|f| f.into_cuda_function())
         .map_err(|e| {
@@ -466,7 +477,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             Some(_) => Err(KernelError::Input {
                 kernel: K,
                 what: format!(
-                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2wg and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
                 ),
             }
             .into()),
@@ -477,6 +488,19 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         AttentionKernel::Fa2W8 => drop_entry("attention_fwd_bf16_d64_fa2_w8")?,
         AttentionKernel::Fa2V3 => drop_entry("attention_fwd_bf16_d64_fa2_v3")?,
         AttentionKernel::Fa2W8V3 => drop_entry("attention_fwd_bf16_d64_fa2_w8v3")?,
+        AttentionKernel::Fa2Wg => {
+            let a = arch(dev)?;
+            if a != "sm_90" {
+                return Err(KernelError::Input {
+                    kernel: K,
+                    what: format!(
+                        "the fa2wg kernel uses Hopper's wgmma and runs on sm_90 GPUs only; this device is {a}"
+                    ),
+                }
+                .into());
+            }
+            drop_entry("attention_fwd_bf16_d64_fa2_wg")?
+        }
         AttentionKernel::Tf32x3 => drop_entry("attention_fwd_f32_d64_tf32x3")?,
         _ if op.dropout.is_some() => drop_entry("")?,
         AttentionKernel::Tc => "attention_fwd_bf16_d64_tc".to_string(),
@@ -493,6 +517,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         | AttentionKernel::Fa2
         | AttentionKernel::Fa2V2
         | AttentionKernel::Fa2V3
+        | AttentionKernel::Fa2Wg
         | AttentionKernel::Tf32x3 => (4, 16),
         _ if d == 128 => (4, 4),
         _ => (4, 8),

@@ -98,6 +98,16 @@ pub fn padding_mask(b: usize, t: usize, seed: u64, dev: &Device) -> Result<Tenso
     Tensor::from_vec(v, (b, t), dev)
 }
 
+/// Whether `dev` is an sm_90 (Hopper) GPU, where fa2wg runs.
+pub fn is_sm90(dev: &Device) -> bool {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        return crate::cuda::arch(d).is_ok_and(|a| a == "sm_90");
+    }
+    let _ = dev;
+    false
+}
+
 /// An additive key mask (B, T) with the padding before and between the valid keys, which
 /// [`padding_mask`] never makes: rows cycle through keys [min(70, T - 1), T) (with T >= 128 a
 /// first key tile of 64 that is all padding), keys [0, 5) and [T - 30, T) (a gap: whole tiles of
@@ -198,6 +208,7 @@ impl Select {
                 AttentionKernel::Fa2W8,
                 AttentionKernel::Fa2V3,
                 AttentionKernel::Fa2W8V3,
+                AttentionKernel::Fa2Wg,
                 AttentionKernel::Tf32x3,
             ],
         }
@@ -208,8 +219,8 @@ impl Select {
     }
 
     /// The named attention kernels to run on `dev` for `dtype`, head dim `d` and sequence length
-    /// `t`: those that fit, when part `named` is selected, on CUDA only (the CPU side has one
-    /// reference).
+    /// `t`: those that fit (fa2wg on an sm_90 GPU only), when part `named` is selected, on CUDA
+    /// only (the CPU side has one reference).
     pub fn named_kernels(
         &self,
         dev: &Device,
@@ -221,7 +232,8 @@ impl Select {
             return Vec::new();
         }
         let ks = self.attention_kernels.iter().copied();
-        ks.filter(|k| k.fits(dtype, d, t)).collect()
+        ks.filter(|k| k.fits(dtype, d, t) && (!k.needs_sm90() || is_sm90(dev)))
+            .collect()
     }
 
     /// Parses comma-separated lists (`--only`, `--attention-kernels`); `all` selects everything,

@@ -90,6 +90,10 @@ pub struct Source {
     pub file: &'static str,
     pub code: &'static str,
     pub entries: &'static [&'static str],
+    /// Compiled for `sm_90a` (the architecture-specific target with Hopper's `wgmma`) on an
+    /// sm_90 device: its `_fa2_wg` entry points need it, the others compile to the same machine
+    /// code for sm_90 and sm_90a (checked with ptxas 13.0).
+    pub sm90a: bool,
 }
 
 pub const LAYER_NORM: Source = Source {
@@ -97,6 +101,7 @@ pub const LAYER_NORM: Source = Source {
     file: "layer_norm.cu",
     code: include_str!("../../kernels-cu/layer_norm.cu"),
     entries: &["add_layer_norm_f32", "add_layer_norm_bf16"],
+    sm90a: false,
 };
 
 pub const BIAS_GELU: Source = Source {
@@ -104,6 +109,7 @@ pub const BIAS_GELU: Source = Source {
     file: "bias_gelu.cu",
     code: include_str!("../../kernels-cu/bias_gelu.cu"),
     entries: &["bias_gelu_f32", "bias_gelu_bf16"],
+    sm90a: false,
 };
 
 pub const ATTENTION: Source = Source {
@@ -128,9 +134,12 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d64_fa2_v3_dropout",
         "attention_fwd_bf16_d64_fa2_w8v3",
         "attention_fwd_bf16_d64_fa2_w8v3_dropout",
+        "attention_fwd_bf16_d64_fa2_wg",
+        "attention_fwd_bf16_d64_fa2_wg_dropout",
         "attention_fwd_f32_d64_tf32x3",
         "attention_fwd_f32_d64_tf32x3_dropout",
     ],
+    sm90a: true,
 };
 
 /// Every kernel source.

@@ -144,7 +144,8 @@ fn kernels_switch_parses() {
         .unwrap_err()
         .contains("fused or candle"));
     for k in [
-        "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "fa2v3", "fa2w8v3", "tf32x3",
+        "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "fa2v3", "fa2w8v3", "fa2wg",
+        "tf32x3",
     ] {
         assert_eq!(
             k.parse::<AttentionKernel>().map(|v| v.to_string()),
@@ -233,6 +234,10 @@ fn attention_kernel_dispatch() {
     assert!(e.contains("T = 513") && e.contains("T <= 512"), "{e}");
     assert!(at(Fa2W8V3, None, 600).is_err());
     assert!(AttentionKernel::Fa2V3.has_dropout() && AttentionKernel::Fa2W8V3.has_dropout());
+    // fa2wg (wgmma, sm_90 only: the launch checks the device): by name up to T = 512
+    assert_eq!(at(Auto, Some("fa2wg"), 512).unwrap(), Fa2Wg);
+    assert!(at(Fa2Wg, None, 513).is_err());
+    assert!(Fa2Wg.has_dropout() && Fa2Wg.needs_sm90() && !Fa2V3.needs_sm90());
 }
 
 /// The 512-key limit of fa2v3 / fa2w8v3 in Rust is the size of their shared mask row in the
@@ -242,7 +247,11 @@ fn fa2p_max_t_matches_the_kernel_source() {
     let src = include_str!("../../kernels-cu/attention.cu");
     let def = format!("#define FA2P_MAXT {}\n", ops::FA2P_MAX_T);
     assert!(src.contains(&def), "attention.cu has no `{def}`");
-    for k in [AttentionKernel::Fa2V3, AttentionKernel::Fa2W8V3] {
+    for k in [
+        AttentionKernel::Fa2V3,
+        AttentionKernel::Fa2W8V3,
+        AttentionKernel::Fa2Wg,
+    ] {
         assert_eq!(k.max_seq_len(), Some(ops::FA2P_MAX_T));
     }
     assert_eq!(AttentionKernel::Fa2W8.max_seq_len(), None);
@@ -264,6 +273,7 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
         AttentionKernel::Fa2W8,
         AttentionKernel::Fa2V3,
         AttentionKernel::Fa2W8V3,
+        AttentionKernel::Fa2Wg,
     ] {
         let got = ops::attention_with(&qkv, &mask, 2, k)?.to_dtype(DType::F32)?;
         let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -313,7 +323,15 @@ fn every_kernel_source_compiles_with_nvrtc() {
         }
     };
     let version = nv.version().expect("nvrtcVersion");
-    for arch in ["sm_80", "sm_90"] {
+    // sm_90a: what an sm_90 device compiles attention.cu for (its fa2wg entry points use wgmma;
+    // elsewhere they compile to a trap)
+    let wg = |ptx: &str| ptx.contains("wgmma.mma_async");
+    let att = |arch| {
+        nv.compile_ptx(&mslt_kernels::ATTENTION, arch)
+            .expect("attention.cu")
+    };
+    assert!(wg(&att("sm_90a")) && !wg(&att("sm_90")) && !wg(&att("sm_80")));
+    for arch in ["sm_80", "sm_90", "sm_90a"] {
         let out = nvrtc::check_all(&nv, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         for (file, entries, bytes) in &out {
             eprintln!(
@@ -327,7 +345,7 @@ fn every_kernel_source_compiles_with_nvrtc() {
     // driver's JIT would and reports registers and spills: no kernel may spill.
     match std::env::var_os("MSLT_PTXAS") {
         Some(ptxas) => {
-            for arch in ["sm_80", "sm_90"] {
+            for arch in ["sm_80", "sm_90", "sm_90a"] {
                 let mut n = 0;
                 for src in mslt_kernels::SOURCES {
                     let ptx = nv.compile_ptx(src, arch).expect("compiled above");
@@ -381,6 +399,7 @@ fn every_kernel_source_compiles_with_nvrtc() {
             file,
             code,
             entries: &["k"],
+            sm90a: false,
         };
         let e = nv
             .compile_ptx(&bad, "sm_90")
