@@ -1069,9 +1069,44 @@ __device__ __forceinline__ void wg_qk(float (&s)[8][4], unsigned long long dq, u
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   wg_fence_operand(s);
 }
+
+// Descriptor of a V tile (keys x head dims, WG_CORE layout) as the N-major B operand of O += P V
+// (imm-trans-b 1): the canonical no-swizzle MN-major layout ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO))
+// has the 8 contiguous elements along N (head dims), SBO between groups of 8 along N (128 bytes
+// here) and LBO between groups of 8 along K (keys: 1024 bytes); a k-step of 16 keys advances the
+// start by 2048 bytes.
+__device__ __forceinline__ unsigned long long wg_desc_v(const void* p) {
+  return (unsigned long long)((smem_u32(p) & 0x3FFFFu) >> 4) | ((unsigned long long)(1024 >> 4) << 16) |
+         ((unsigned long long)(128 >> 4) << 32);
+}
+
+// o (64 x 64 over the warpgroup) += P V: four k-steps of 16 keys, P from registers (pa[kk], the
+// mma.sync A fragments of keys 16 kk .. 16 kk + 15: the wgmma A register layout), V from shared
+// memory through dv.
+__device__ __forceinline__ void wg_pv(float (&o)[8][4], const unsigned (&pa)[4][4], unsigned long long dv) {
+  wg_fence_operand(o);
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(o[0][0]), "+f"(o[0][1]), "+f"(o[0][2]), "+f"(o[0][3]), "+f"(o[1][0]), "+f"(o[1][1]), "+f"(o[1][2]),
+          "+f"(o[1][3]), "+f"(o[2][0]), "+f"(o[2][1]), "+f"(o[2][2]), "+f"(o[2][3]), "+f"(o[3][0]), "+f"(o[3][1]),
+          "+f"(o[3][2]), "+f"(o[3][3]), "+f"(o[4][0]), "+f"(o[4][1]), "+f"(o[4][2]), "+f"(o[4][3]), "+f"(o[5][0]),
+          "+f"(o[5][1]), "+f"(o[5][2]), "+f"(o[5][3]), "+f"(o[6][0]), "+f"(o[6][1]), "+f"(o[6][2]), "+f"(o[6][3]),
+          "+f"(o[7][0]), "+f"(o[7][1]), "+f"(o[7][2]), "+f"(o[7][3])
+        : "r"(pa[kk][0]), "r"(pa[kk][1]), "r"(pa[kk][2]), "r"(pa[kk][3]), "l"(dv + 128ull * kk), "r"(1));
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  wg_fence_operand(o);
+}
 #endif
 
-template <bool DROP = false>
+template <bool PV, bool DROP = false>
 __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
                                                 bf16_t* __restrict__ out, int T_, int H, float scale,
                                                 Dropout dr = Dropout{}) {
@@ -1080,7 +1115,8 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
   constexpr int MPT = FA2P_MAXT / NTH;  // mask entries per thread
   __shared__ __align__(128) bf16_t Qc[BQ * D];      // Q tile, core-matrix layout (WG_CORE)
   __shared__ __align__(128) bf16_t Kc[2][BK * D];   // K tiles, core-matrix layout
-  __shared__ __align__(16) bf16_t Vs[2][BK][DP];    // V tiles, rows (for ldmatrix.trans)
+  // V tiles: rows for ldmatrix.trans, or (PV) the WG_CORE layout for the wgmma of O += P V
+  __shared__ __align__(128) bf16_t Vs[2][PV ? 1 : BK][PV ? BK * D : DP];
   __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
   __shared__ unsigned Lw[NW];         // live-tile bits per warp
   if (T_ > FA2P_MAXT) __trap();  // the host never launches it so; fail loudly rather than read past Mrow
@@ -1101,7 +1137,7 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
       const int i = tid + it * NTH, r = i >> 3, c8 = i & 7, k = jt * BK + r;
       const bf16_t* src = base + (long)(k < T_ ? k : 0) * rs + C + c8 * 8;
       cp_async16(&Kc[bf][WG_CORE(r, c8)], src, k < T_);
-      cp_async16(&Vs[bf][r][c8 * 8], src + C, k < T_);
+      cp_async16(PV ? &Vs[bf][0][WG_CORE(r, c8)] : &Vs[bf][PV ? 0 : r][c8 * 8], src + C, k < T_);
     }
   };
 
@@ -1149,8 +1185,25 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
     __syncthreads();
     float s[1][8][4];
     wg_qk(s[0], dq, wg_desc(Kc[buf]));
-    fa2_softmax_pv<1, BK, true, DROP>(s, Vs[buf], &Mrow[j * BK], o, m, l, sl2, g, q4, lm, lr, q0 + w * 16, j * BK,
-                                      h, b, dr);
+    if (PV) {
+      softmax_tile<8, true>(s[0], &Mrow[j * BK], q4, sl2, m[0][0], m[0][1], l[0][0], l[0][1], o[0]);
+      unsigned pa[4][4];  // P as the A fragments of the four k-steps of 16 keys
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        if (DROP) {
+          drop4(s[0][2 * kk], dr, q0 + w * 16 + g, j * BK + kk * 16 + 2 * q4, h, b);
+          drop4(s[0][2 * kk + 1], dr, q0 + w * 16 + g, j * BK + kk * 16 + 8 + 2 * q4, h, b);
+        }
+        pa[kk][0] = pack_bf16_cvt(s[0][2 * kk][0], s[0][2 * kk][1]);
+        pa[kk][1] = pack_bf16_cvt(s[0][2 * kk][2], s[0][2 * kk][3]);
+        pa[kk][2] = pack_bf16_cvt(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16_cvt(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+      }
+      wg_pv(o[0], pa, wg_desc_v(&Vs[buf][0][0]));
+    } else {
+      fa2_softmax_pv<1, BK, true, DROP>(s, reinterpret_cast<const bf16_t(*)[72]>(&Vs[buf][0][0]), &Mrow[j * BK], o, m,
+                                        l, sl2, g, q4, lm, lr, q0 + w * 16, j * BK, h, b, dr);
+    }
     __syncthreads();  // tile j consumed (wgmma waited for above) before its buffers are refilled
     buf ^= 1;
     j = jn;
@@ -1165,14 +1218,32 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
 // sm_90a.
 extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg(const bf16_t* qkv, const float* mask,
                                                                                 bf16_t* out, int T_, int H, float scale) {
-  attention_fa2wg(qkv, mask, out, T_, H, scale);
+  attention_fa2wg<false>(qkv, mask, out, T_, H, scale);
 }
 
 // attention_fwd_bf16_d64_fa2_wg with dropout on the probabilities (see Dropout): launch as it.
 extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg_dropout(
     const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
     unsigned thr, float keep_scale) {
-  attention_fa2wg<true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
+  attention_fa2wg<false, true>(qkv, mask, out, T_, H, scale,
+                               Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
+}
+
+// attention_fwd_bf16_d64_fa2_wg2 ("fa2wg2"): fa2wg with O += P V on wgmma too (P from registers,
+// V N-major from shared memory, wg_pv): every product of the tile on the warpgroup tensor cores.
+// Launch as attention_fwd_bf16_d64_fa2_wg.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg2(const bf16_t* qkv,
+                                                                                 const float* mask, bf16_t* out,
+                                                                                 int T_, int H, float scale) {
+  attention_fa2wg<true>(qkv, mask, out, T_, H, scale);
+}
+
+// attention_fwd_bf16_d64_fa2_wg2 with dropout on the probabilities (see Dropout): launch as it.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg2_dropout(
+    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
+    unsigned thr, float keep_scale) {
+  attention_fa2wg<true, true>(qkv, mask, out, T_, H, scale,
+                              Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ only): attention_fa2<MT, NW, V2, DROP> (entry points attention_fwd_bf16_d64_fa2,
 attention_fwd_bf16_d64_fa2_v2, the same computation; attention_fwd_bf16_d64_fa2_q128, MT = 2;
 attention_fwd_bf16_d64_fa2_w8, NW = 8 warps with the Q tile over the K buffers),
 attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4, and _w8v3, NW = 8 with the Q tile
-over the second K/V buffer; the mask row preloaded, key tile 0 always processed) and
+over the second K/V buffer; the mask row preloaded, key tile 0 always processed),
+attention_fa2wg<PV> (attention_fwd_bf16_d64_fa2_wg and _wg2: wgmma.mma_async.m64n64k16 reading
+shared memory through no-swizzle matrix descriptors, K-major Q and K, N-major V) and
 attention_fwd_f32_d64_tf32x3, and the _dropout variants (Philox dropout on the probabilities,
 each lane's draws against the mask defined element by element).
 
@@ -263,9 +265,20 @@ def fa2_tile(warps, Kt, Vt, ms, BK, sl2, q0, j, h, b, drop):
 def softmax_pv(st, s, Vt, ms, BK, sl2, q0, j, h, b, drop):
     """The kernels' fa2_softmax_pv for one warp's state: the online softmax of the scores s,
     dropout, O += P V."""
-    KKS = BK // 16
+    pas = softmax_pack(st, s, ms, BK, sl2, q0, j, h, b, drop)
+    for kk, pa in enumerate(pas):
+        for np_ in range(4):
+            vb = ldsm_x4(Vt, kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
+            st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
+            st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
+
+
+def softmax_pack(st, s, ms, BK, sl2, q0, j, h, b, drop):
+    """The online softmax of the scores s, dropout, and P packed to bf16 as the mma A fragments
+    of each k-step of 16 keys: a list of (32 lanes, 4 registers, 2) arrays."""
     online_softmax(st, s, ms, sl2)
-    for kk in range(KKS):
+    pas = []
+    for kk in range(BK // 16):
         if drop is not None:  # the V2 kernels' dropout: per k-step, before packing
             for half in range(2):
                 drop4(s[2 * kk + half], drop, q0 + st["row0"] + G, j * BK + kk * 16 + half * 8 + 2 * Q4, h, b)
@@ -274,10 +287,8 @@ def softmax_pv(st, s, Vt, ms, BK, sl2, q0, j, h, b, drop):
         pa[:, 1] = bf16(s[2 * kk][:, 2:4])
         pa[:, 2] = bf16(s[2 * kk + 1][:, 0:2])
         pa[:, 3] = bf16(s[2 * kk + 1][:, 2:4])
-        for np_ in range(4):
-            vb = ldsm_x4(Vt, kk * 16 + (LM & 1) * 8 + LR, (2 * np_ + (LM >> 1)) * 8, trans=True)
-            st["o"][2 * np_] = mma(st["o"][2 * np_], pa, vb[:, 0], vb[:, 1])
-            st["o"][2 * np_ + 1] = mma(st["o"][2 * np_ + 1], pa, vb[:, 2], vb[:, 3])
+        pas.append(pa)
+    return pas
 
 
 MAXT = 512  # FA2P_MAXT
@@ -387,11 +398,43 @@ def wgmma_ss(smem, da, db, s, scale_d):
                 s[w, nt, :, e] = (D[row, col] + acc).astype(np.float32)
 
 
-def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None):
-    """attention_fa2wg (attention_fwd_bf16_d64_fa2_wg), one block: as block_pre with NW = 4, but
-    the Q tile and the K tiles stored in the core-matrix layout (WG_CORE) of one shared-memory
-    array, and S = Q K^T by four wgmma k-steps through descriptors. neg = "desc_lbo_sbo": the
-    descriptor with LBO and SBO swapped (a negative control)."""
+def wg_desc_v(addr):
+    """wg_desc_v: no-swizzle descriptor of a V tile as the N-major B operand (LBO 1024, SBO 128)."""
+    return ((addr & 0x3FFFF) >> 4) | ((1024 >> 4) << 16) | ((128 >> 4) << 32)
+
+
+def wgmma_rs(smem, pas, dv, states):
+    """wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 with A (64 x 16) from registers (warp
+    w: rows 16 w .. 16 w + 15 in the mma.sync A fragment layout, pas[w]) and B (16 x 64, N-major,
+    imm-trans-b 1) from smem through a no-swizzle descriptor: the PTX ISA's canonical MN-major
+    layout ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8 bf16: element (k, n) at start +
+    (n / 8) SBO + (k / 8) LBO + (k % 8) 16 + (n % 8) 2 bytes. Adds A B to each warp's o."""
+    assert dv >> 62 == 0, "no swizzle"
+    start, lbo, sbo = (dv & 0x3FFF) << 4, ((dv >> 16) & 0x3FFF) << 4, ((dv >> 32) & 0x3FFF) << 4
+    k, n = np.meshgrid(np.arange(16), np.arange(64), indexing="ij")
+    B = smem[(start + (n // 8) * sbo + (k // 8) * lbo + (k % 8) * 16 + (n % 8) * 2) // 2].astype(np.float64)
+    A = np.zeros((64, 16))
+    for w, pa in enumerate(pas):
+        for e in range(2):
+            A[16 * w + G, 2 * Q4 + e] = pa[:, 0, e]
+            A[16 * w + G + 8, 2 * Q4 + e] = pa[:, 1, e]
+            A[16 * w + G, 2 * Q4 + 8 + e] = pa[:, 2, e]
+            A[16 * w + G + 8, 2 * Q4 + 8 + e] = pa[:, 3, e]
+    D = A @ B
+    for w, st in enumerate(states):
+        for nt in range(8):
+            for e in range(4):
+                row, col = 16 * w + G + 8 * (e // 2), 8 * nt + 2 * Q4 + (e % 2)
+                st["o"][nt][:, e] = (D[row, col] + st["o"][nt][:, e].astype(np.float64)).astype(np.float32)
+
+
+def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None, pv=False):
+    """attention_fa2wg<PV> (attention_fwd_bf16_d64_fa2_wg, _wg2 with pv), one block: as block_pre
+    with NW = 4, but the Q tile and the K tiles stored in the core-matrix layout (WG_CORE) of one
+    shared-memory array, and S = Q K^T by four wgmma k-steps through descriptors; with pv the V
+    tiles too, and O += P V by four wgmma k-steps with P from registers. neg: a negative control,
+    "desc_lbo_sbo" (Q/K descriptors with LBO and SBO swapped) or "desc_v" (V read through K's
+    K-major descriptor and k-step)."""
     BQ, BK, NTH, NW = 64, 64, 128, 4
     T = qkv.shape[1]
     assert T <= MAXT
@@ -400,8 +443,9 @@ def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None):
     mrow = mask[b]
     sl2 = np.float32(scale * LOG2E)
     ntiles = (T + BK - 1) // BK
-    smem = np.full(3 * 4096, np.nan, np.float32)  # Qc at byte 0, Kc[0] at 8192, Kc[1] at 16384
-    QC, KC = 0, (8192, 16384)
+    # Qc at byte 0, Kc at 8192 / 16384, Vc (pv) at 24576 / 32768; NaN past them (a wrong descriptor reads it)
+    smem = np.full(32768, np.nan, np.float32)
+    QC, KC, VC = 0, (8192, 16384), (24576, 32768)
     Vs = np.full((2, BK, DP), np.nan, np.float32)
 
     def load(jt, bf):  # load_kv
@@ -409,7 +453,10 @@ def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None):
             k = jt * BK + r
             for c8 in range(8):
                 smem[KC[bf] // 2 + wg_core(r, c8):][:8] = base[k, C + 8 * c8:C + 8 * c8 + 8] if k < T else 0
-            Vs[bf, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
+                if pv:
+                    smem[VC[bf] // 2 + wg_core(r, c8):][:8] = base[k, 2 * C + 8 * c8:2 * C + 8 * c8 + 8] if k < T else 0
+            if not pv:
+                Vs[bf, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
 
     for r in range(BQ):
         for c8 in range(8):
@@ -436,8 +483,16 @@ def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None):
         s = np.zeros((NW, 8, 32, 4), np.float32)
         for ks in range(4):
             wgmma_ss(smem, desc(QC) + 16 * ks, desc(KC[buf]) + 16 * ks, s, ks > 0)
-        for w, st in enumerate(warps):
-            softmax_pv(st, s[w], Vs[buf], Mrow[j * BK:(j + 1) * BK], BK, sl2, q0, j, h, b, drop)
+        if pv:
+            pas = [softmax_pack(st, s[w], Mrow[j * BK:(j + 1) * BK], BK, sl2, q0, j, h, b, drop)
+                   for w, st in enumerate(warps)]
+            # the negative control reads V as if it were K-major (K's descriptor and k-step)
+            dv, step = (wg_desc_v(VC[buf]), 128) if neg != "desc_v" else (wg_desc(VC[buf]), 16)
+            for kk in range(4):
+                wgmma_rs(smem, [p[kk] for p in pas], dv + step * kk, warps)
+        else:
+            for w, st in enumerate(warps):
+                softmax_pv(st, s[w], Vs[buf], Mrow[j * BK:(j + 1) * BK], BK, sl2, q0, j, h, b, drop)
         buf ^= 1
         j = jn
     return finish(warps, BQ, q0, T, bf16), processed
@@ -623,6 +678,17 @@ def main():
     kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale, drop=drop)
     for T, rows in dcases[:2] + [(512, [(70, 512)])]:
         bad += run("fa2wg+drop", kern, T, rows, 1e-2, 64, rng, H, scale, True, drop)
+    # attention_fwd_bf16_d64_fa2_wg2: O += P V by wgmma too (P from registers, V N-major)
+    kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale, pv=True)
+    for T, rows in pcases:
+        bad += run("fa2wg2", kern, T, rows, 1e-2, 64, rng, H, scale, True)
+    kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale, drop=drop, pv=True)
+    for T, rows in dcases[:2] + [(512, [(70, 512)])]:
+        bad += run("fa2wg2+drop", kern, T, rows, 1e-2, 64, rng, H, scale, True, drop)
+    kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale, neg="desc_v", pv=True)
+    if run("negative control desc_v", kern, 150, [150, 70], 1e-2, 64, rng, H, scale, True) != 2:
+        print("negative control desc_v: the emulation did not notice it")
+        bad += 1
     kern = lambda q, m, b, h, q0: block_wg(q, m, b, h, q0, H, scale, neg="desc_lbo_sbo")
     if run("negative control desc_lbo_sbo", kern, 150, [150, 70], 1e-2, 64, rng, H, scale, True) != 2:
         print("negative control desc_lbo_sbo: the emulation did not notice it")

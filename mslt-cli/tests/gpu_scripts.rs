@@ -97,17 +97,18 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("--nproc 1"), 1);
 
     // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; NEW_KERNELS
-    // unset: the kernels not yet run on a GPU, fa2v3, fa2w8v3 and fa2wg
+    // unset: the kernels not yet run on a GPU, fa2v3, fa2w8v3, fa2wg and fa2wg2
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
-    assert_eq!(ran("bench --model-config base"), 8, "{quick}");
-    assert_eq!(ran("kernels check"), 5, "{quick}");
-    assert_eq!(ran("kernels bench"), 8, "{quick}");
+    assert_eq!(ran("bench --model-config base"), 9, "{quick}");
+    assert_eq!(ran("kernels check"), 6, "{quick}");
+    assert_eq!(ran("kernels bench"), 10, "{quick}");
     assert_eq!(
-        ran("--attention-kernels fa2v2,fa2w8,tf32x3,fa2v3,fa2w8v3,fa2wg"),
+        ran("--attention-kernels fa2v2,fa2w8,tf32x3,fa2v3,fa2w8v3,fa2wg,fa2wg2"),
         1
     );
-    assert!(quick.contains("new attention kernels that passed their checks: fa2v3 fa2w8v3 fa2wg"));
+    assert!(quick
+        .contains("new attention kernels that passed their checks: fa2v3 fa2w8v3 fa2wg fa2wg2"));
     // NEW_KERNELS empty: only the default check and timings
     let none = run_gpu_all(&[("GPU_CHECK_QUICK", "1"), ("NEW_KERNELS", "")]);
     assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");

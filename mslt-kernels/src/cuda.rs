@@ -477,7 +477,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             Some(_) => Err(KernelError::Input {
                 kernel: K,
                 what: format!(
-                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2wg and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2wg, fa2wg2 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
                 ),
             }
             .into()),
@@ -488,18 +488,22 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         AttentionKernel::Fa2W8 => drop_entry("attention_fwd_bf16_d64_fa2_w8")?,
         AttentionKernel::Fa2V3 => drop_entry("attention_fwd_bf16_d64_fa2_v3")?,
         AttentionKernel::Fa2W8V3 => drop_entry("attention_fwd_bf16_d64_fa2_w8v3")?,
-        AttentionKernel::Fa2Wg => {
+        AttentionKernel::Fa2Wg | AttentionKernel::Fa2Wg2 => {
             let a = arch(dev)?;
             if a != "sm_90" {
                 return Err(KernelError::Input {
                     kernel: K,
                     what: format!(
-                        "the fa2wg kernel uses Hopper's wgmma and runs on sm_90 GPUs only; this device is {a}"
+                        "the {kind} kernel uses Hopper's wgmma and runs on sm_90 GPUs only; this device is {a}"
                     ),
                 }
                 .into());
             }
-            drop_entry("attention_fwd_bf16_d64_fa2_wg")?
+            drop_entry(if kind == AttentionKernel::Fa2Wg {
+                "attention_fwd_bf16_d64_fa2_wg"
+            } else {
+                "attention_fwd_bf16_d64_fa2_wg2"
+            })?
         }
         AttentionKernel::Tf32x3 => drop_entry("attention_fwd_f32_d64_tf32x3")?,
         _ if op.dropout.is_some() => drop_entry("")?,
@@ -518,6 +522,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         | AttentionKernel::Fa2V2
         | AttentionKernel::Fa2V3
         | AttentionKernel::Fa2Wg
+        | AttentionKernel::Fa2Wg2
         | AttentionKernel::Tf32x3 => (4, 16),
         _ if d == 128 => (4, 4),
         _ => (4, 8),

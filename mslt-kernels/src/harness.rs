@@ -98,7 +98,7 @@ pub fn padding_mask(b: usize, t: usize, seed: u64, dev: &Device) -> Result<Tenso
     Tensor::from_vec(v, (b, t), dev)
 }
 
-/// Whether `dev` is an sm_90 (Hopper) GPU, where fa2wg runs.
+/// Whether `dev` is an sm_90 (Hopper) GPU, where fa2wg and fa2wg2 run.
 pub fn is_sm90(dev: &Device) -> bool {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = dev {
@@ -209,6 +209,7 @@ impl Select {
                 AttentionKernel::Fa2V3,
                 AttentionKernel::Fa2W8V3,
                 AttentionKernel::Fa2Wg,
+                AttentionKernel::Fa2Wg2,
                 AttentionKernel::Tf32x3,
             ],
         }
@@ -219,7 +220,7 @@ impl Select {
     }
 
     /// The named attention kernels to run on `dev` for `dtype`, head dim `d` and sequence length
-    /// `t`: those that fit (fa2wg on an sm_90 GPU only), when part `named` is selected, on CUDA
+    /// `t`: those that fit (fa2wg / fa2wg2 on an sm_90 GPU only), when part `named` is selected, on CUDA
     /// only (the CPU side has one reference).
     pub fn named_kernels(
         &self,

@@ -136,6 +136,8 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d64_fa2_w8v3_dropout",
         "attention_fwd_bf16_d64_fa2_wg",
         "attention_fwd_bf16_d64_fa2_wg_dropout",
+        "attention_fwd_bf16_d64_fa2_wg2",
+        "attention_fwd_bf16_d64_fa2_wg2_dropout",
         "attention_fwd_f32_d64_tf32x3",
         "attention_fwd_f32_d64_tf32x3_dropout",
     ],

@@ -155,15 +155,15 @@ impl CustomOp2 for BiasGelu {
 /// size of their shared mask row; a test reads it from the source).
 pub const FA2P_MAX_T: usize = 512;
 
-/// Which CUDA attention kernel runs. bf16 with 64-wide heads has nine (fa2v2 / fa2w8 the
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has ten (fa2v2 / fa2w8 the
 /// default), f32 with 64-wide heads two (tf32x3 the default); every other dtype and head dim has
-/// the CUDA-core kernel only. All but fa2v3, fa2w8v3 and fa2wg passed their checks on an H100
-/// (runs 5 and 6, docs/gpu-results.md); those three have not run on a GPU yet. The CPU side ignores it
+/// the CUDA-core kernel only. All but fa2v3, fa2w8v3, fa2wg and fa2wg2 passed their checks on an
+/// H100 (runs 5 and 6, docs/gpu-results.md); those four have not run on a GPU yet. The CPU side ignores it
 /// (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
     /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | fa2v3 | fa2w8v3 | fa2wg |
-    /// tf32x3) where it applies,
+    /// fa2wg2 | tf32x3) where it applies,
     /// else the default of [`resolve_attention_kernel`].
     #[default]
     Auto,
@@ -205,6 +205,10 @@ pub enum AttentionKernel {
     /// read from shared memory through matrix descriptors; `attention_fwd_bf16_d64_fa2_wg`,
     /// sm_90 only, T <= 512); the softmax and O += P V stay on `mma.sync`. Not yet run on a GPU.
     Fa2Wg,
+    /// `Fa2Wg` with O += P V on `wgmma` too (P from registers, V read from shared memory as the
+    /// N-major operand; `attention_fwd_bf16_d64_fa2_wg2`, sm_90 only, T <= 512): every product
+    /// of a key tile on the warpgroup tensor cores. Not yet run on a GPU.
+    Fa2Wg2,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
     /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64). The f32 default: within 1.2e-6 relative of
     /// the f32 reference and 2.8-5.5x faster than `Simt` on the H100 (run 5).
@@ -213,35 +217,46 @@ pub enum AttentionKernel {
 
 impl AttentionKernel {
     /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
-    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2wg and tf32x3.
+    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2wg, fa2wg2 and tf32x3.
     pub fn has_dropout(self) -> bool {
         matches!(
             self,
-            Self::Fa2V2 | Self::Fa2W8 | Self::Fa2V3 | Self::Fa2W8V3 | Self::Fa2Wg | Self::Tf32x3
+            Self::Fa2V2
+                | Self::Fa2W8
+                | Self::Fa2V3
+                | Self::Fa2W8V3
+                | Self::Fa2Wg
+                | Self::Fa2Wg2
+                | Self::Tf32x3
         )
     }
 
-    /// The longest sequence the kernel takes: fa2v3, fa2w8v3 and fa2wg hold the mask row in a
-    /// fixed shared array of 512 (BERT's longest); the others take any T.
+    /// The longest sequence the kernel takes: fa2v3, fa2w8v3, fa2wg and fa2wg2 hold the mask
+    /// row in a fixed shared array of 512 (BERT's longest); the others take any T.
     pub fn max_seq_len(self) -> Option<usize> {
-        matches!(self, Self::Fa2V3 | Self::Fa2W8V3 | Self::Fa2Wg).then_some(FA2P_MAX_T)
+        matches!(
+            self,
+            Self::Fa2V3 | Self::Fa2W8V3 | Self::Fa2Wg | Self::Fa2Wg2
+        )
+        .then_some(FA2P_MAX_T)
     }
 
-    /// Whether the kernel needs an sm_90 (Hopper) GPU: fa2wg (`wgmma`).
+    /// Whether the kernel needs an sm_90 (Hopper) GPU: fa2wg and fa2wg2 (`wgmma`).
     pub fn needs_sm90(self) -> bool {
-        self == Self::Fa2Wg
+        matches!(self, Self::Fa2Wg | Self::Fa2Wg2)
     }
 
     /// Whether this kernel takes inputs of `dtype` with head dim `d` and sequence length `t`
     /// (16-byte aligned rows): tc and the fa2 family take bf16, tf32x3 f32, all with D = 64
-    /// (fa2v3, fa2w8v3 and fa2wg with T <= 512; fa2wg on sm_90 only, which the launch checks);
+    /// (fa2v3, fa2w8v3, fa2wg and fa2wg2 with T <= 512; the last two on sm_90 only, which the
+    /// launch checks);
     /// simt (and auto) everything.
     pub fn fits(self, dtype: DType, d: usize, t: usize) -> bool {
         use AttentionKernel::*;
         let t_ok = self.max_seq_len().is_none_or(|m| t <= m);
         match self {
             Auto | Simt => true,
-            Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 | Fa2Wg => {
+            Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 | Fa2Wg | Fa2Wg2 => {
                 dtype == DType::BF16 && d == 64 && t_ok
             }
             Tf32x3 => dtype == DType::F32 && d == 64,
@@ -263,9 +278,10 @@ impl std::str::FromStr for AttentionKernel {
             "fa2v3" => Ok(Self::Fa2V3),
             "fa2w8v3" => Ok(Self::Fa2W8V3),
             "fa2wg" => Ok(Self::Fa2Wg),
+            "fa2wg2" => Ok(Self::Fa2Wg2),
             "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2wg or tf32x3"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2wg, fa2wg2 or tf32x3"
             )),
         }
     }
@@ -284,6 +300,7 @@ impl std::fmt::Display for AttentionKernel {
             Self::Fa2V3 => "fa2v3",
             Self::Fa2W8V3 => "fa2w8v3",
             Self::Fa2Wg => "fa2wg",
+            Self::Fa2Wg2 => "fa2wg2",
             Self::Tf32x3 => "tf32x3",
         })
     }
@@ -323,7 +340,7 @@ pub fn resolve_attention_kernel(
         (k, _) => Err(input_err(
             "attention",
             format!(
-                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3 and fa2wg take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3 and fa2wg take T <= 512",
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2wg and fa2wg2 take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2wg and fa2wg2 take T <= 512",
                 if aligned { "" } else { "not " }
             ),
         )),

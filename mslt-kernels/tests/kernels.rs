@@ -145,7 +145,7 @@ fn kernels_switch_parses() {
         .contains("fused or candle"));
     for k in [
         "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "fa2v3", "fa2w8v3", "fa2wg",
-        "tf32x3",
+        "fa2wg2", "tf32x3",
     ] {
         assert_eq!(
             k.parse::<AttentionKernel>().map(|v| v.to_string()),
@@ -238,6 +238,9 @@ fn attention_kernel_dispatch() {
     assert_eq!(at(Auto, Some("fa2wg"), 512).unwrap(), Fa2Wg);
     assert!(at(Fa2Wg, None, 513).is_err());
     assert!(Fa2Wg.has_dropout() && Fa2Wg.needs_sm90() && !Fa2V3.needs_sm90());
+    assert_eq!(at(Auto, Some("fa2wg2"), 128).unwrap(), Fa2Wg2);
+    assert!(at(Fa2Wg2, None, 600).is_err());
+    assert!(Fa2Wg2.has_dropout() && Fa2Wg2.needs_sm90());
 }
 
 /// The 512-key limit of fa2v3 / fa2w8v3 in Rust is the size of their shared mask row in the
@@ -251,6 +254,7 @@ fn fa2p_max_t_matches_the_kernel_source() {
         AttentionKernel::Fa2V3,
         AttentionKernel::Fa2W8V3,
         AttentionKernel::Fa2Wg,
+        AttentionKernel::Fa2Wg2,
     ] {
         assert_eq!(k.max_seq_len(), Some(ops::FA2P_MAX_T));
     }
@@ -274,6 +278,7 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
         AttentionKernel::Fa2V3,
         AttentionKernel::Fa2W8V3,
         AttentionKernel::Fa2Wg,
+        AttentionKernel::Fa2Wg2,
     ] {
         let got = ops::attention_with(&qkv, &mask, 2, k)?.to_dtype(DType::F32)?;
         let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
