@@ -1083,8 +1083,12 @@ __device__ __forceinline__ unsigned long long wg_desc_v(const void* p) {
 // o (64 x 64 over the warpgroup) += P V: four k-steps of 16 keys, P from registers (pa[kk], the
 // mma.sync A fragments of keys 16 kk .. 16 kk + 15: the wgmma A register layout), V from shared
 // memory through dv.
-__device__ __forceinline__ void wg_pv(float (&o)[8][4], const unsigned (&pa)[4][4], unsigned long long dv) {
+__device__ __forceinline__ void wg_pv(float (&o)[8][4], unsigned (&pa)[4][4], unsigned long long dv) {
   wg_fence_operand(o);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)  // P's registers written before the fence, as o's (FA3 fences them too)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(pa[kk][i])::"memory");
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
