@@ -883,6 +883,31 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_
 // still streams into buffer 0 while Q lands. T must be <= 512 (MAXT; the caller checks).
 #define FA2P_MAXT 512
 
+// The mask row of batch row mrow (T <= FA2P_MAXT) -> Mrow (mask * log2(e), clamped to -FLT_MAX;
+// -inf beyond T) and warp w's live-tile bits (bit j: key tile j of BK keys has a key that is not
+// padding) -> Lw[w]. Each of the NTH threads reads FA2P_MAXT / NTH keys, all loads in flight
+// together; the caller's barrier makes Mrow and Lw visible.
+template <int NTH, int BK>
+__device__ __forceinline__ void mask_row_live(const float* __restrict__ mrow, int T_, float* Mrow, unsigned* Lw,
+                                              int tid, int lane, int w) {
+  constexpr int MPT = FA2P_MAXT / NTH;  // mask entries per thread
+  float mv[MPT];
+#pragma unroll
+  for (int i = 0; i < MPT; ++i) {
+    const int k = tid + i * NTH;
+    mv[i] = k < T_ ? mrow[k] : 0.0f;
+  }
+  unsigned bits = 0u;
+#pragma unroll
+  for (int i = 0; i < MPT; ++i) {
+    const int k = tid + i * NTH;
+    if (k < T_ && mv[i] > PAD_MASK) bits |= 1u << (k / BK);
+    Mrow[k] = k < T_ ? fmaxf(mv[i] * LOG2E_F, -FLT_MAX_F) : NEG_INF;
+  }
+  bits = __reduce_or_sync(0xffffffffu, bits);
+  if (lane == 0) Lw[w] = bits;
+}
+
 // Key tile jt -> buffer bf of KV (K and V, cp.async, zero rows beyond T): LOAD_KV_TILE_U without
 // the mask. Expects in scope tid, NTH, base, rs, C, T_, BK, D, KV.
 #define LOAD_KV_TILE_P(jt, bf)                                                             \
@@ -904,7 +929,6 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
                                                bf16_t* __restrict__ out, int T_, int H, float scale,
                                                Dropout dr = Dropout{}) {
   constexpr int D = 64, BQ = 16 * NW, BK = 64, DP = D + 8, NTH = 32 * NW;
-  constexpr int MPT = FA2P_MAXT / NTH;  // mask entries per thread
   constexpr bool ALIAS_Q = NW == 8;     // Q tile over buffer 1 (its K and V: the same 2 BK rows)
   static_assert(!ALIAS_Q || BQ == 2 * BK, "Q tile = buffer 1");
   __shared__ __align__(16) bf16_t KV[2][2][BK][DP];  // [buffer][K, V][key][column]
@@ -933,22 +957,8 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
   cp_async_commit();
   LOAD_KV_TILE_P(0, 0);
   cp_async_commit();
-  // the mask row, meanwhile: MPT independent loads per thread, then Mrow and the live bits
-  float mv[MPT];
-#pragma unroll
-  for (int i = 0; i < MPT; ++i) {
-    const int k = tid + i * NTH;
-    mv[i] = k < T_ ? mrow[k] : 0.0f;
-  }
-  unsigned bits = 0u;
-#pragma unroll
-  for (int i = 0; i < MPT; ++i) {
-    const int k = tid + i * NTH;
-    if (k < T_ && mv[i] > PAD_MASK) bits |= 1u << (k / BK);
-    Mrow[k] = k < T_ ? fmaxf(mv[i] * LOG2E_F, -FLT_MAX_F) : NEG_INF;
-  }
-  bits = __reduce_or_sync(0xffffffffu, bits);
-  if (lane == 0) Lw[w] = bits;
+  // the mask row, meanwhile: Mrow and the live bits
+  mask_row_live<NTH, BK>(mrow, T_, Mrow, Lw, tid, lane, w);
   cp_async_wait1();  // the Q tile (this thread's part)
   __syncthreads();   // ... everyone's, and Mrow, Lw
   unsigned live = 0u;
@@ -1030,6 +1040,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_
 // (fence.proxy.async.shared::cta) before the barrier that precedes the wgmma.
 // Elsewhere than sm_90a the entry points exist but trap; the host launches them on sm_90 only.
 #define WG_CORE(r, c8) ((((r) >> 3) * 8 + (c8)) * 64 + ((r) & 7) * 8)  // element offset of (row r, dims 8 c8..)
+// The 32 accumulators of a 64 x 64 wgmma (float x[8][4], mma.sync's layout) as asm operands %0-%31
+#define WG_ACC32(x)                                                                                               \
+  "+f"(x[0][0]), "+f"(x[0][1]), "+f"(x[0][2]), "+f"(x[0][3]), "+f"(x[1][0]), "+f"(x[1][1]), "+f"(x[1][2]),         \
+      "+f"(x[1][3]), "+f"(x[2][0]), "+f"(x[2][1]), "+f"(x[2][2]), "+f"(x[2][3]), "+f"(x[3][0]), "+f"(x[3][1]),     \
+      "+f"(x[3][2]), "+f"(x[3][3]), "+f"(x[4][0]), "+f"(x[4][1]), "+f"(x[4][2]), "+f"(x[4][3]), "+f"(x[5][0]),     \
+      "+f"(x[5][1]), "+f"(x[5][2]), "+f"(x[5][3]), "+f"(x[6][0]), "+f"(x[6][1]), "+f"(x[6][2]), "+f"(x[6][3]),     \
+      "+f"(x[7][0]), "+f"(x[7][1]), "+f"(x[7][2]), "+f"(x[7][3])
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ unsigned long long wg_desc(const void* p) {
@@ -1058,11 +1075,7 @@ __device__ __forceinline__ void wg_qk(float (&s)[8][4], unsigned long long dq, u
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
         "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(s[0][0]), "+f"(s[0][1]), "+f"(s[0][2]), "+f"(s[0][3]), "+f"(s[1][0]), "+f"(s[1][1]), "+f"(s[1][2]),
-          "+f"(s[1][3]), "+f"(s[2][0]), "+f"(s[2][1]), "+f"(s[2][2]), "+f"(s[2][3]), "+f"(s[3][0]), "+f"(s[3][1]),
-          "+f"(s[3][2]), "+f"(s[3][3]), "+f"(s[4][0]), "+f"(s[4][1]), "+f"(s[4][2]), "+f"(s[4][3]), "+f"(s[5][0]),
-          "+f"(s[5][1]), "+f"(s[5][2]), "+f"(s[5][3]), "+f"(s[6][0]), "+f"(s[6][1]), "+f"(s[6][2]), "+f"(s[6][3]),
-          "+f"(s[7][0]), "+f"(s[7][1]), "+f"(s[7][2]), "+f"(s[7][3])
+        : WG_ACC32(s)
         : "l"(dq + 16ull * ks), "l"(dk + 16ull * ks), "r"(ks));
   }
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -1097,11 +1110,7 @@ __device__ __forceinline__ void wg_pv(float (&o)[8][4], unsigned (&pa)[4][4], un
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
         "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(o[0][0]), "+f"(o[0][1]), "+f"(o[0][2]), "+f"(o[0][3]), "+f"(o[1][0]), "+f"(o[1][1]), "+f"(o[1][2]),
-          "+f"(o[1][3]), "+f"(o[2][0]), "+f"(o[2][1]), "+f"(o[2][2]), "+f"(o[2][3]), "+f"(o[3][0]), "+f"(o[3][1]),
-          "+f"(o[3][2]), "+f"(o[3][3]), "+f"(o[4][0]), "+f"(o[4][1]), "+f"(o[4][2]), "+f"(o[4][3]), "+f"(o[5][0]),
-          "+f"(o[5][1]), "+f"(o[5][2]), "+f"(o[5][3]), "+f"(o[6][0]), "+f"(o[6][1]), "+f"(o[6][2]), "+f"(o[6][3]),
-          "+f"(o[7][0]), "+f"(o[7][1]), "+f"(o[7][2]), "+f"(o[7][3])
+        : WG_ACC32(o)
         : "r"(pa[kk][0]), "r"(pa[kk][1]), "r"(pa[kk][2]), "r"(pa[kk][3]), "l"(dv + 128ull * kk), "r"(1));
   }
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -1116,7 +1125,6 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
                                                 Dropout dr = Dropout{}) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int D = 64, BQ = 64, BK = 64, DP = D + 8, NTH = 128, NW = 4;
-  constexpr int MPT = FA2P_MAXT / NTH;  // mask entries per thread
   __shared__ __align__(128) bf16_t Qc[BQ * D];      // Q tile, core-matrix layout (WG_CORE)
   __shared__ __align__(128) bf16_t Kc[2][BK * D];   // K tiles, core-matrix layout
   // V tiles: rows for ldmatrix.trans, or (PV) the WG_CORE layout for the wgmma of O += P V
@@ -1154,21 +1162,7 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
   load_kv(0, 0);
   cp_async_commit();
   // the mask row meanwhile (as attention_fa2p)
-  float mv[MPT];
-#pragma unroll
-  for (int i = 0; i < MPT; ++i) {
-    const int k = tid + i * NTH;
-    mv[i] = k < T_ ? mrow[k] : 0.0f;
-  }
-  unsigned bits = 0u;
-#pragma unroll
-  for (int i = 0; i < MPT; ++i) {
-    const int k = tid + i * NTH;
-    if (k < T_ && mv[i] > PAD_MASK) bits |= 1u << (k / BK);
-    Mrow[k] = k < T_ ? fmaxf(mv[i] * LOG2E_F, -FLT_MAX_F) : NEG_INF;
-  }
-  bits = __reduce_or_sync(0xffffffffu, bits);
-  if (lane == 0) Lw[w] = bits;
+  mask_row_live<NTH, BK>(mrow, T_, Mrow, Lw, tid, lane, w);
   __syncthreads();  // Mrow, Lw
   unsigned live = 0u;
 #pragma unroll

@@ -376,6 +376,12 @@ def wg_desc(addr):
     return ((addr & 0x3FFFF) >> 4) | ((128 >> 4) << 16) | ((1024 >> 4) << 32)
 
 
+def acc_rc(w, nt, e):
+    """(rows, columns) of accumulator register 4 nt + e of warp w's 32 lanes in a 64 x N wgmma
+    result: mma.sync's m16n8 layout, warp w on rows 16 w .. 16 w + 15 (CUTLASS's CLayout_64xN)."""
+    return 16 * w + G + 8 * (e // 2), 8 * nt + 2 * Q4 + (e % 2)
+
+
 def wgmma_ss(smem, da, db, s, scale_d):
     """wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 with A (64 x 16) and B (64 x 16, the
     N x K form of K-major B) read from smem (2-byte elements) through no-swizzle K-major
@@ -393,9 +399,8 @@ def wgmma_ss(smem, da, db, s, scale_d):
     for w in range(4):
         for nt in range(8):
             for e in range(4):
-                row, col = 16 * w + G + 8 * (e // 2), 8 * nt + 2 * Q4 + (e % 2)
                 acc = s[w, nt, :, e].astype(np.float64) if scale_d else 0.0
-                s[w, nt, :, e] = (D[row, col] + acc).astype(np.float32)
+                s[w, nt, :, e] = (D[acc_rc(w, nt, e)] + acc).astype(np.float32)
 
 
 def wg_desc_v(addr):
@@ -424,8 +429,7 @@ def wgmma_rs(smem, pas, dv, states):
     for w, st in enumerate(states):
         for nt in range(8):
             for e in range(4):
-                row, col = 16 * w + G + 8 * (e // 2), 8 * nt + 2 * Q4 + (e % 2)
-                st["o"][nt][:, e] = (D[row, col] + st["o"][nt][:, e].astype(np.float64)).astype(np.float32)
+                st["o"][nt][:, e] = (D[acc_rc(w, nt, e)] + st["o"][nt][:, e].astype(np.float64)).astype(np.float32)
 
 
 def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None, pv=False):

@@ -426,19 +426,25 @@ pub fn check(
                     )?);
                 }
             }
-            for &kern in &named {
-                let got = ops::attention_with(&qkv, &mask, h, kern)?;
-                rows.push(compare(
-                    &format!("attention[{kern}]"),
-                    dtype,
-                    shape.clone(),
-                    "candle reference",
-                    &got,
-                    &want,
-                )?);
-            }
+            // each named kernel on mask m against the reference `want`
+            let named_rows = |rows: &mut Rows<CheckRow>, m: &Tensor, want: &Tensor, shape: &str| {
+                for &kern in &named {
+                    let got = ops::attention_with(&qkv, m, h, kern)?;
+                    rows.push(compare(
+                        &format!("attention[{kern}]"),
+                        dtype,
+                        shape.to_string(),
+                        "candle reference",
+                        &got,
+                        want,
+                    )?);
+                }
+                Ok::<(), candle_core::Error>(())
+            };
+            named_rows(&mut rows, &mask, &want, &shape)?;
             // keys padded before and between the valid ones (T >= 128): the key-tile skipping,
-            // and fa2v3 / fa2w8v3, which process key tile 0 even when it is all padding
+            // and fa2v3 / fa2w8v3 / fa2wg / fa2wg2, which process key tile 0 even when it is all
+            // padding
             if t >= 128 && (sel.has(Part::Attention) || !named.is_empty()) {
                 let gap = lead_gap_mask(b, t, dev)?;
                 let want = reference::attention(&qkv, &gap, h)?;
@@ -454,17 +460,7 @@ pub fn check(
                         &want,
                     )?);
                 }
-                for &kern in &named {
-                    let got = ops::attention_with(&qkv, &gap, h, kern)?;
-                    rows.push(compare(
-                        &format!("attention[{kern}]"),
-                        dtype,
-                        shape.clone(),
-                        "candle reference",
-                        &got,
-                        &want,
-                    )?);
-                }
+                named_rows(&mut rows, &gap, &want, &shape)?;
             }
             // Part `dropout`: dropout on the probabilities inside the kernel (p = 0.1, Philox
             // mask) through the default kernel where it has a dropout variant (always on the
