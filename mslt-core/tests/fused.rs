@@ -95,51 +95,73 @@ fn fused_frozen_layers_match_the_candle_path() {
     }
 }
 
+/// A stage-step case: the config, weights from `seed`, the input, MLM labels at the positions
+/// `label` maps to a token id (else -100), and the NSP labels.
+fn step_case(
+    seed: u64,
+    label: impl Fn(i64) -> Option<i64>,
+    nsp: [u32; 2],
+) -> (BertConfig, Params, BertInput, MlmTargets, Tensor) {
+    let cfg = config();
+    let w = init_all(&cfg, &mut Rng::new(seed), &Device::Cpu).unwrap();
+    let params = Params::from_tensors(&w).unwrap();
+    let x = input(&cfg);
+    let labels: Vec<i64> = (0..32).map(|k| label(k).unwrap_or(-100)).collect();
+    let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, &Device::Cpu).unwrap();
+    let nsp = Tensor::new(&nsp, &Device::Cpu).unwrap();
+    (cfg, params, x, mlm, nsp)
+}
+
+/// One training step of stage 1 of `two_stages()` (layers 0-1 and the embeddings frozen, layer 2
+/// and the heads train), the step's RNG from `rng_seed`: the loss and the gradient of every
+/// trainable variable (each must have one). `fused`: the frozen layers on the fused ops (the two
+/// of them, asserted); `prepare` sets the model up further before the step.
+fn stage_step(
+    (cfg, params, x, mlm, nsp): &(BertConfig, Params, BertInput, MlmTargets, Tensor),
+    rng_seed: u64,
+    fused: bool,
+    frozen_dropout: bool,
+    prepare: impl FnOnce(&mut BertForPreTraining),
+) -> (f32, Vec<(String, Tensor)>) {
+    let stages = two_stages();
+    let (mut model, named) = stage_model(cfg, params, &stages[1]).unwrap();
+    model.frozen_dropout = frozen_dropout;
+    if fused {
+        let opts = FusedOptions {
+            dtype: DType::F32,
+            allow_cpu: true,
+        };
+        assert_eq!(
+            model.use_fused_kernels(opts).unwrap(),
+            2,
+            "only the frozen layers"
+        );
+    }
+    prepare(&mut model);
+    let mut rng = Rng::new(rng_seed);
+    let l = model
+        .pretraining_loss(x, mlm, Some(nsp), &mut Mode::Train(&mut rng))
+        .unwrap();
+    let g = l.loss.backward().unwrap();
+    let grads: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                g.get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{k}: no gradient"))
+                    .clone(),
+            )
+        })
+        .collect();
+    (l.loss.to_scalar::<f32>().unwrap(), grads)
+}
+
 #[test]
 fn an_mslt_stage_with_fused_frozen_layers_trains_the_same() {
-    let cfg = config();
-    let w = init_all(&cfg, &mut Rng::new(5), &Device::Cpu).unwrap();
-    let params = Params::from_tensors(&w).unwrap();
-    let stages = two_stages();
-    let stage = &stages[1]; // layers 0-1 and the embeddings frozen, layer 2 + heads train
-    let x = input(&cfg);
-    let labels: Vec<i64> = (0..32)
-        .map(|k| if k % 5 == 1 { 7 + k } else { -100 })
-        .collect();
-    let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, &Device::Cpu).unwrap();
-    let nsp = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
-    let loss_and_grads = |fused: bool, frozen_dropout: bool| {
-        let (mut model, named) = stage_model(&cfg, &params, stage).unwrap();
-        model.frozen_dropout = frozen_dropout;
-        if fused {
-            let opts = FusedOptions {
-                dtype: DType::F32,
-                allow_cpu: true,
-            };
-            assert_eq!(
-                model.use_fused_kernels(opts).unwrap(),
-                2,
-                "only the frozen layers"
-            );
-        }
-        let mut rng = Rng::new(9);
-        let l = model
-            .pretraining_loss(&x, &mlm, Some(&nsp), &mut Mode::Train(&mut rng))
-            .unwrap();
-        let g = l.loss.backward().unwrap();
-        let grads: Vec<(String, Tensor)> = named
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    g.get(v.as_tensor())
-                        .unwrap_or_else(|| panic!("{k}: no gradient"))
-                        .clone(),
-                )
-            })
-            .collect();
-        (l.loss.to_scalar::<f32>().unwrap(), grads)
-    };
+    let case = step_case(5, |k| (k % 5 == 1).then_some(7 + k), [0, 1]);
+    let loss_and_grads =
+        |fused: bool, frozen_dropout: bool| stage_step(&case, 9, fused, frozen_dropout, |_| {});
     // Frozen dropout off: every frozen op fused. On: the fused layers draw BERT's three dropouts
     // from the same RNG in the same order as the Candle layers, so the step is the same too.
     let mut losses = Vec::new();
@@ -282,36 +304,9 @@ fn encode_frozen_is_the_forward_only_part_of_a_stage() {
 #[test]
 fn attention_dropout_in_the_kernel_matches_its_reference_in_a_stage_step() {
     use mslt_core::model::AttentionDropout;
-    let cfg = config();
-    let w = init_all(&cfg, &mut Rng::new(15), &Device::Cpu).unwrap();
-    let params = Params::from_tensors(&w).unwrap();
-    let stages = two_stages();
-    let x = input(&cfg);
-    let labels: Vec<i64> = (0..32)
-        .map(|k| if k % 3 == 1 { 11 + k } else { -100 })
-        .collect();
-    let mlm = MlmTargets::from_labels(&labels, cfg.vocab_size, &Device::Cpu).unwrap();
-    let nsp = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
-    let step = |a: AttentionDropout| {
-        let (mut model, named) = stage_model(&cfg, &params, &stages[1]).unwrap();
-        model.frozen_dropout = true;
-        let opts = FusedOptions {
-            dtype: DType::F32,
-            allow_cpu: true,
-        };
-        assert_eq!(model.use_fused_kernels(opts).unwrap(), 2);
-        model.set_attention_dropout(a);
-        let mut rng = Rng::new(31);
-        let l = model
-            .pretraining_loss(&x, &mlm, Some(&nsp), &mut Mode::Train(&mut rng))
-            .unwrap();
-        let g = l.loss.backward().unwrap();
-        let grads: Vec<(String, Tensor)> = named
-            .iter()
-            .map(|(k, v)| (k.clone(), g.get(v.as_tensor()).unwrap().clone()))
-            .collect();
-        (l.loss.to_scalar::<f32>().unwrap(), grads)
-    };
+    let case = step_case(15, |k| (k % 3 == 1).then_some(11 + k), [1, 0]);
+    let step =
+        |a: AttentionDropout| stage_step(&case, 31, true, true, |m| m.set_attention_dropout(a));
     let (l_ref, g_ref) = step(AttentionDropout::Reference);
     let (l_kernel, g_kernel) = step(AttentionDropout::Kernel);
     compare_step(true, (l_ref, &g_ref), (l_kernel, &g_kernel));
