@@ -995,32 +995,24 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
   store_rows<bf16_t, true>(o[0], l[0][0], l[0][1], out, b, T_, C, h * D, q0 + w * 16 + g, q4);
 }
 
-// Launch: grid (ceil(T / 64), H, B), block 128, T <= 512; at most 128 registers (4 blocks per SM).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v3(const bf16_t* qkv, const float* mask,
-                                                                                bf16_t* out, int T_, int H, float scale) {
-  attention_fa2p<4>(qkv, mask, out, T_, H, scale);
-}
+// An attention_fa2p / attention_fa2wg entry point NAME (FN<A, false>) and its twin NAME_dropout
+// (FN<A, true>, dropout on the probabilities, see Dropout), launched alike: NTH threads, at least
+// MINB blocks per SM (128 registers per thread).
+#define FA2_ENTRY_PAIR(NAME, NTH, MINB, FN, A)                                                          \
+  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
+      NAME(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale) {             \
+    FN<A, false>(qkv, mask, out, T_, H, scale);                                                          \
+  }                                                                                                      \
+  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
+      NAME##_dropout(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale,      \
+                     unsigned long long seed, unsigned thr, float keep_scale) {                          \
+    FN<A, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale}); \
+  }
 
-// attention_fwd_bf16_d64_fa2_v3 with dropout on the probabilities (see Dropout): launch as it.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v3_dropout(
-    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
-    unsigned thr, float keep_scale) {
-  attention_fa2p<4, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
-}
-
-// Launch: grid (ceil(T / 128), H, B), block 256, T <= 512; at most 128 registers (2 blocks per SM).
-extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8v3(const bf16_t* qkv,
-                                                                                    const float* mask, bf16_t* out,
-                                                                                    int T_, int H, float scale) {
-  attention_fa2p<8>(qkv, mask, out, T_, H, scale);
-}
-
-// attention_fwd_bf16_d64_fa2_w8v3 with dropout on the probabilities (see Dropout): launch as it.
-extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8v3_dropout(
-    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
-    unsigned thr, float keep_scale) {
-  attention_fa2p<8, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
-}
+// Launch: grid (ceil(T / 64), H, B), block 128, T <= 512 (4 blocks per SM).
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_v3, 128, 4, attention_fa2p, 4)
+// Launch: grid (ceil(T / 128), H, B), block 256, T <= 512 (2 blocks per SM).
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_w8v3, 256, 2, attention_fa2p, 8)
 
 // ---------------------------------------------------------------------------------------------
 // attention_fwd_bf16_d64_fa2_wg ("fa2wg"; Hopper, compiled for sm_90a; T <= 512): fa2v3 with
@@ -1213,36 +1205,11 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
 }
 
 // Launch: grid (ceil(T / 64), H, B), block 128 (one warpgroup), T <= 512; module compiled for
-// sm_90a.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg(const bf16_t* qkv, const float* mask,
-                                                                                bf16_t* out, int T_, int H, float scale) {
-  attention_fa2wg<false>(qkv, mask, out, T_, H, scale);
-}
-
-// attention_fwd_bf16_d64_fa2_wg with dropout on the probabilities (see Dropout): launch as it.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg_dropout(
-    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
-    unsigned thr, float keep_scale) {
-  attention_fa2wg<false, true>(qkv, mask, out, T_, H, scale,
-                               Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
-}
-
-// attention_fwd_bf16_d64_fa2_wg2 ("fa2wg2"): fa2wg with O += P V on wgmma too (P from registers,
-// V N-major from shared memory, wg_pv): every product of the tile on the warpgroup tensor cores.
-// Launch as attention_fwd_bf16_d64_fa2_wg.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg2(const bf16_t* qkv,
-                                                                                 const float* mask, bf16_t* out,
-                                                                                 int T_, int H, float scale) {
-  attention_fa2wg<true>(qkv, mask, out, T_, H, scale);
-}
-
-// attention_fwd_bf16_d64_fa2_wg2 with dropout on the probabilities (see Dropout): launch as it.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_wg2_dropout(
-    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
-    unsigned thr, float keep_scale) {
-  attention_fa2wg<true, true>(qkv, mask, out, T_, H, scale,
-                              Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
-}
+// sm_90a. attention_fwd_bf16_d64_fa2_wg2 ("fa2wg2"): fa2wg with O += P V on wgmma too (P from
+// registers, V N-major from shared memory, wg_pv): every product of the tile on the warpgroup
+// tensor cores; launched as fa2wg.
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_wg, 128, 4, attention_fa2wg, false)
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_wg2, 128, 4, attention_fa2wg, true)
 
 // ---------------------------------------------------------------------------------------------
 // attention_fwd_f32_d64_tf32x3: f32 attention (D = 64) on tensor cores with the 3xTF32 split

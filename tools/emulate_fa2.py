@@ -294,6 +294,14 @@ def softmax_pack(st, s, ms, BK, sl2, q0, j, h, b, drop):
 MAXT = 512  # FA2P_MAXT
 
 
+def pre_setup(qkv, mask, b, h, H, scale, BK):
+    """What attention_fa2p and attention_fa2wg set up for (batch b, head h), T <= MAXT: T, C,
+    the head's columns of qkv, the mask row, scale * log2(e) and the number of key tiles."""
+    T = qkv.shape[1]
+    assert T <= MAXT
+    return T, H * D, qkv[b][:, h * D:], mask[b], np.float32(scale * LOG2E), (T + BK - 1) // BK
+
+
 def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, neg=None):
     """attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4; _w8v3, NW = 8), one block: the Q
     tile and key tile 0 (buffer 0) requested together, with NW = 8 the Q tile over buffer 1 (its
@@ -303,13 +311,7 @@ def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, neg=None):
     control, "tile0_buf1" (tile 0 loaded into buffer 1) or "tile1_before_q" (tile 1 loaded into
     buffer 1 before the Q fragments are read: over the Q tile with NW = 8)."""
     BQ, BK, NTH = 16 * NW, 64, 32 * NW
-    T = qkv.shape[1]
-    assert T <= MAXT
-    C = H * D
-    base = qkv[b][:, h * D:]
-    mrow = mask[b]
-    sl2 = np.float32(scale * LOG2E)
-    ntiles = (T + BK - 1) // BK
+    T, C, base, mrow, sl2, ntiles = pre_setup(qkv, mask, b, h, H, scale, BK)
     KV = np.full((2, 2, BK, DP), np.nan, np.float32)  # [buffer][K, V]; NaN: never written
     Qs = KV[1].reshape(2 * BK, DP) if NW == 8 else np.full((BQ, DP), np.nan, np.float32)
     assert NW != 8 or np.shares_memory(Qs, KV[1])
@@ -440,13 +442,7 @@ def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None, pv=False):
     "desc_lbo_sbo" (Q/K descriptors with LBO and SBO swapped) or "desc_v" (V read through K's
     K-major descriptor and k-step)."""
     BQ, BK, NTH, NW = 64, 64, 128, 4
-    T = qkv.shape[1]
-    assert T <= MAXT
-    C = H * D
-    base = qkv[b][:, h * D:]
-    mrow = mask[b]
-    sl2 = np.float32(scale * LOG2E)
-    ntiles = (T + BK - 1) // BK
+    T, C, base, mrow, sl2, ntiles = pre_setup(qkv, mask, b, h, H, scale, BK)
     # Qc at byte 0, Kc at 8192 / 16384, Vc (pv) at 24576 / 32768; NaN past them (a wrong descriptor reads it)
     smem = np.full(32768, np.nan, np.float32)
     QC, KC, VC = 0, (8192, 16384), (24576, 32768)

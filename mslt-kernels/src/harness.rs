@@ -403,54 +403,17 @@ pub fn check(
             let qkv = randn(&[b, t, 3 * c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
             let mask = padding_mask(b, t, i as u64 + 1, dev)?;
             let shape = format!("B{b} T{t} H{h} D{d}");
-            let want = reference::attention(&qkv, &mask, h)?;
-            if sel.has(Part::Attention) {
-                let got = ops::attention(&qkv, &mask, h)?;
-                rows.push(compare(
-                    "attention",
-                    dtype,
-                    shape.clone(),
-                    "candle reference",
-                    &got,
-                    &want,
-                )?);
-                if small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
-                    let on_cpu = ops::attention(&qkv.to_device(&cpu)?, &mask.to_device(&cpu)?, h)?;
-                    rows.push(compare(
-                        "attention",
-                        dtype,
-                        shape.clone(),
-                        "cpu op",
-                        &got,
-                        &on_cpu,
-                    )?);
-                }
-            }
-            // each named kernel on mask m against the reference `want`
-            let named_rows = |rows: &mut Rows<CheckRow>, m: &Tensor, want: &Tensor, shape: &str| {
-                for &kern in &named {
-                    let got = ops::attention_with(&qkv, m, h, kern)?;
-                    rows.push(compare(
-                        &format!("attention[{kern}]"),
-                        dtype,
-                        shape.to_string(),
-                        "candle reference",
-                        &got,
-                        want,
-                    )?);
-                }
-                Ok::<(), candle_core::Error>(())
-            };
-            named_rows(&mut rows, &mask, &want, &shape)?;
-            // keys padded before and between the valid ones (T >= 128): the key-tile skipping,
-            // and fa2v3 / fa2w8v3 / fa2wg / fa2wg2, which process key tile 0 even when it is all
-            // padding
+            // the padded mask, and (T >= 128) keys padded before and between the valid ones:
+            // the key-tile skipping, and fa2v3 / fa2w8v3 / fa2wg / fa2wg2, which process key
+            // tile 0 even when it is all padding
+            let mut masks = vec![(mask.clone(), shape.clone())];
             if t >= 128 && (sel.has(Part::Attention) || !named.is_empty()) {
-                let gap = lead_gap_mask(b, t, dev)?;
-                let want = reference::attention(&qkv, &gap, h)?;
-                let shape = format!("{shape} lead/gap pad");
+                masks.push((lead_gap_mask(b, t, dev)?, format!("{shape} lead/gap pad")));
+            }
+            for (n, (m, shape)) in masks.iter().enumerate() {
+                let want = reference::attention(&qkv, m, h)?;
                 if sel.has(Part::Attention) {
-                    let got = ops::attention(&qkv, &gap, h)?;
+                    let got = ops::attention(&qkv, m, h)?;
                     rows.push(compare(
                         "attention",
                         dtype,
@@ -459,8 +422,29 @@ pub fn check(
                         &got,
                         &want,
                     )?);
+                    if n == 0 && small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
+                        let on_cpu = ops::attention(&qkv.to_device(&cpu)?, &m.to_device(&cpu)?, h)?;
+                        rows.push(compare(
+                            "attention",
+                            dtype,
+                            shape.clone(),
+                            "cpu op",
+                            &got,
+                            &on_cpu,
+                        )?);
+                    }
                 }
-                named_rows(&mut rows, &gap, &want, &shape)?;
+                for &kern in &named {
+                    let got = ops::attention_with(&qkv, m, h, kern)?;
+                    rows.push(compare(
+                        &format!("attention[{kern}]"),
+                        dtype,
+                        shape.clone(),
+                        "candle reference",
+                        &got,
+                        &want,
+                    )?);
+                }
             }
             // Part `dropout`: dropout on the probabilities inside the kernel (p = 0.1, Philox
             // mask) through the default kernel where it has a dropout variant (always on the
