@@ -105,7 +105,7 @@ if [ "$DROP_OK" = 1 ]; then
     MSLT_ATTENTION_DROPOUT=kernel run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --frozen-dtype "$dt" \
       --json "$OUT/json/bench-base-dropout-on-fused-$dt-kernel-dropout.json"
     step "bench base, frozen dropout on, fused $dt frozen layers, attention dropout on Candle ops"
-    run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --frozen-dtype "$dt" \
+    MSLT_ATTENTION_DROPOUT=candle run 60 "$BIN" "${BASE[@]}" --frozen-dropout on --kernels fused --frozen-dtype "$dt" \
       --json "$OUT/json/bench-base-dropout-on-fused-$dt.json"
   done
 fi

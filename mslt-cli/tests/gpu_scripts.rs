@@ -73,6 +73,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         1
     );
     assert_eq!(ran("MSLT_ATTENTION_DROPOUT=kernel bench"), 2, "{all}");
+    // the kernel is the default on a GPU: the Candle rows name theirs
+    assert_eq!(ran("MSLT_ATTENTION_DROPOUT=candle bench"), 2, "{all}");
     for k in ["fa2v2", "fa2w8"] {
         assert_eq!(
             ran(&format!("--only named --attention-kernels {k} ")),

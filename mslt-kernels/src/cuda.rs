@@ -11,10 +11,12 @@ use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOpt
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// PTX per (file, arch).
-static PTX: OnceLock<Mutex<HashMap<(&'static str, String), String>>> = OnceLock::new();
+/// PTX per (file, arch). Shared (`Arc`), not copied: every launch looks its function up through
+/// here, and attention.cu's PTX is over 1 MB, so a copy per launch cost about 170 us of host time
+/// per attention call (GPU run 7, where it set a floor under every attention timing).
+static PTX: OnceLock<Mutex<HashMap<(&'static str, String), Arc<str>>>> = OnceLock::new();
 
 /// CUDA include directories to hand NVRTC (the sources need none; kept for user edits).
 fn include_paths() -> Vec<String> {
@@ -49,11 +51,11 @@ pub fn arch(dev: &CudaDevice) -> Result<String> {
 }
 
 /// Compiles `src` for `arch` with NVRTC (cached per process).
-pub fn ptx(src: &Source, arch: &str) -> std::result::Result<String, KernelError> {
+pub fn ptx(src: &Source, arch: &str) -> std::result::Result<Arc<str>, KernelError> {
     let cache = PTX.get_or_init(|| Mutex::new(HashMap::new()));
     let key = (src.file, arch.to_string());
     if let Some(p) = cache.lock().expect("ptx cache").get(&key) {
-        return Ok(p.clone());
+        return Ok(Arc::clone(p));
     }
     let options = vec![format!("--gpu-architecture={arch}")];
     let opts = CompileOptions {
@@ -69,7 +71,8 @@ pub fn ptx(src: &Source, arch: &str) -> std::result::Result<String, KernelError>
             log: format!("{e:?}"),
         })?
         .to_src();
-    cache.lock().expect("ptx cache").insert(key, p.clone());
+    let p: Arc<str> = p.into();
+    cache.lock().expect("ptx cache").insert(key, Arc::clone(&p));
     Ok(p)
 }
 

@@ -309,9 +309,10 @@ impl std::fmt::Display for AttentionKernel {
 /// The CUDA attention kernel that runs for head dim `d` and sequence length `t`. An explicit
 /// choice must fit the inputs (an error otherwise); `Auto` takes `env` (the value of
 /// `MSLT_ATTENTION`) where it fits, else the default. With D = 64 and 16-byte aligned rows that
-/// is, for bf16, `Fa2W8` from T = 256 on and `Fa2V2` below (on the H100, run 6: fa2w8 took 1-7%
-/// less time than fa2v2 at every T = 512 shape, fa2v2 3-7% less than fa2w8 at T = 128; T = 256
-/// was not measured), and `Tf32x3` for f32; else the CUDA-core kernel.
+/// is, for bf16, `Fa2W8V3` from T = 256 to 512, `Fa2W8` beyond and `Fa2V2` below 256 (on the
+/// H100: run 6, fa2w8 took 1-7% less time than fa2v2 at every T = 512 shape, fa2v2 3-7% less
+/// than fa2w8 at T = 128; run 7, fa2w8v3 took 7-14% less than fa2w8 at every B >= 128, T = 512
+/// shape, padded or not), and `Tf32x3` for f32; else the CUDA-core kernel.
 pub fn resolve_attention_kernel(
     want: AttentionKernel,
     env: Option<&str>,
@@ -323,9 +324,15 @@ pub fn resolve_attention_kernel(
     use AttentionKernel::*;
     // the tensor-core kernels load 16-byte vectors; simt has no alignment need
     let fits = |k: AttentionKernel| k.fits(dtype, d, t) && (aligned || matches!(k, Auto | Simt));
-    let bf16 = if t >= 256 { Fa2W8 } else { Fa2V2 };
-    let default = [bf16, Tf32x3]
-        .into_iter()
+    let bf16: &[AttentionKernel] = if t >= 256 {
+        &[Fa2W8V3, Fa2W8]
+    } else {
+        &[Fa2V2]
+    };
+    let default = bf16
+        .iter()
+        .copied()
+        .chain([Tf32x3])
         .find(|&k| fits(k))
         .unwrap_or(Simt);
     match (want, env) {

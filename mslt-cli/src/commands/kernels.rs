@@ -271,7 +271,10 @@ fn model_check(
     plain_d.frozen_dropout = true;
     let last = cfg.num_hidden_layers;
     if model {
-        let fused_d = fused(&plain_d, DType::F32)?;
+        // attention dropout on Candle ops, so that the fused layers draw what the Candle model
+        // draws (on a GPU the default is the kernel's Philox draw, checked below)
+        let mut fused_d = fused(&plain_d, DType::F32)?;
+        fused_d.set_attention_dropout(mslt_core::model::AttentionDropout::Candle);
         let (want, got) = (run(&plain_d)?, run(&fused_d)?);
         let mut row = harness::compare(
             "layers + dropout",
