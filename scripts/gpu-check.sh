@@ -90,7 +90,7 @@ step "torch timings"
 run 120 "$PY" tools/torch_kernels.py --json "$OUT/json/torch.json" > /dev/null
 # base benches, most informative first: the default bf16 frozen layers, then each new kernel
 # that passed; the rows run 5 measured last (GPU_CHECK_QUICK=1 skips them)
-step "bench base, frozen dropout off, kernels fused, frozen layers bf16 (attention: the default, fa2v2 at T = 128)"
+step "bench base, frozen dropout off, kernels fused, frozen layers bf16 (attention: the default, fa2v3 at T = 128)"
 run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 --json "$OUT/json/bench-base-fused-bf16.json"
 for k in ${BENCH_OK[@]+"${BENCH_OK[@]}"}; do
   step "bench base, fused bf16 frozen layers, attention kernel $k (MSLT_ATTENTION=$k)"

@@ -182,32 +182,37 @@ pub enum AttentionKernel {
     /// `Fa2` with fewer instructions per key tile (`attention_fwd_bf16_d64_fa2_v2`): the
     /// probabilities packed to bf16 by `cvt.rn.bf16x2.f32` (the same rounding), the K/V tile loads
     /// unrolled at compile time, the Q fragments read before the loop; 642 instead of 963 SASS
-    /// instructions in the loop per 64 mma on sm_90, 128 registers. The bf16 default below
-    /// T = 256: 0.82-0.99x the time of `Fa2` on the H100 (run 6).
+    /// instructions in the loop per 64 mma on sm_90, 128 registers. 0.82-0.99x the time of `Fa2`
+    /// on the H100 (run 6); the bf16 default below T = 256 until `Fa2V3` (run 8).
     Fa2V2,
     /// `Fa2V2` with 8 warps per block (128 query rows, key tiles of 64, the Q tile read into
     /// registers over the K buffers): each K/V tile serves twice the rows at the same registers
-    /// and occupancy (`attention_fwd_bf16_d64_fa2_w8`; 556 loop instructions). The bf16 default
-    /// from T = 256 on: 0.79-0.88x the time of `Fa2` at T = 512 on the H100 (run 6).
+    /// and occupancy (`attention_fwd_bf16_d64_fa2_w8`; 556 loop instructions). 0.79-0.88x the
+    /// time of `Fa2` at T = 512 on the H100 (run 6). The bf16 default beyond T = 512 (where
+    /// `Fa2W8V3` does not go).
     Fa2W8,
     /// `Fa2V2` with no global load on the critical path, for T <= 512
     /// (`attention_fwd_bf16_d64_fa2_v3`): the Q tile and the first K/V tile requested together,
     /// the mask row read once (into shared memory, with the live-tile bits) while they stream
     /// in, where `Fa2V2` waits one L2 round trip for each key tile's mask and runs a serial
     /// prologue (one load and barrier per key tile); output packed by `cvt.rn.bf16x2`. 594 loop
-    /// instructions per 64 mma on sm_90, 128 registers. Not yet run on a GPU.
+    /// instructions per 64 mma on sm_90, 128 registers. The bf16 default below T = 256: 0.89-0.92x
+    /// the time of `Fa2V2` at T = 128 on the H100 (run 8).
     Fa2V3,
     /// `Fa2W8` as `Fa2V3` (`attention_fwd_bf16_d64_fa2_w8v3`; T <= 512): the Q tile lies over
     /// the second K/V buffer, so the first K/V tile still streams in beside it. 530 loop
-    /// instructions. Not yet run on a GPU.
+    /// instructions. The bf16 default from T = 256 to 512: 0.80-0.94x the time of `Fa2W8` at
+    /// T = 256 and 512 on the H100 (run 8).
     Fa2W8V3,
     /// `Fa2V3` with S = Q K^T on Hopper's warpgroup tensor cores (`wgmma.mma_async`, Q and K
     /// read from shared memory through matrix descriptors; `attention_fwd_bf16_d64_fa2_wg`,
-    /// sm_90 only, T <= 512); the softmax and O += P V stay on `mma.sync`. Not yet run on a GPU.
+    /// sm_90 only, T <= 512); the softmax and O += P V stay on `mma.sync`. Correct on the H100
+    /// but slower: 1.21-1.27x the time of `Fa2V3` at B >= 128, T = 512 (run 7).
     Fa2Wg,
     /// `Fa2Wg` with O += P V on `wgmma` too (P from registers, V read from shared memory as the
     /// N-major operand; `attention_fwd_bf16_d64_fa2_wg2`, sm_90 only, T <= 512): every product
-    /// of a key tile on the warpgroup tensor cores. Not yet run on a GPU.
+    /// of a key tile on the warpgroup tensor cores. Correct on the H100 but slower still:
+    /// 1.60-1.65x the time of `Fa2V3` at B >= 128, T = 512 (run 7).
     Fa2Wg2,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
     /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64). The f32 default: within 1.2e-6 relative of
@@ -309,10 +314,11 @@ impl std::fmt::Display for AttentionKernel {
 /// The CUDA attention kernel that runs for head dim `d` and sequence length `t`. An explicit
 /// choice must fit the inputs (an error otherwise); `Auto` takes `env` (the value of
 /// `MSLT_ATTENTION`) where it fits, else the default. With D = 64 and 16-byte aligned rows that
-/// is, for bf16, `Fa2W8V3` from T = 256 to 512, `Fa2W8` beyond and `Fa2V2` below 256 (on the
-/// H100: run 6, fa2w8 took 1-7% less time than fa2v2 at every T = 512 shape, fa2v2 3-7% less
-/// than fa2w8 at T = 128; run 7, fa2w8v3 took 7-14% less than fa2w8 at every B >= 128, T = 512
-/// shape, padded or not), and `Tf32x3` for f32; else the CUDA-core kernel.
+/// is, for bf16, `Fa2V3` below T = 256, `Fa2W8V3` from 256 to 512 and `Fa2W8` beyond (on the
+/// H100, run 8, all in one run: at T = 128 fa2v3 took 7-11% less time than fa2v2, the previous
+/// default, and 1-5% less than fa2w8v3; at T = 256 and 512 fa2w8v3 took 6-20% less than fa2w8,
+/// the previous default, and 1-8% less than fa2v3), and `Tf32x3` for f32; else the CUDA-core
+/// kernel.
 pub fn resolve_attention_kernel(
     want: AttentionKernel,
     env: Option<&str>,
@@ -327,7 +333,7 @@ pub fn resolve_attention_kernel(
     let bf16: &[AttentionKernel] = if t >= 256 {
         &[Fa2W8V3, Fa2W8]
     } else {
-        &[Fa2V2]
+        &[Fa2V3, Fa2V2]
     };
     let default = bf16
         .iter()

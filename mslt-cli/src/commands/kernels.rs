@@ -290,7 +290,7 @@ fn model_check(
     }
     // Attention dropout inside the fused kernel (MSLT_ATTENTION_DROPOUT=kernel: the `_dropout`
     // entry points on a GPU, the CPU op here) against the same Philox draws through Candle ops,
-    // the other dropouts drawn alike; f32 (tf32x3) and bf16 (fa2v2 at T = 128).
+    // the other dropouts drawn alike; f32 (tf32x3) and bf16 (the default, fa2v3 at T = 128).
     for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 5e-2)]
         .into_iter()
         .filter(|_| dropout)
