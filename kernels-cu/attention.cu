@@ -365,6 +365,8 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // waits until at most one committed group is still in flight
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+// waits until every committed group has landed
+__device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Four 8x8 b16 matrices; lane l gives the address of row (l % 8) of matrix (l / 8). Lane t gets,
 // in r[m], elements (t / 4, 2 (t % 4) + {0, 1}) of matrix m, or with .trans (2 (t % 4) + {0, 1}, t / 4).
@@ -379,6 +381,39 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p))
                : "memory");
+}
+// The same three with the address already in the shared window (32 bits, smem_u32): the v4
+// kernels keep their tile addresses so, one base per tile plus constants, where a generic pointer
+// costs a 64-bit add, its carry and a move per ldmatrix / cp.async.
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+// A tile of rows of 72 bf16 (64 columns + 8 of padding) in shared memory, by its address in the
+// shared window (see above); tile_at: the address of element (r, c), for a tile given so or as
+// a pointer (then a generic pointer, as before).
+struct Tile72 {
+  unsigned a;
+};
+// (row, column) = (r + rl, c + cl): r, c the same for every lane (compile-time after unrolling),
+// rl, cl the lane's part, added to the base first so that r, c fold into the instruction's offset
+__device__ __forceinline__ unsigned tile_at(Tile72 t, int r, int c, int rl, int cl) {
+  return (t.a + (unsigned)(rl * 72 + cl) * 2u) + (unsigned)(r * 72 + c) * 2u;
+}
+__device__ __forceinline__ const void* tile_at(const bf16_t (*t)[72], int r, int c, int rl, int cl) {
+  return &t[r + rl][c + cl];
 }
 
 __device__ __forceinline__ float ex2(float x) {
@@ -591,9 +626,9 @@ __device__ __forceinline__ void store_rows(const float (&o)[8][4], float l0, flo
 // shared memory (rows of DP = 72 elements); ms: their mask * log2(e). g, q4: the lane's
 // accumulator rows g, g + 8 and columns 2 q4 + {0, 1}; lm, lr: its ldmatrix matrix and row. row0:
 // the warp's first query row in the sequence; key0: the tile's first key.
-template <int MT, int BK>
-__device__ __forceinline__ void fa2_qk(float (&s)[MT][BK / 8][4], const bf16_t (*Kt)[72], const unsigned (&qa)[MT][4][4],
-                                       int lm, int lr) {
+template <int MT, int BK, class KT>
+__device__ __forceinline__ void fa2_qk(float (&s)[MT][BK / 8][4], KT Kt, const unsigned (&qa)[MT][4][4], int lm,
+                                       int lr) {
   constexpr int NKT = BK / 8;  // n-tiles of 8 keys in S = Q K^T
   // S = Q K^T: NKT n-tiles of 8 keys; one ldmatrix.x4 = the B fragments of 2 k-steps
 #pragma unroll
@@ -603,7 +638,7 @@ __device__ __forceinline__ void fa2_qk(float (&s)[MT][BK / 8][4], const bf16_t (
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       unsigned kb[4];
-      ldsm_x4(kb, &Kt[nt * 8 + lr][p * 32 + lm * 8]);
+      ldsm_x4(kb, tile_at(Kt, nt * 8, p * 32, lr, lm * 8));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         mma_bf16_16816(s[mt][nt], qa[mt][2 * p], kb[0], kb[1]);
@@ -615,8 +650,8 @@ __device__ __forceinline__ void fa2_qk(float (&s)[MT][BK / 8][4], const bf16_t (
 
 // The rest of a key tile after S: the base-2 online softmax (running max m, partial sums l, output
 // o rescaled), dropout on the probabilities (DROP), then O += P V with Vt's fragments.
-template <int MT, int BK, bool V2, bool DROP>
-__device__ __forceinline__ void fa2_softmax_pv(float (&s)[MT][BK / 8][4], const bf16_t (*Vt)[72], const float* ms,
+template <int MT, int BK, bool V2, bool DROP, class VT>
+__device__ __forceinline__ void fa2_softmax_pv(float (&s)[MT][BK / 8][4], VT Vt, const float* ms,
                                                float (&o)[MT][8][4], float (&m)[MT][2], float (&l)[MT][2], float sl2,
                                                int g, int q4, int lm, int lr, int row0, int key0, int h, int b,
                                                Dropout dr) {
@@ -647,7 +682,7 @@ __device__ __forceinline__ void fa2_softmax_pv(float (&s)[MT][BK / 8][4], const 
 #pragma unroll
     for (int np = 0; np < 4; ++np) {
       unsigned vb[4];
-      ldsm_x4_trans(vb, &Vt[kk * 16 + (lm & 1) * 8 + lr][(2 * np + (lm >> 1)) * 8]);
+      ldsm_x4_trans(vb, tile_at(Vt, kk * 16, 2 * np * 8, (lm & 1) * 8 + lr, (lm >> 1) * 8));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         mma_bf16_16816(o[mt][2 * np], pa[mt], vb[0], vb[1]);
@@ -657,8 +692,8 @@ __device__ __forceinline__ void fa2_softmax_pv(float (&s)[MT][BK / 8][4], const 
   }
 }
 
-template <int MT, int BK, bool V2, bool DROP>
-__device__ __forceinline__ void fa2_tile(const bf16_t (*Kt)[72], const bf16_t (*Vt)[72], const float* ms,
+template <int MT, int BK, bool V2, bool DROP, class KT>
+__device__ __forceinline__ void fa2_tile(KT Kt, KT Vt, const float* ms,
                                          const unsigned (&qa)[MT][4][4], float (&o)[MT][8][4], float (&m)[MT][2],
                                          float (&l)[MT][2], float sl2, int g, int q4, int lm, int lr, int row0,
                                          int key0, int h, int b, Dropout dr) {
@@ -924,7 +959,30 @@ __device__ __forceinline__ void mask_row_live(const float* __restrict__ mrow, in
     }                                                                                      \
   } while (0)
 
-template <int NW, bool DROP = false>
+// A32 (fa2w8v4, fa2w8v5): the K/V tile addresses of the loop (ldmatrix, cp.async destinations)
+// in the shared window, 32 bits: one base per tile and compile-time offsets (Tile72). B1 (fa2w8v5,
+// with A32): one barrier per key tile instead of two. Each iteration waits for its tile, then the
+// barrier makes it visible and tells that every warp is done with the previous tile, whose
+// buffer the next tile is then loaded into (while this one is computed). Without B1 the next
+// tile is requested before the barrier, so a second barrier after the tile keeps it off the
+// buffer still being read.
+// Key tile jn -> the buffer at shared address dst (K at dst, V at dst + VB, rows of ROWB bytes)
+// by cp.async, zero rows beyond T: this thread's chunks of 8 columns (key rows r0 + it NTH / 8,
+// columns c..c+7), as LOAD_KV_TILE_P. Expects in scope NTH, BK, ROWB, VB, base, rs, C, c, r0, T_.
+// (A macro: as a function, ptxas spills fa2_w8v4 at 128 registers.)
+#define LOAD_KV_TILE_A32(jn, dst)                                                          \
+  do {                                                                                     \
+    static_assert(BK * 8 % NTH == 0 && NTH % 8 == 0, "whole chunks, one column per thread"); \
+    _Pragma("unroll") for (int it_ = 0; it_ < BK * 8 / NTH; ++it_) {                        \
+      const int k_ = (jn) * BK + r0 + it_ * (NTH / 8);                                     \
+      const bf16_t* src_ = base + (long)(k_ < T_ ? k_ : 0) * rs + C + c;                   \
+      const unsigned d_ = (dst) + (unsigned)it_ * (NTH / 8) * ROWB;                        \
+      cp_async16(d_, src_, k_ < T_);                                                       \
+      cp_async16(d_ + VB, src_ + C, k_ < T_);                                              \
+    }                                                                                      \
+  } while (0)
+
+template <int NW, bool DROP = false, bool A32 = false, bool B1 = false>
 __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
                                                bf16_t* __restrict__ out, int T_, int H, float scale,
                                                Dropout dr = Dropout{}) {
@@ -967,14 +1025,45 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
   unsigned qa[1][4][4];  // A fragments of this warp's 16 query rows, 4 k-steps of 16 over D
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) ldsm_x4(qa[0][ks], &Qs[w * 16 + (lm & 1) * 8 + lr][ks * 16 + (lm >> 1) * 8]);
-  if (ALIAS_Q) __syncthreads();  // every warp has its Q fragments before tile 1 lands in buffer 1
+  // every warp has its Q fragments before tile 1 lands in buffer 1 (with B1 the loop's first
+  // barrier, before tile 1 is requested, says so)
+  if (ALIAS_Q && !B1) __syncthreads();
 
   float o[1][8][4];
   float m[1][2] = {{NEG_INF, NEG_INF}}, l[1][2] = {{0.0f, 0.0f}};
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) o[0][nt][0] = o[0][nt][1] = o[0][nt][2] = o[0][nt][3] = 0.0f;
   int j = 0, buf = 0;
-  while (j < ntiles) {
+  if constexpr (A32) {
+    // byte offsets in the shared window: buffer bf, K (0) or V (1), key r, column c = kv0 + ...
+    constexpr unsigned BUFB = sizeof(KV[0]), VB = sizeof(KV[0][0]), ROWB = sizeof(KV[0][0][0]);
+    const unsigned kv0 = (unsigned)__cvta_generic_to_shared(&KV[0][0][0][0]);  // not volatile: ptxas folds it
+    // this thread's cp.async chunks: key rows r0 + it NTH / 8, columns c..c+7 (LOAD_KV_TILE_A32)
+    const int r0 = tid >> 3, c = (tid & 7) * 8;
+    const unsigned dst0 = kv0 + (unsigned)r0 * ROWB + (unsigned)c * 2u;  // chunk 0, buffer 0
+    unsigned boff = 0u;                                                   // buffer buf: 0 or BUFB
+    while (j < ntiles) {
+      const int jn = next_live(j + 1, ntiles, live);
+      if (B1) {
+        cp_async_wait0();  // tile j (the only group in flight)
+        __syncthreads();   // ... everyone's; and every warp is done with tile j - 1 (or with Q)
+        if (jn < ntiles) LOAD_KV_TILE_A32(jn, dst0 + (boff ^ BUFB));
+        cp_async_commit();  // possibly empty
+      } else {
+        if (jn < ntiles) LOAD_KV_TILE_A32(jn, dst0 + (boff ^ BUFB));
+        cp_async_commit();  // possibly empty: keeps "all but the newest group" = tile j
+        cp_async_wait1();  // all but the newest group: tile j
+        __syncthreads();
+      }
+      const Tile72 kt{kv0 + boff}, vt{kv0 + boff + VB};
+      fa2_tile<1, BK, true, DROP>(kt, vt, &Mrow[j * BK], qa, o, m, l, sl2, g, q4, lm, lr, q0 + w * 16, j * BK, h, b,
+                                  dr);
+      if (!B1) __syncthreads();  // tile j consumed before its buffer is refilled
+      boff ^= BUFB;
+      j = jn;
+    }
+  }
+  while (!A32 && j < ntiles) {
     const int jn = next_live(j + 1, ntiles, live);
     if (jn < ntiles) LOAD_KV_TILE_P(jn, buf ^ 1);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" = tile j
@@ -1013,6 +1102,20 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
 FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_v3, 128, 4, attention_fa2p, 4)
 // Launch: grid (ceil(T / 128), H, B), block 256, T <= 512 (2 blocks per SM).
 FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_w8v3, 256, 2, attention_fa2p, 8)
+
+// attention_fwd_bf16_d64_fa2_w8v4 ("fa2w8v4"): fa2w8v3 with the key-tile loop's shared-memory
+// addresses in 32 bits (attention_fa2p<8, DROP, true>): the same loads of the same bytes in the
+// same order, the same arithmetic, 427 instead of 530 loop instructions on sm_90a. Launched as
+// fa2w8v3. (The 4-warp twin spills at 128 registers on sm_80 and sm_90a, so there is none.)
+template <bool B1, bool DROP>
+__device__ __forceinline__ void attention_fa2p_w8a32(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                                     bf16_t* __restrict__ out, int T_, int H, float scale,
+                                                     Dropout dr = Dropout{}) {
+  attention_fa2p<8, DROP, true, B1>(qkv, mask, out, T_, H, scale, dr);
+}
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_w8v4, 256, 2, attention_fa2p_w8a32, false)
+// attention_fwd_bf16_d64_fa2_w8v5 ("fa2w8v5"): fa2w8v4 with one barrier per key tile (B1).
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_w8v5, 256, 2, attention_fa2p_w8a32, true)
 
 // ---------------------------------------------------------------------------------------------
 // attention_fwd_bf16_d64_fa2_wg ("fa2wg"; Hopper, compiled for sm_90a; T <= 512): fa2v3 with

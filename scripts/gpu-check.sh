@@ -7,10 +7,10 @@
 #   gunzip -k dist/mslt-cli.gz && MSLT_BIN=dist/mslt-cli bash scripts/gpu-check.sh [OUT_DIR]
 # Logs go to OUT_DIR/gpu-check.log and the JSON files to OUT_DIR/json; the summary
 # table is printed last. Each step has its own time limit and a failed step does not stop the
-# others. Attention kernels never run on a GPU before (NEW_KERNELS, default "fa2v3 fa2w8v3 fa2wg fa2wg2";
-# "fa2v2 fa2w8" in run 6; NEW_KERNELS= for none) and the dropout inside the kernels (part
-# `dropout`, not yet run on a GPU) are checked each in their own process and timed only if they
-# pass. Run 5 on one H100 (2026-11-27, all
+# others. Attention kernels never run on a GPU before (NEW_KERNELS, default "fa2w8v4 fa2w8v5";
+# "fa2v2 fa2w8" in run 6, "fa2v3 fa2w8v3 fa2wg fa2wg2" in run 7; NEW_KERNELS= for none) are
+# checked each in their own process and timed only if they pass; the dropout inside the kernels
+# (part `dropout`, checked in runs 7 and 8) in a process of its own. Run 5 on one H100 (2026-11-27, all
 # steps) took 5.4 minutes; GPU_CHECK_QUICK=1 skips the `base` rows run 5 measured (about 3
 # minutes less), and the whole is held to GPU_CHECK_SECONDS (380 s) whatever happens.
 set -u
@@ -47,24 +47,24 @@ nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv
 if ldd "$BIN" | grep 'not found'; then echo "missing libraries for $BIN" | tee -a "$LOG"; exit 1; fi
 step "kernel checks, the kernels the model runs by default (f32 tight, bf16 to bf16 tolerance; padded masks)"
 run 90 "$BIN" kernels check --device cuda --large --only ln,gelu,attention,named,model \
-  --attention-kernels tc,fa2,fa2q128 --json "$OUT/json/check.json"
+  --attention-kernels tc,fa2,fa2v2,fa2q128,fa2w8,fa2v3,fa2w8v3,fa2wg,fa2wg2 --json "$OUT/json/check.json"
 # Attention kernels that have never run on a GPU: each checked in its own process, so that one
 # which crashes (and takes the CUDA context with it) or hangs costs only its own rows. Only those
 # that pass are timed and benched.
 NEW_OK=()
-for k in ${NEW_KERNELS-fa2v3 fa2w8v3 fa2wg fa2wg2}; do
+for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5}; do
   step "kernel check: attention[$k] (not yet run on a GPU before this script)"
   if run 45 "$BIN" kernels check --device cuda --large --only named --attention-kernels "$k" \
     --json "$OUT/json/check-$k.json"; then NEW_OK+=("$k"); fi
 done
 echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee -a "$LOG"
-# Dropout on the attention probabilities inside the kernels (the `_dropout` entry points of
-# fa2v2, fa2w8 and tf32x3, and of the new kernels that passed, not yet run on a GPU): kernel
-# rows against the same Philox draws through Candle ops, and the frozen encoder with
+# Dropout on the attention probabilities inside the kernels (the `_dropout` entry points of the
+# defaults fa2v3, fa2w8v3, fa2w8 and tf32x3, and of the new kernels that passed): kernel rows
+# against the same Philox draws through Candle ops, and the frozen encoder with
 # MSLT_ATTENTION_DROPOUT=kernel against its reference, in a process of their own
-DROP_KERNELS=fa2v2,fa2w8,tf32x3
+DROP_KERNELS=fa2v3,fa2w8v3,fa2w8,tf32x3
 for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do DROP_KERNELS="$DROP_KERNELS,$k"; done
-step "kernel check: attention dropout inside the kernels (not yet run on a GPU before this script)"
+step "kernel check: attention dropout inside the kernels"
 DROP_OK=0
 if run 90 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels "$DROP_KERNELS" \
   --json "$OUT/json/check-dropout.json"; then DROP_OK=1; fi

@@ -3,8 +3,9 @@
 only): attention_fa2<MT, NW, V2, DROP> (entry points attention_fwd_bf16_d64_fa2, MT = 1, NW = 4;
 attention_fwd_bf16_d64_fa2_v2, the same computation; attention_fwd_bf16_d64_fa2_q128, MT = 2;
 attention_fwd_bf16_d64_fa2_w8, NW = 8 warps with the Q tile over the K buffers),
-attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4, and _w8v3, NW = 8 with the Q tile
-over the second K/V buffer; the mask row preloaded, key tile 0 always processed),
+attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4, and _w8v3 / _w8v4, NW = 8 with the Q
+tile over the second K/V buffer; the mask row preloaded, key tile 0 always processed; _w8v5 with
+one barrier per key tile; copies and barriers in any order the hardware allows, run_intervals),
 attention_fa2wg<PV> (attention_fwd_bf16_d64_fa2_wg and _wg2: wgmma.mma_async.m64n64k16 reading
 shared memory through no-swizzle matrix descriptors, K-major Q and K, N-major V) and
 attention_fwd_f32_d64_tf32x3, and the _dropout variants (Philox dropout on the probabilities,
@@ -302,31 +303,81 @@ def pre_setup(qkv, mask, b, h, H, scale, BK):
     return T, H * D, qkv[b][:, h * D:], mask[b], np.float32(scale * LOG2E), (T + BK - 1) // BK
 
 
-def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, neg=None):
-    """attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4; _w8v3, NW = 8), one block: the Q
-    tile and key tile 0 (buffer 0) requested together, with NW = 8 the Q tile over buffer 1 (its
-    K and V rows, one view of the same memory); the mask row scaled into Mrow by each thread's
-    MPT keys, the live bits OR-reduced per warp then over warps; key tile 0 always processed,
-    then the live tiles, the next one loaded into the other buffer first. neg: a negative
-    control, "tile0_buf1" (tile 0 loaded into buffer 1) or "tile1_before_q" (tile 1 loaded into
-    buffer 1 before the Q fragments are read: over the Q tile with NW = 8)."""
+def run_intervals(ops, poison, land):
+    """Runs a block's schedule of shared-memory events as the hardware may order them. ops, in
+    program order (the same for every thread): ("issue", target) a cp.async into target,
+    ("commit",), ("wait", n) cp.async.wait_group n, ("bar",) __syncthreads, ("do", fn) reads of
+    shared memory (fn()). Between two barriers the threads' events interleave in any order, and a
+    cp.async lands at any time from its issue until the wait for its group, visibly to every
+    thread after the barrier that follows that wait. So every target of a copy in flight during an
+    interval (issued in it or before, not yet landed) is poisoned (NaN) when the interval starts,
+    and a group waited for is written (land) at the next barrier. A read of a buffer a copy may
+    still write, or of one not yet visible, then reads NaN: the output is NaN and the case fails."""
+    groups, cur, done, inflight = [], [], [], []
+    intervals, iv = [], []
+    for op in ops:
+        iv.append(op)
+        if op[0] == "bar":
+            intervals.append(iv)
+            iv = []
+    intervals.append(iv)
+    for iv in intervals:
+        inflight += [op[1] for op in iv if op[0] == "issue"]
+        for t in inflight:
+            poison(t)
+        for op in iv:
+            if op[0] == "issue":
+                cur.append(op[1])
+            elif op[0] == "commit":
+                groups.append(cur)
+                cur = []
+            elif op[0] == "wait":
+                while len(groups) > op[1]:
+                    done.extend(groups.pop(0))
+            elif op[0] == "do":
+                op[1]()
+            elif op[0] == "bar":
+                for t in done:
+                    land(t)
+                    inflight.remove(t)
+                done = []
+
+
+def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, neg=None, b1=False):
+    """attention_fa2p<NW> (attention_fwd_bf16_d64_fa2_v3, NW = 4; _w8v3 and _w8v4, NW = 8; with
+    b1, _w8v5: one barrier per key tile), one block, its copies and barriers run by run_intervals:
+    the Q tile and key tile 0 (buffer 0) requested together, with NW = 8 the Q tile over buffer 1
+    (its K and V rows, one view of the same memory); the mask row scaled into Mrow by each
+    thread's MPT keys, the live bits OR-reduced per warp then over warps; key tile 0 always
+    processed, then the live tiles, the next one loaded into the other buffer (before the wait
+    and barrier, with a second barrier after the tile; with b1 after them). neg: a negative
+    control, "tile0_buf1" (tile 0 loaded into buffer 1), "tile1_before_q" (tile 1 loaded into
+    buffer 1 before the Q fragments are read: over the Q tile with NW = 8) or, with b1,
+    "b1_early" (the next tile requested before the wait and barrier, as without b1, but with no
+    second barrier) or "b1_wait1" (waiting for all but the newest group, which is the tile)."""
     BQ, BK, NTH = 16 * NW, 64, 32 * NW
     T, C, base, mrow, sl2, ntiles = pre_setup(qkv, mask, b, h, H, scale, BK)
     KV = np.full((2, 2, BK, DP), np.nan, np.float32)  # [buffer][K, V]; NaN: never written
     Qs = KV[1].reshape(2 * BK, DP) if NW == 8 else np.full((BQ, DP), np.nan, np.float32)
     assert NW != 8 or np.shares_memory(Qs, KV[1])
 
-    def load(jt, bf):  # LOAD_KV_TILE_P
-        for r in range(BK):
+    def land(t):  # what the copy into target t writes: ("q",) or (key tile jt, buffer bf)
+        if t[0] == "q":
+            for r in range(BQ):
+                Qs[r, :D] = base[q0 + r, 0:D] if q0 + r < T else 0
+            return
+        jt, bf = t
+        for r in range(BK):  # LOAD_KV_TILE_P
             k = jt * BK + r
             KV[bf, 0, r, :D] = base[k, C:C + D] if k < T else 0
             KV[bf, 1, r, :D] = base[k, 2 * C:2 * C + D] if k < T else 0
 
-    for r in range(BQ):
-        Qs[r, :D] = base[q0 + r, 0:D] if q0 + r < T else 0
-    load(0, 1 if neg == "tile0_buf1" else 0)
-    if neg == "tile1_before_q" and ntiles > 1:
-        load(1, 1)
+    def poison(t):
+        if t[0] == "q":
+            Qs[:, :D] = np.nan
+        else:
+            KV[t[1], :, :, :D] = np.nan
+
     Mrow = np.full(MAXT, np.nan, np.float32)
     lw = []
     for w in range(NW):
@@ -343,21 +394,40 @@ def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, neg=None):
     for bits in lw:
         live |= bits
     assert not np.isnan(Mrow).any()
-    warps = []
-    for w in range(NW):
-        st = new_state(w * 16)
-        st["qa"] = [ldsm_x4(Qs, st["row0"] + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
-        warps.append(st)
+    warps = [new_state(w * 16) for w in range(NW)]
+
+    def read_q():
+        for st in warps:
+            st["qa"] = [ldsm_x4(Qs, st["row0"] + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8) for ks in range(4)]
+
+    def tile(j, buf):
+        return lambda: fa2_tile(warps, KV[buf, 0], KV[buf, 1], Mrow[j * BK:(j + 1) * BK], BK, sl2, q0, j, h, b, drop)
+
+    # the prologue: Q (group 1) and key tile 0 (group 2) requested together, then Q waited for
+    ops = [("issue", ("q",)), ("commit",), ("issue", (0, 1 if neg == "tile0_buf1" else 0)), ("commit",)]
+    if neg == "tile1_before_q" and ntiles > 1:
+        ops += [("issue", (1, 1)), ("commit",)]
+    ops += [("wait", 1), ("bar",), ("do", read_q)]
+    if NW == 8 and not b1:
+        ops.append(("bar",))  # every warp has its Q fragments before tile 1 lands in buffer 1
     kv = KV_live(live, ntiles)
     processed, j, buf = [], 0, 0
     while j < ntiles:
         jn = kv.next_live(j + 1)
-        if jn < ntiles:
-            load(jn, buf ^ 1)  # over the Q tile when NW = 8 and j = 0: Q is in registers
+        load = ([("issue", (jn, buf ^ 1))] if jn < ntiles else []) + [("commit",)]
+        if b1 and neg != "b1_early":
+            ops += [("wait", 1 if neg == "b1_wait1" else 0), ("bar",)] + load
+        elif b1:
+            ops += load + [("wait", 1), ("bar",)]
+        else:
+            ops += load + [("wait", 1), ("bar",)]
+        ops.append(("do", tile(j, buf)))
+        if not b1:
+            ops.append(("bar",))  # tile j consumed before its buffer is refilled
         processed.append(j)
-        fa2_tile(warps, KV[buf, 0], KV[buf, 1], Mrow[j * BK:(j + 1) * BK], BK, sl2, q0, j, h, b, drop)
         buf ^= 1
         j = jn
+    run_intervals(ops, poison, land)
     return finish(warps, BQ, q0, T, bf16), processed
 
 
@@ -643,10 +713,16 @@ def main():
         kern = lambda q, m, b, h, q0, NW=NW: block_pre(q, m, b, h, q0, H, scale, NW)
         for T, rows in pcases:
             bad += run(f"fa2p NW{NW}", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True)
-    # negative controls, each of whose cases must mismatch: key tile 0 into buffer 1, and (8 warps)
-    # tile 1 into buffer 1 before the Q fragments are read from it
-    for neg in ("tile0_buf1", "tile1_before_q"):
-        kern = lambda q, m, b, h, q0, neg=neg: block_pre(q, m, b, h, q0, H, scale, 8, neg=neg)
+    # attention_fwd_bf16_d64_fa2_w8v5: one barrier per key tile, the next tile requested after it
+    kern = lambda q, m, b, h, q0: block_pre(q, m, b, h, q0, H, scale, 8, b1=True)
+    for T, rows in pcases:
+        bad += run("fa2p NW8 b1", kern, T, rows, 1e-2, 128, rng, H, scale, True)
+    # negative controls, each of whose cases must mismatch: key tile 0 into buffer 1, (8 warps)
+    # tile 1 into buffer 1 before the Q fragments are read from it, and one barrier per tile with
+    # the next tile requested before it (over the buffer other warps may still read) or with the
+    # tile not waited for
+    for neg, b1 in (("tile0_buf1", False), ("tile1_before_q", False), ("b1_early", True), ("b1_wait1", True)):
+        kern = lambda q, m, b, h, q0, neg=neg, b1=b1: block_pre(q, m, b, h, q0, H, scale, 8, neg=neg, b1=b1)
         if run(f"negative control {neg}", kern, 150, [150, 70], 1e-2, 128, rng, H, scale, True) != 2:
             print(f"negative control {neg}: the emulation did not notice it")
             bad += 1
@@ -664,10 +740,10 @@ def main():
         kern = lambda q, m, b, h, q0, NW=NW: block(q, m, b, h, q0, H, scale, 1, NW=NW, drop=drop)
         for T, rows in dcases:
             bad += run(f"fa2 NW{NW}+drop", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True, drop)
-    for NW in (4, 8):
-        kern = lambda q, m, b, h, q0, NW=NW: block_pre(q, m, b, h, q0, H, scale, NW, drop=drop)
+    for NW, b1 in ((4, False), (8, False), (8, True)):
+        kern = lambda q, m, b, h, q0, NW=NW, b1=b1: block_pre(q, m, b, h, q0, H, scale, NW, drop=drop, b1=b1)
         for T, rows in dcases[:2] + [(512, [(70, 512)])]:
-            bad += run(f"fa2p NW{NW}+drop", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True, drop)
+            bad += run(f"fa2p NW{NW}{' b1' if b1 else ''}+drop", kern, T, rows, 1e-2, 16 * NW, rng, H, scale, True, drop)
     kern = lambda q, m, b, h, q0: block_tf32x3(q, m, b, h, q0, H, scale, drop=drop)
     for T, rows in dcases:
         bad += run("tf32x3+drop", kern, T, rows, 1e-5, 64, rng, H, scale, False, drop)

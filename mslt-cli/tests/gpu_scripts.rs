@@ -69,7 +69,7 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("kernels check"), 4, "{all}");
     assert_eq!(ran("kernels bench"), 6, "{all}");
     assert_eq!(
-        ran("--only named,dropout --attention-kernels fa2v2,fa2w8,tf32x3,fa2v2,fa2w8"),
+        ran("--only named,dropout --attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2v2,fa2w8"),
         1
     );
     assert_eq!(ran("MSLT_ATTENTION_DROPOUT=kernel bench"), 2, "{all}");
@@ -99,18 +99,22 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("--nproc 1"), 1);
 
     // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; NEW_KERNELS
-    // unset: the kernels not yet run on a GPU, fa2v3, fa2w8v3, fa2wg and fa2wg2
+    // unset: the kernels not yet run on a GPU, fa2w8v4 and fa2w8v5
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
-    assert_eq!(ran("bench --model-config base"), 9, "{quick}");
-    assert_eq!(ran("kernels check"), 6, "{quick}");
-    assert_eq!(ran("kernels bench"), 10, "{quick}");
+    assert_eq!(ran("bench --model-config base"), 7, "{quick}");
+    assert_eq!(ran("kernels check"), 4, "{quick}");
+    assert_eq!(ran("kernels bench"), 6, "{quick}");
     assert_eq!(
-        ran("--attention-kernels fa2v2,fa2w8,tf32x3,fa2v3,fa2w8v3,fa2wg,fa2wg2"),
+        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5"),
         1
     );
-    assert!(quick
-        .contains("new attention kernels that passed their checks: fa2v3 fa2w8v3 fa2wg fa2wg2"));
+    // the main check names every kernel that ran on a GPU before
+    assert_eq!(
+        ran("--attention-kernels tc,fa2,fa2v2,fa2q128,fa2w8,fa2v3,fa2w8v3,fa2wg,fa2wg2 "),
+        1
+    );
+    assert!(quick.contains("new attention kernels that passed their checks: fa2w8v4 fa2w8v5"));
     // NEW_KERNELS empty: only the default check and timings
     let none = run_gpu_all(&[("GPU_CHECK_QUICK", "1"), ("NEW_KERNELS", "")]);
     assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");

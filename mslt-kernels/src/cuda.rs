@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// PTX per (file, arch). Shared (`Arc`), not copied: every launch looks its function up through
 /// here, and attention.cu's PTX is over 1 MB, so a copy per launch cost about 170 us of host time
 /// per attention call (GPU run 7, where it set a floor under every attention timing).
-static PTX: OnceLock<Mutex<HashMap<(&'static str, String), Arc<str>>>> = OnceLock::new();
+static PTX: OnceLock<Mutex<PtxCache>> = OnceLock::new();
+/// (source file, NVRTC target) -> PTX
+type PtxCache = HashMap<(&'static str, String), Arc<str>>;
 
 /// CUDA include directories to hand NVRTC (the sources need none; kept for user edits).
 fn include_paths() -> Vec<String> {
@@ -480,7 +482,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             Some(_) => Err(KernelError::Input {
                 kernel: K,
                 what: format!(
-                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2wg, fa2wg2 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
                 ),
             }
             .into()),
@@ -491,6 +493,8 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         AttentionKernel::Fa2W8 => drop_entry("attention_fwd_bf16_d64_fa2_w8")?,
         AttentionKernel::Fa2V3 => drop_entry("attention_fwd_bf16_d64_fa2_v3")?,
         AttentionKernel::Fa2W8V3 => drop_entry("attention_fwd_bf16_d64_fa2_w8v3")?,
+        AttentionKernel::Fa2W8V4 => drop_entry("attention_fwd_bf16_d64_fa2_w8v4")?,
+        AttentionKernel::Fa2W8V5 => drop_entry("attention_fwd_bf16_d64_fa2_w8v5")?,
         AttentionKernel::Fa2Wg | AttentionKernel::Fa2Wg2 => {
             let a = arch(dev)?;
             if a != "sm_90" {
@@ -519,7 +523,10 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     // (warps per block, query rows per warp), as each entry point's launch comment says
     let (warps, rows_per_warp) = match kind {
         AttentionKernel::Fa2Q128 => (4, 32),
-        AttentionKernel::Fa2W8 | AttentionKernel::Fa2W8V3 => (8, 16),
+        AttentionKernel::Fa2W8
+        | AttentionKernel::Fa2W8V3
+        | AttentionKernel::Fa2W8V4
+        | AttentionKernel::Fa2W8V5 => (8, 16),
         AttentionKernel::Tc
         | AttentionKernel::Fa2
         | AttentionKernel::Fa2V2

@@ -208,6 +208,8 @@ impl Select {
                 AttentionKernel::Fa2W8,
                 AttentionKernel::Fa2V3,
                 AttentionKernel::Fa2W8V3,
+                AttentionKernel::Fa2W8V4,
+                AttentionKernel::Fa2W8V5,
                 AttentionKernel::Fa2Wg,
                 AttentionKernel::Fa2Wg2,
                 AttentionKernel::Tf32x3,

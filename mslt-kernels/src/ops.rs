@@ -151,19 +151,19 @@ impl CustomOp2 for BiasGelu {
     }
 }
 
-/// The longest sequence fa2v3 and fa2w8v3 take: `FA2P_MAXT` in kernels-cu/attention.cu (the
+/// The longest sequence fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 take: `FA2P_MAXT` in kernels-cu/attention.cu (the
 /// size of their shared mask row; a test reads it from the source).
 pub const FA2P_MAX_T: usize = 512;
 
-/// Which CUDA attention kernel runs. bf16 with 64-wide heads has ten (fa2v2 / fa2w8 the
-/// default), f32 with 64-wide heads two (tf32x3 the default); every other dtype and head dim has
-/// the CUDA-core kernel only. All but fa2v3, fa2w8v3, fa2wg and fa2wg2 passed their checks on an
-/// H100 (runs 5 and 6, docs/gpu-results.md); those four have not run on a GPU yet. The CPU side ignores it
-/// (one reference).
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has twelve (fa2v3 / fa2w8v3 /
+/// fa2w8 the defaults), f32 with 64-wide heads two (tf32x3 the default); every other dtype and
+/// head dim has the CUDA-core kernel only. All but fa2w8v4 and fa2w8v5 passed their checks on an
+/// H100 (runs 5-8, docs/gpu-results.md); those two have not run on a GPU yet. The CPU side
+/// ignores it (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
-    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | fa2v3 | fa2w8v3 | fa2wg |
-    /// fa2wg2 | tf32x3) where it applies,
+    /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | fa2v3 | fa2w8v3 | fa2w8v4 |
+    /// fa2w8v5 | fa2wg | fa2wg2 | tf32x3) where it applies,
     /// else the default of [`resolve_attention_kernel`].
     #[default]
     Auto,
@@ -204,6 +204,17 @@ pub enum AttentionKernel {
     /// instructions. The bf16 default from T = 256 to 512: 0.80-0.94x the time of `Fa2W8` at
     /// T = 256 and 512 on the H100 (run 8).
     Fa2W8V3,
+    /// `Fa2W8V3` with the key-tile loop's shared-memory addresses in 32 bits
+    /// (`attention_fwd_bf16_d64_fa2_w8v4`; T <= 512): one base per tile and compile-time offsets
+    /// in the `ldmatrix` / `cp.async` instructions, where a generic pointer cost a 64-bit add, its
+    /// carry and a move each; the same loads, order and arithmetic. 426 instead of 530 loop
+    /// instructions on sm_90a, 128 registers, no spills. Not yet run on a GPU.
+    Fa2W8V4,
+    /// `Fa2W8V4` with one barrier per key tile instead of two
+    /// (`attention_fwd_bf16_d64_fa2_w8v5`; T <= 512): the next tile is requested after the
+    /// barrier that starts this one, into the buffer every warp has finished with. Not yet run on
+    /// a GPU.
+    Fa2W8V5,
     /// `Fa2V3` with S = Q K^T on Hopper's warpgroup tensor cores (`wgmma.mma_async`, Q and K
     /// read from shared memory through matrix descriptors; `attention_fwd_bf16_d64_fa2_wg`,
     /// sm_90 only, T <= 512); the softmax and O += P V stay on `mma.sync`. Correct on the H100
@@ -222,7 +233,8 @@ pub enum AttentionKernel {
 
 impl AttentionKernel {
     /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
-    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2wg, fa2wg2 and tf32x3.
+    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2
+    /// and tf32x3.
     pub fn has_dropout(self) -> bool {
         matches!(
             self,
@@ -230,18 +242,25 @@ impl AttentionKernel {
                 | Self::Fa2W8
                 | Self::Fa2V3
                 | Self::Fa2W8V3
+                | Self::Fa2W8V4
+                | Self::Fa2W8V5
                 | Self::Fa2Wg
                 | Self::Fa2Wg2
                 | Self::Tf32x3
         )
     }
 
-    /// The longest sequence the kernel takes: fa2v3, fa2w8v3, fa2wg and fa2wg2 hold the mask
-    /// row in a fixed shared array of 512 (BERT's longest); the others take any T.
+    /// The longest sequence the kernel takes: fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2
+    /// hold the mask row in a fixed shared array of 512 (BERT's longest); the others take any T.
     pub fn max_seq_len(self) -> Option<usize> {
         matches!(
             self,
-            Self::Fa2V3 | Self::Fa2W8V3 | Self::Fa2Wg | Self::Fa2Wg2
+            Self::Fa2V3
+                | Self::Fa2W8V3
+                | Self::Fa2W8V4
+                | Self::Fa2W8V5
+                | Self::Fa2Wg
+                | Self::Fa2Wg2
         )
         .then_some(FA2P_MAX_T)
     }
@@ -253,17 +272,16 @@ impl AttentionKernel {
 
     /// Whether this kernel takes inputs of `dtype` with head dim `d` and sequence length `t`
     /// (16-byte aligned rows): tc and the fa2 family take bf16, tf32x3 f32, all with D = 64
-    /// (fa2v3, fa2w8v3, fa2wg and fa2wg2 with T <= 512; the last two on sm_90 only, which the
-    /// launch checks);
+    /// (fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 with T <= 512; the last two on sm_90
+    /// only, which the launch checks);
     /// simt (and auto) everything.
     pub fn fits(self, dtype: DType, d: usize, t: usize) -> bool {
         use AttentionKernel::*;
         let t_ok = self.max_seq_len().is_none_or(|m| t <= m);
         match self {
             Auto | Simt => true,
-            Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 | Fa2Wg | Fa2Wg2 => {
-                dtype == DType::BF16 && d == 64 && t_ok
-            }
+            Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 | Fa2W8V4 | Fa2W8V5 | Fa2Wg
+            | Fa2Wg2 => dtype == DType::BF16 && d == 64 && t_ok,
             Tf32x3 => dtype == DType::F32 && d == 64,
         }
     }
@@ -282,11 +300,13 @@ impl std::str::FromStr for AttentionKernel {
             "fa2w8" => Ok(Self::Fa2W8),
             "fa2v3" => Ok(Self::Fa2V3),
             "fa2w8v3" => Ok(Self::Fa2W8V3),
+            "fa2w8v4" => Ok(Self::Fa2W8V4),
+            "fa2w8v5" => Ok(Self::Fa2W8V5),
             "fa2wg" => Ok(Self::Fa2Wg),
             "fa2wg2" => Ok(Self::Fa2Wg2),
             "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2wg, fa2wg2 or tf32x3"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2 or tf32x3"
             )),
         }
     }
@@ -304,6 +324,8 @@ impl std::fmt::Display for AttentionKernel {
             Self::Fa2W8 => "fa2w8",
             Self::Fa2V3 => "fa2v3",
             Self::Fa2W8V3 => "fa2w8v3",
+            Self::Fa2W8V4 => "fa2w8v4",
+            Self::Fa2W8V5 => "fa2w8v5",
             Self::Fa2Wg => "fa2wg",
             Self::Fa2Wg2 => "fa2wg2",
             Self::Tf32x3 => "tf32x3",
@@ -353,7 +375,7 @@ pub fn resolve_attention_kernel(
         (k, _) => Err(input_err(
             "attention",
             format!(
-                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2wg and fa2wg2 take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2wg and fa2wg2 take T <= 512",
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 take T <= 512",
                 if aligned { "" } else { "not " }
             ),
         )),

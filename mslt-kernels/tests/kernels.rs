@@ -144,8 +144,8 @@ fn kernels_switch_parses() {
         .unwrap_err()
         .contains("fused or candle"));
     for k in [
-        "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "fa2v3", "fa2w8v3", "fa2wg",
-        "fa2wg2", "tf32x3",
+        "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "fa2v3", "fa2w8v3", "fa2w8v4",
+        "fa2w8v5", "fa2wg", "fa2wg2", "tf32x3",
     ] {
         assert_eq!(
             k.parse::<AttentionKernel>().map(|v| v.to_string()),
@@ -234,6 +234,13 @@ fn attention_kernel_dispatch() {
     assert!(e.contains("T = 513") && e.contains("T <= 512"), "{e}");
     assert!(at(Fa2W8V3, None, 600).is_err());
     assert!(AttentionKernel::Fa2V3.has_dropout() && AttentionKernel::Fa2W8V3.has_dropout());
+    // fa2w8v4 / fa2w8v5 (not yet run on a GPU, so not defaults): by name up to T = 512
+    for (name, k) in [("fa2w8v4", Fa2W8V4), ("fa2w8v5", Fa2W8V5)] {
+        assert_eq!(at(Auto, Some(name), 128).unwrap(), k);
+        assert_eq!(at(Auto, Some(name), 513).unwrap(), Fa2W8);
+        assert!(at(k, None, 513).is_err());
+        assert!(k.has_dropout() && !k.needs_sm90());
+    }
     // fa2wg (wgmma, sm_90 only: the launch checks the device): by name up to T = 512
     assert_eq!(at(Auto, Some("fa2wg"), 512).unwrap(), Fa2Wg);
     assert!(at(Fa2Wg, None, 513).is_err());
@@ -243,8 +250,8 @@ fn attention_kernel_dispatch() {
     assert!(Fa2Wg2.has_dropout() && Fa2Wg2.needs_sm90());
 }
 
-/// The 512-key limit of fa2v3 / fa2w8v3 in Rust is the size of their shared mask row in the
-/// kernel source.
+/// The 512-key limit of fa2v3 / fa2w8v3 / fa2w8v4 / fa2w8v5 / fa2wg / fa2wg2 in Rust is the
+/// size of their shared mask row in the kernel source.
 #[test]
 fn fa2p_max_t_matches_the_kernel_source() {
     let src = include_str!("../../kernels-cu/attention.cu");
@@ -253,6 +260,8 @@ fn fa2p_max_t_matches_the_kernel_source() {
     for k in [
         AttentionKernel::Fa2V3,
         AttentionKernel::Fa2W8V3,
+        AttentionKernel::Fa2W8V4,
+        AttentionKernel::Fa2W8V5,
         AttentionKernel::Fa2Wg,
         AttentionKernel::Fa2Wg2,
     ] {
@@ -277,6 +286,8 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
         AttentionKernel::Fa2W8,
         AttentionKernel::Fa2V3,
         AttentionKernel::Fa2W8V3,
+        AttentionKernel::Fa2W8V4,
+        AttentionKernel::Fa2W8V5,
         AttentionKernel::Fa2Wg,
         AttentionKernel::Fa2Wg2,
     ] {
