@@ -123,10 +123,10 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert!(none.contains("new attention kernels that passed their checks: none"));
 }
 
-/// tools/gpu_report.py on the committed H100 runs 5 and 6 finds the figures docs/gpu-results.md
+/// tools/gpu_report.py on the committed H100 runs 5-8 finds the figures docs/gpu-results.md
 /// quotes from them.
 #[test]
-fn gpu_report_reproduces_runs_5_and_6() {
+fn gpu_report_reproduces_runs_5_to_8() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let report = |run: &str| {
         let o = Command::new("python3")
@@ -159,6 +159,23 @@ fn gpu_report_reproduces_runs_5_and_6() {
         "fused f32: ours / SDPA 0.40-0.82 over 12 of 12 shapes -> **met**",
     ] {
         assert!(r6.contains(want), "run 6: missing `{want}` in\n{r6}");
+    }
+    let r7 = report("run7");
+    for want in [
+        "393 of 393 checks passed.",
+        "| fused-fa2wg [kbench-fa2wg] | bf16 | B256 T512 H12 D64 | 869.4 | 237.1 | 799.8 (mask) | 1.09 |",
+    ] {
+        assert!(r7.contains(want), "run 7: missing `{want}` in\n{r7}");
+    }
+    let r8 = report("run8");
+    for want in [
+        "333 of 333 checks passed.",
+        "| fused-fa2v3 [kbench-fa2v3] | bf16 | B128 T128 H12 D64 | 48.3 | 133.5 | 47.5 (mask) | 1.02 |",
+        "| fused-fa2w8v3 [kbench-fa2w8v3] | bf16 | B256 T512 H12 D64 nopad | 1004.8 | 205.2 | 491.9 (no mask) | 2.04 |",
+        "| dropout-on-fused-bf16-kernel-dropout | kernels fused, frozen dtype BF16, frozen dropout on | retain | f32 26.7 TFLOP/s | 149.2 (1.00x) | 46.8 (3.19x) | 45.2 (3.30x; frozen fwd 2.6) | 45.4 (3.29x; frozen fwd 4.7) | 47.0 (3.18x; frozen fwd 6.6)",
+        "| t512-auto | kernels fused, frozen dtype BF16, frozen dropout off | retain | f32 26.5 TFLOP/s | 407.2 (1.00x) | 121.4 (3.35x) | 108.9 (3.74x; frozen fwd 2.8) | 111.2 (3.66x; frozen fwd 5.2) | 115.3 (3.53x; frozen fwd 7.7)",
+    ] {
+        assert!(r8.contains(want), "run 8: missing `{want}` in\n{r8}");
     }
 }
 
