@@ -140,42 +140,38 @@ fn gpu_report_reproduces_runs_5_to_8() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
-    let r5 = report("run5");
-    for want in [
-        "195 of 195 checks passed.",
-        "Reference: the fastest, **2976 GB/s**.",
-        "fused: 86-100% -> **met**",
-        "fused-tf32x3 [kbench-tf32x3] f32: ours / SDPA 0.41-0.82 over 12 of 12 shapes -> **met**",
-        "fused-fa2 [kbench-fa2] bf16: ours / SDPA 0.93-2.73 over 12 of 12 shapes -> **not met**",
-        "| fused-bf16-tf32 | kernels fused, frozen dtype BF16, frozen dropout off | retain | tf32 46.1 TFLOP/s | 118.8 (1.00x)",
-    ] {
-        assert!(r5.contains(want), "run 5: missing `{want}` in\n{r5}");
-    }
-    let r6 = report("run6");
-    for want in [
-        "175 of 175 checks passed.",
-        "| fused-fa2w8 [kbench-fa2w8] | bf16 | B256 T512 H12 D64 nopad | 1049.5 | 196.4 | 499.8 (no mask) | 2.10 |",
-        "| fused-fa2v2 [kbench-fa2v2] | bf16 | B128 T128 H12 D64 | 53.6 | 120.1 | 48.5 (mask) | 1.11 |",
-        "fused f32: ours / SDPA 0.40-0.82 over 12 of 12 shapes -> **met**",
-    ] {
-        assert!(r6.contains(want), "run 6: missing `{want}` in\n{r6}");
-    }
-    let r7 = report("run7");
-    for want in [
-        "393 of 393 checks passed.",
-        "| fused-fa2wg [kbench-fa2wg] | bf16 | B256 T512 H12 D64 | 869.4 | 237.1 | 799.8 (mask) | 1.09 |",
-    ] {
-        assert!(r7.contains(want), "run 7: missing `{want}` in\n{r7}");
-    }
-    let r8 = report("run8");
-    for want in [
-        "333 of 333 checks passed.",
-        "| fused-fa2v3 [kbench-fa2v3] | bf16 | B128 T128 H12 D64 | 48.3 | 133.5 | 47.5 (mask) | 1.02 |",
-        "| fused-fa2w8v3 [kbench-fa2w8v3] | bf16 | B256 T512 H12 D64 nopad | 1004.8 | 205.2 | 491.9 (no mask) | 2.04 |",
-        "| dropout-on-fused-bf16-kernel-dropout | kernels fused, frozen dtype BF16, frozen dropout on | retain | f32 26.7 TFLOP/s | 149.2 (1.00x) | 46.8 (3.19x) | 45.2 (3.30x; frozen fwd 2.6) | 45.4 (3.29x; frozen fwd 4.7) | 47.0 (3.18x; frozen fwd 6.6)",
-        "| t512-auto | kernels fused, frozen dtype BF16, frozen dropout off | retain | f32 26.5 TFLOP/s | 407.2 (1.00x) | 121.4 (3.35x) | 108.9 (3.74x; frozen fwd 2.8) | 111.2 (3.66x; frozen fwd 5.2) | 115.3 (3.53x; frozen fwd 7.7)",
-    ] {
-        assert!(r8.contains(want), "run 8: missing `{want}` in\n{r8}");
+    let runs: [(&str, &[&str]); 4] = [
+        ("run5", &[
+            "195 of 195 checks passed.",
+            "Reference: the fastest, **2976 GB/s**.",
+            "fused: 86-100% -> **met**",
+            "fused-tf32x3 [kbench-tf32x3] f32: ours / SDPA 0.41-0.82 over 12 of 12 shapes -> **met**",
+            "fused-fa2 [kbench-fa2] bf16: ours / SDPA 0.93-2.73 over 12 of 12 shapes -> **not met**",
+            "| fused-bf16-tf32 | kernels fused, frozen dtype BF16, frozen dropout off | retain | tf32 46.1 TFLOP/s | 118.8 (1.00x)",
+        ]),
+        ("run6", &[
+            "175 of 175 checks passed.",
+            "| fused-fa2w8 [kbench-fa2w8] | bf16 | B256 T512 H12 D64 nopad | 1049.5 | 196.4 | 499.8 (no mask) | 2.10 |",
+            "| fused-fa2v2 [kbench-fa2v2] | bf16 | B128 T128 H12 D64 | 53.6 | 120.1 | 48.5 (mask) | 1.11 |",
+            "fused f32: ours / SDPA 0.40-0.82 over 12 of 12 shapes -> **met**",
+        ]),
+        ("run7", &[
+            "393 of 393 checks passed.",
+            "| fused-fa2wg [kbench-fa2wg] | bf16 | B256 T512 H12 D64 | 869.4 | 237.1 | 799.8 (mask) | 1.09 |",
+        ]),
+        ("run8", &[
+            "333 of 333 checks passed.",
+            "| fused-fa2v3 [kbench-fa2v3] | bf16 | B128 T128 H12 D64 | 48.3 | 133.5 | 47.5 (mask) | 1.02 |",
+            "| fused-fa2w8v3 [kbench-fa2w8v3] | bf16 | B256 T512 H12 D64 nopad | 1004.8 | 205.2 | 491.9 (no mask) | 2.04 |",
+            "| dropout-on-fused-bf16-kernel-dropout | kernels fused, frozen dtype BF16, frozen dropout on | retain | f32 26.7 TFLOP/s | 149.2 (1.00x) | 46.8 (3.19x) | 45.2 (3.30x; frozen fwd 2.6) | 45.4 (3.29x; frozen fwd 4.7) | 47.0 (3.18x; frozen fwd 6.6)",
+            "| t512-auto | kernels fused, frozen dtype BF16, frozen dropout off | retain | f32 26.5 TFLOP/s | 407.2 (1.00x) | 121.4 (3.35x) | 108.9 (3.74x; frozen fwd 2.8) | 111.2 (3.66x; frozen fwd 5.2) | 115.3 (3.53x; frozen fwd 7.7)",
+        ]),
+    ];
+    for (run, wants) in runs {
+        let r = report(run);
+        for want in wants {
+            assert!(r.contains(want), "{run}: missing `{want}` in\n{r}");
+        }
     }
 }
 
