@@ -496,13 +496,29 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
         rows: all,
         communication: "none: one process on one device (data-parallel cost: --project-gpus)",
         frozen: format!(
-            "kernels {}, frozen dtype {:?}, frozen dropout {}",
+            "kernels {}, frozen dtype {:?}, frozen dropout {}{}",
             bc.kernels,
             bc.frozen_dtype,
-            if bc.frozen_dropout { "on" } else { "off" }
+            if bc.frozen_dropout { "on" } else { "off" },
+            attention_dropout_note(bc)
         ),
         cuda_pool: cuda_pool_policy(bc.device)?,
     })
+}
+
+/// Where the fused frozen layers apply their attention-probability dropout, when they do (frozen
+/// dropout on, fused kernels): ", attention dropout kernel" or "... candle"
+/// ([`crate::model::AttentionDropout`], from `MSLT_ATTENTION_DROPOUT` and the device).
+fn attention_dropout_note(bc: &BenchConfig<'_>) -> &'static str {
+    use crate::model::AttentionDropout;
+    if !bc.frozen_dropout || bc.kernels != crate::Kernels::Fused {
+        return "";
+    }
+    match AttentionDropout::from_env(bc.device.is_cuda()) {
+        Ok(AttentionDropout::Kernel) => ", attention dropout kernel",
+        Ok(_) => ", attention dropout candle",
+        Err(_) => "",
+    }
 }
 
 /// The device's memory pool release threshold as a policy name (None on the CPU).
