@@ -989,6 +989,7 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
   constexpr int D = 64, BQ = 16 * NW, BK = 64, DP = D + 8, NTH = 32 * NW;
   constexpr bool ALIAS_Q = NW == 8;     // Q tile over buffer 1 (its K and V: the same 2 BK rows)
   static_assert(!ALIAS_Q || BQ == 2 * BK, "Q tile = buffer 1");
+  static_assert(!B1 || A32, "B1 is written for the A32 loop (the other loop requests a tile before its barrier)");
   __shared__ __align__(16) bf16_t KV[2][2][BK][DP];  // [buffer][K, V][key][column]
   __shared__ __align__(16) bf16_t Qown[ALIAS_Q ? 1 : BQ][DP];
   __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
