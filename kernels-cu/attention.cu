@@ -869,34 +869,32 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2_q12
   attention_fa2<2, 4, false>(qkv, mask, out, T_, H, scale);
 }
 
+// An attention_fa2 (V2) / attention_fa2p / attention_fa2wg entry point NAME (FN<A, false>) and its twin NAME_dropout
+// (FN<A, true>, dropout on the probabilities, see Dropout), launched alike: NTH threads, at least
+// MINB blocks per SM (128 registers per thread).
+#define FA2_ENTRY_PAIR(NAME, NTH, MINB, FN, A)                                                          \
+  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
+      NAME(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale) {             \
+    FN<A, false>(qkv, mask, out, T_, H, scale);                                                          \
+  }                                                                                                      \
+  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
+      NAME##_dropout(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale,      \
+                     unsigned long long seed, unsigned thr, float keep_scale) {                          \
+    FN<A, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale}); \
+  }
+
+// attention_fa2 with one m-tile per warp and the V2 loop, NW warps (the fa2v2 / fa2w8 entry points)
+template <int NW, bool DROP>
+__device__ __forceinline__ void attention_fa2_v2(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                                 bf16_t* __restrict__ out, int T_, int H, float scale,
+                                                 Dropout dr = Dropout{}) {
+  attention_fa2<1, NW, true, DROP>(qkv, mask, out, T_, H, scale, dr);
+}
 // Launch: grid (ceil(T / 64), H, B), block 128; at most 128 registers per thread (4 blocks per SM).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v2(const bf16_t* qkv, const float* mask,
-                                                                                bf16_t* out, int T_, int H, float scale) {
-  attention_fa2<1, 4, true>(qkv, mask, out, T_, H, scale);
-}
-
-// attention_fwd_bf16_d64_fa2_v2 with dropout on the probabilities (see Dropout): launch as it.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_fwd_bf16_d64_fa2_v2_dropout(
-    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
-    unsigned thr, float keep_scale) {
-  attention_fa2<1, 4, true, true>(qkv, mask, out, T_, H, scale,
-                                  Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
-}
-
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_v2, 128, 4, attention_fa2_v2, 4)
 // Launch: grid (ceil(T / 128), H, B), block 256 (8 warps of 16 query rows; at most 128 registers
 // per thread so that two blocks fit an SM).
-extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8(const bf16_t* qkv, const float* mask,
-                                                                                  bf16_t* out, int T_, int H, float scale) {
-  attention_fa2<1, 8, true>(qkv, mask, out, T_, H, scale);
-}
-
-// attention_fwd_bf16_d64_fa2_w8 with dropout on the probabilities (see Dropout): launch as it.
-extern "C" __global__ void __launch_bounds__(256, 2) attention_fwd_bf16_d64_fa2_w8_dropout(
-    const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale, unsigned long long seed,
-    unsigned thr, float keep_scale) {
-  attention_fa2<1, 8, true, true>(qkv, mask, out, T_, H, scale,
-                                  Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale});
-}
+FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_w8, 256, 2, attention_fa2_v2, 8)
 
 // ---------------------------------------------------------------------------------------------
 // attention_fwd_bf16_d64_fa2_v3 / _w8v3 ("fa2v3", "fa2w8v3"): fa2v2 and fa2w8 (V2, one m-tile of
@@ -1084,20 +1082,6 @@ __device__ __forceinline__ void attention_fa2p(const bf16_t* __restrict__ qkv, c
   }
   store_rows<bf16_t, true>(o[0], l[0][0], l[0][1], out, b, T_, C, h * D, q0 + w * 16 + g, q4);
 }
-
-// An attention_fa2p / attention_fa2wg entry point NAME (FN<A, false>) and its twin NAME_dropout
-// (FN<A, true>, dropout on the probabilities, see Dropout), launched alike: NTH threads, at least
-// MINB blocks per SM (128 registers per thread).
-#define FA2_ENTRY_PAIR(NAME, NTH, MINB, FN, A)                                                          \
-  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
-      NAME(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale) {             \
-    FN<A, false>(qkv, mask, out, T_, H, scale);                                                          \
-  }                                                                                                      \
-  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
-      NAME##_dropout(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale,      \
-                     unsigned long long seed, unsigned thr, float keep_scale) {                          \
-    FN<A, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale}); \
-  }
 
 // Launch: grid (ceil(T / 64), H, B), block 128, T <= 512 (4 blocks per SM).
 FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_v3, 128, 4, attention_fa2p, 4)

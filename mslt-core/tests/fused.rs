@@ -26,18 +26,22 @@ fn input(cfg: &BertConfig) -> BertInput {
     BertInput::from_host(cfg, (b, t), &ids, Some(&mask), Some(&tt), &Device::Cpu).unwrap()
 }
 
-/// MSLT 2 -> 3 layers, frozen embeddings: in stage 1 layers 0-1 are frozen, layer 2 trains.
-fn two_stages() -> Vec<mslt_core::train::stages::Stage> {
-    plan(&ScheduleSpec {
+/// MSLT 2 -> 3 layers over 10 steps, the embeddings trained or frozen.
+fn two_stage_spec(train_embeddings: bool) -> ScheduleSpec<'static> {
+    ScheduleSpec {
         kind: ScheduleKind::Mslt,
         target_depth: 3,
         steps: 10,
         stages: &[2, 3],
         stage_steps: &[],
         final_joint_frac: 0.0,
-        train_embeddings: false,
-    })
-    .unwrap()
+        train_embeddings,
+    }
+}
+
+/// MSLT 2 -> 3 layers, frozen embeddings: in stage 1 layers 0-1 are frozen, layer 2 trains.
+fn two_stages() -> Vec<mslt_core::train::stages::Stage> {
+    plan(&two_stage_spec(false)).unwrap()
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
@@ -267,15 +271,7 @@ fn encode_frozen_is_the_forward_only_part_of_a_stage() {
     let cfg = config();
     let w = init_all(&cfg, &mut Rng::new(7), &Device::Cpu).unwrap();
     let params = Params::from_tensors(&w).unwrap();
-    let spec = |train_embeddings| ScheduleSpec {
-        kind: ScheduleKind::Mslt,
-        target_depth: 3,
-        steps: 10,
-        stages: &[2, 3],
-        stage_steps: &[],
-        final_joint_frac: 0.0,
-        train_embeddings,
-    };
+    let spec = two_stage_spec;
     let x = input(&cfg);
     let stages = plan(&spec(false)).unwrap();
     let (model, _) = stage_model(&cfg, &params, &stages[1]).unwrap(); // layers 0-1 frozen

@@ -200,20 +200,7 @@ impl Select {
     pub fn all() -> Self {
         Self {
             parts: Part::ALL.to_vec(),
-            attention_kernels: vec![
-                AttentionKernel::Tc,
-                AttentionKernel::Fa2,
-                AttentionKernel::Fa2V2,
-                AttentionKernel::Fa2Q128,
-                AttentionKernel::Fa2W8,
-                AttentionKernel::Fa2V3,
-                AttentionKernel::Fa2W8V3,
-                AttentionKernel::Fa2W8V4,
-                AttentionKernel::Fa2W8V5,
-                AttentionKernel::Fa2Wg,
-                AttentionKernel::Fa2Wg2,
-                AttentionKernel::Tf32x3,
-            ],
+            attention_kernels: AttentionKernel::NAMED.to_vec(),
         }
     }
 
@@ -268,6 +255,35 @@ impl<R> Rows<'_, R> {
     fn push(&mut self, r: R) {
         (self.sink)(&r);
         self.rows.push(r);
+    }
+}
+
+impl Rows<'_, CheckRow> {
+    /// The kernel's output `got` against the Candle reference `want` and, where given, against
+    /// the op's CPU side `on_cpu` (two rows named `name`).
+    fn push_checks(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &str,
+        got: &Tensor,
+        want: &Tensor,
+        on_cpu: Option<Tensor>,
+    ) -> Result<()> {
+        let row = compare(
+            name,
+            dtype,
+            shape.to_string(),
+            "candle reference",
+            got,
+            want,
+        )?;
+        self.push(row);
+        if let Some(c) = on_cpu {
+            let row = compare(name, dtype, shape.to_string(), "cpu op", got, &c)?;
+            self.push(row);
+        }
+        Ok(())
     }
 }
 
@@ -355,24 +371,22 @@ pub fn check(
                 } else {
                     "layer_norm"
                 };
-                let shape = format!("{r}x{c}");
-                rows.push(compare(
-                    name,
-                    dtype,
-                    shape.clone(),
-                    "candle reference",
-                    &got,
-                    &want,
-                )?);
-                if small(r * c) {
+                let on_cpu = if small(r * c) {
                     let (xc, rc, wc) = (
                         x.to_device(&cpu)?,
                         res.to_device(&cpu)?,
                         wb.to_device(&cpu)?,
                     );
-                    let on_cpu = ops::add_layer_norm(&xc, has_res.then_some(&rc), &wc, 1e-12)?;
-                    rows.push(compare(name, dtype, shape, "cpu op", &got, &on_cpu)?);
-                }
+                    Some(ops::add_layer_norm(
+                        &xc,
+                        has_res.then_some(&rc),
+                        &wc,
+                        1e-12,
+                    )?)
+                } else {
+                    None
+                };
+                rows.push_checks(name, dtype, &format!("{r}x{c}"), &got, &want, on_cpu)?;
             }
         }
         for &(r, c) in shapes.gelu.iter().filter(|_| sel.has(Part::Gelu)) {
@@ -380,19 +394,12 @@ pub fn check(
             let b = randn(&[c], 0.5, 0.0, dev)?.to_dtype(dtype)?;
             let got = ops::bias_gelu(&x, &b)?;
             let want = reference::bias_gelu(&x, &b)?;
-            let shape = format!("{r}x{c}");
-            rows.push(compare(
-                "bias_gelu",
-                dtype,
-                shape.clone(),
-                "candle reference",
-                &got,
-                &want,
-            )?);
-            if small(r * c) {
-                let on_cpu = ops::bias_gelu(&x.to_device(&cpu)?, &b.to_device(&cpu)?)?;
-                rows.push(compare("bias_gelu", dtype, shape, "cpu op", &got, &on_cpu)?);
-            }
+            let on_cpu = if small(r * c) {
+                Some(ops::bias_gelu(&x.to_device(&cpu)?, &b.to_device(&cpu)?)?)
+            } else {
+                None
+            };
+            rows.push_checks("bias_gelu", dtype, &format!("{r}x{c}"), &got, &want, on_cpu)?;
         }
         for (i, &(b, t, h, d)) in shapes.attn.iter().enumerate() {
             let named = sel.named_kernels(dev, dtype, d, t);
@@ -416,36 +423,27 @@ pub fn check(
                 let want = reference::attention(&qkv, m, h)?;
                 if sel.has(Part::Attention) {
                     let got = ops::attention(&qkv, m, h)?;
-                    rows.push(compare(
-                        "attention",
-                        dtype,
-                        shape.clone(),
-                        "candle reference",
-                        &got,
-                        &want,
-                    )?);
-                    if n == 0 && small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
-                        let on_cpu = ops::attention(&qkv.to_device(&cpu)?, &m.to_device(&cpu)?, h)?;
-                        rows.push(compare(
-                            "attention",
-                            dtype,
-                            shape.clone(),
-                            "cpu op",
-                            &got,
-                            &on_cpu,
-                        )?);
-                    }
+                    let on_cpu = if n == 0 && small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
+                        Some(ops::attention(
+                            &qkv.to_device(&cpu)?,
+                            &m.to_device(&cpu)?,
+                            h,
+                        )?)
+                    } else {
+                        None
+                    };
+                    rows.push_checks("attention", dtype, shape, &got, &want, on_cpu)?;
                 }
                 for &kern in &named {
                     let got = ops::attention_with(&qkv, m, h, kern)?;
-                    rows.push(compare(
+                    rows.push_checks(
                         &format!("attention[{kern}]"),
                         dtype,
-                        shape.clone(),
-                        "candle reference",
+                        shape,
                         &got,
                         &want,
-                    )?);
+                        None,
+                    )?;
                 }
             }
             // Part `dropout`: dropout on the probabilities inside the kernel (p = 0.1, Philox
@@ -461,42 +459,25 @@ pub fn check(
             let want = reference::attention_dropout(&qkv, &mask, h, p, seed)?;
             if drop_default {
                 let got = ops::attention_dropout(&qkv, &mask, h, p, seed)?;
-                rows.push(compare(
-                    "attention+dropout",
-                    dtype,
-                    shape.clone(),
-                    "candle reference",
-                    &got,
-                    &want,
-                )?);
-                if dev.is_cuda() && small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
-                    let on_cpu = ops::attention_dropout(
-                        &qkv.to_device(&cpu)?,
-                        &mask.to_device(&cpu)?,
-                        h,
-                        p,
-                        seed,
-                    )?;
-                    rows.push(compare(
-                        "attention+dropout",
-                        dtype,
-                        shape.clone(),
-                        "cpu op",
-                        &got,
-                        &on_cpu,
-                    )?);
-                }
+                let on_cpu =
+                    if dev.is_cuda() && small(b * t * 3 * c) && b * h * t * t * d <= 1 << 24 {
+                        let (qc, mc) = (qkv.to_device(&cpu)?, mask.to_device(&cpu)?);
+                        Some(ops::attention_dropout(&qc, &mc, h, p, seed)?)
+                    } else {
+                        None
+                    };
+                rows.push_checks("attention+dropout", dtype, &shape, &got, &want, on_cpu)?;
             }
             for kern in drop_named {
                 let got = ops::attention_dropout_with(&qkv, &mask, h, kern, p, seed)?;
-                rows.push(compare(
+                rows.push_checks(
                     &format!("attn+drop[{kern}]"),
                     dtype,
-                    shape.clone(),
-                    "candle reference",
+                    &shape,
                     &got,
                     &want,
-                )?);
+                    None,
+                )?;
             }
         }
     }
@@ -618,14 +599,8 @@ fn row(
 /// The plain Candle attention path of a frozen layer (what `--kernels candle` runs), from the
 /// same fused projection: split heads, QK^T, scale, mask, Candle's softmax, PV, merge heads.
 pub fn candle_attention(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, t, c3) = qkv.dims3()?;
-    let c = c3 / 3;
-    let (q, k, v) = reference::split_heads(qkv, heads)?;
-    let scale = 1.0 / ((c / heads) as f64).sqrt();
-    let s = (q.matmul(&k.t()?)? * scale)?
-        .broadcast_add(&mask.to_dtype(qkv.dtype())?.reshape((b, 1, 1, t))?)?;
-    let p = candle_nn::ops::softmax_last_dim(&s)?;
-    p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))
+    let (probs, v) = candle_probs(qkv, mask, heads)?;
+    reference::merge_heads(&probs.matmul(&v)?)
 }
 
 /// [`candle_attention`] with inverted dropout `p` on the probabilities, the keep mask drawn with
@@ -636,20 +611,25 @@ pub fn candle_attention_dropout(
     heads: usize,
     p: f64,
 ) -> Result<Tensor> {
-    let (b, t, c3) = qkv.dims3()?;
-    let c = c3 / 3;
-    let (q, k, v) = reference::split_heads(qkv, heads)?;
-    let scale = 1.0 / ((c / heads) as f64).sqrt();
-    let s = (q.matmul(&k.t()?)? * scale)?
-        .broadcast_add(&mask.to_dtype(qkv.dtype())?.reshape((b, 1, 1, t))?)?;
-    let probs = candle_nn::ops::softmax_last_dim(&s)?; // (B, H, T, T)
+    let (probs, v) = candle_probs(qkv, mask, heads)?; // (B, H, T, T), (B, H, T, D)
     let keep = Tensor::rand(0f32, 1f32, probs.shape(), probs.device())?.ge(p)?;
     let keep = (keep.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?;
     let probs = probs
         .to_dtype(DType::F32)?
         .mul(&keep)?
         .to_dtype(qkv.dtype())?;
-    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))
+    reference::merge_heads(&probs.matmul(&v)?)
+}
+
+/// The Candle path's probabilities and values: qkv (B, T, 3C), mask (B, T) -> softmax(Q K^T /
+/// sqrt(D) + mask) (B, H, T, T) and V (B, H, T, D), in qkv's dtype.
+fn candle_probs(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    let (b, t, c3) = qkv.dims3()?;
+    let (q, k, v) = reference::split_heads(qkv, heads)?;
+    let scale = 1.0 / ((c3 / 3 / heads) as f64).sqrt();
+    let s = (q.matmul(&k.t()?)? * scale)?
+        .broadcast_add(&mask.to_dtype(qkv.dtype())?.reshape((b, 1, 1, t))?)?;
+    Ok((candle_nn::ops::softmax_last_dim(&s)?, v))
 }
 
 /// Times `f(out)` where `out` is a device buffer of `n` elements of `dtype`, allocated once

@@ -232,6 +232,23 @@ pub enum AttentionKernel {
 }
 
 impl AttentionKernel {
+    /// Every kernel chosen by name (all but `Auto` and `Simt`): what `--attention-kernels all`
+    /// selects.
+    pub const NAMED: [AttentionKernel; 12] = [
+        Self::Tc,
+        Self::Fa2,
+        Self::Fa2V2,
+        Self::Fa2Q128,
+        Self::Fa2W8,
+        Self::Fa2V3,
+        Self::Fa2W8V3,
+        Self::Fa2W8V4,
+        Self::Fa2W8V5,
+        Self::Fa2Wg,
+        Self::Fa2Wg2,
+        Self::Tf32x3,
+    ];
+
     /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
     /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2
     /// and tf32x3.

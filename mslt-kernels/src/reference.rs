@@ -54,7 +54,7 @@ fn probs_and_values(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<(Tensor
 }
 
 /// (B, H, T, D) -> (B, T, C): the heads merged.
-fn merge_heads(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, t, h * d))
 }

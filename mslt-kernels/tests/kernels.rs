@@ -277,20 +277,13 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
     let qkv = Tensor::randn(0f32, 1.0, (2, 9, 3 * 2 * 64), &dev)?.to_dtype(DType::BF16)?;
     let mask = harness::padding_mask(2, 9, 3, &dev)?;
     let want = ops::attention(&qkv, &mask, 2)?.to_dtype(DType::F32)?;
-    for k in [
-        AttentionKernel::Simt,
-        AttentionKernel::Tc,
-        AttentionKernel::Fa2,
-        AttentionKernel::Fa2V2,
-        AttentionKernel::Fa2Q128,
-        AttentionKernel::Fa2W8,
-        AttentionKernel::Fa2V3,
-        AttentionKernel::Fa2W8V3,
-        AttentionKernel::Fa2W8V4,
-        AttentionKernel::Fa2W8V5,
-        AttentionKernel::Fa2Wg,
-        AttentionKernel::Fa2Wg2,
-    ] {
+    // simt and every named kernel that takes bf16 (all but tf32x3)
+    let bf16 = AttentionKernel::NAMED
+        .into_iter()
+        .filter(|k| k.fits(DType::BF16, 64, 9));
+    let kernels: Vec<_> = [AttentionKernel::Simt].into_iter().chain(bf16).collect();
+    assert_eq!(kernels.len(), 12);
+    for k in kernels {
         let got = ops::attention_with(&qkv, &mask, 2, k)?.to_dtype(DType::F32)?;
         let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(d, 0.0, "{k}");
