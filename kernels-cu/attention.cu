@@ -528,9 +528,11 @@ __device__ __forceinline__ void drop4(float (&s)[4], const Dropout& dr, int row0
 // (NKT n-tiles of 8 keys, mma accumulator layout, raw q.k) become probabilities in place; the
 // running maxima m0, m1 and this lane's partial row sums l0, l1 are updated and the output o
 // (8 n-tiles) rescaled. ms: the tile's mask * log2(e). APPROX: ex2.approx, else exp2f.
+// softmax_scores is all of it but the rescaling of o, whose factors it returns in c0, c1 (the
+// pipelined wgmma kernels rescale o later, once the O += P V in flight has landed in it).
 template <int NKT, bool APPROX>
-__device__ __forceinline__ void softmax_tile(float (&s)[NKT][4], const float* ms, int q4, float sl2, float& m0,
-                                             float& m1, float& l0, float& l1, float (&o)[8][4]) {
+__device__ __forceinline__ void softmax_scores(float (&s)[NKT][4], const float* ms, int q4, float sl2, float& m0,
+                                               float& m1, float& l0, float& l1, float& c0, float& c1) {
   float mx0 = NEG_INF, mx1 = NEG_INF;
 #pragma unroll
   for (int nt = 0; nt < NKT; ++nt) {
@@ -549,8 +551,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NKT][4], const float* ms
   mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
   const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
   const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
-  const float c0 = APPROX ? ex2(m0 - mu0) : exp2f(m0 - mu0);  // 0 while nothing was seen (o, l are 0)
-  const float c1 = APPROX ? ex2(m1 - mu1) : exp2f(m1 - mu1);
+  c0 = APPROX ? ex2(m0 - mu0) : exp2f(m0 - mu0);  // 0 while nothing was seen (o, l are 0)
+  c1 = APPROX ? ex2(m1 - mu1) : exp2f(m1 - mu1);
   float ls0 = 0.0f, ls1 = 0.0f;
 #pragma unroll
   for (int nt = 0; nt < NKT; ++nt) {
@@ -566,6 +568,10 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NKT][4], const float* ms
   l1 = l1 * c1 + ls1;
   m0 = mn0;
   m1 = mn1;
+}
+
+// o (8 n-tiles, rows g and g + 8) *= c0 (row g), c1 (row g + 8)
+__device__ __forceinline__ void rescale_rows(float (&o)[8][4], float c0, float c1) {
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
     o[nt][0] *= c0;
@@ -573,6 +579,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NKT][4], const float* ms
     o[nt][2] *= c1;
     o[nt][3] *= c1;
   }
+}
+
+template <int NKT, bool APPROX>
+__device__ __forceinline__ void softmax_tile(float (&s)[NKT][4], const float* ms, int q4, float sl2, float& m0,
+                                             float& m1, float& l0, float& l1, float (&o)[8][4]) {
+  float c0, c1;
+  softmax_scores<NKT, APPROX>(s, ms, q4, sl2, m0, m1, l0, l1, c0, c1);
+  rescale_rows(o, c0, c1);
 }
 
 __device__ __forceinline__ void store_pair(bf16_t* p, float a, float b) {
@@ -920,9 +934,11 @@ FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_w8, 256, 2, attention_fa2_v2, 8)
 // -inf beyond T) and warp w's live-tile bits (bit j: key tile j of BK keys has a key that is not
 // padding) -> Lw[w]. Each of the NTH threads reads FA2P_MAXT / NTH keys, all loads in flight
 // together; the caller's barrier makes Mrow and Lw visible.
-template <int NTH, int BK>
+// With PW, also warp w's bits of the key tiles that are not plain -> Pw[w] (a plain tile: all
+// its keys before T, every mask value exactly 0; tiles up to FA2P_MAXT / BK).
+template <int NTH, int BK, bool PW = false>
 __device__ __forceinline__ void mask_row_live(const float* __restrict__ mrow, int T_, float* Mrow, unsigned* Lw,
-                                              int tid, int lane, int w) {
+                                              int tid, int lane, int w, unsigned* Pw = nullptr) {
   constexpr int MPT = FA2P_MAXT / NTH;  // mask entries per thread
   float mv[MPT];
 #pragma unroll
@@ -930,15 +946,22 @@ __device__ __forceinline__ void mask_row_live(const float* __restrict__ mrow, in
     const int k = tid + i * NTH;
     mv[i] = k < T_ ? mrow[k] : 0.0f;
   }
-  unsigned bits = 0u;
+  unsigned bits = 0u, notplain = 0u;
 #pragma unroll
   for (int i = 0; i < MPT; ++i) {
     const int k = tid + i * NTH;
     if (k < T_ && mv[i] > PAD_MASK) bits |= 1u << (k / BK);
+    if constexpr (PW) {
+      if (!(k < T_ && mv[i] == 0.0f)) notplain |= 1u << (k / BK);
+    }
     Mrow[k] = k < T_ ? fmaxf(mv[i] * LOG2E_F, -FLT_MAX_F) : NEG_INF;
   }
   bits = __reduce_or_sync(0xffffffffu, bits);
   if (lane == 0) Lw[w] = bits;
+  if constexpr (PW) {
+    notplain = __reduce_or_sync(0xffffffffu, notplain);
+    if (lane == 0) Pw[w] = notplain;
+  }
 }
 
 // Key tile jt -> buffer bf of KV (K and V, cp.async, zero rows beyond T): LOAD_KV_TILE_U without
@@ -1175,8 +1198,8 @@ __device__ __forceinline__ unsigned long long wg_desc_v(const void* p) {
 
 // o (64 x 64 over the warpgroup) += P V: four k-steps of 16 keys, P from registers (pa[kk], the
 // mma.sync A fragments of keys 16 kk .. 16 kk + 15: the wgmma A register layout), V from shared
-// memory through dv.
-__device__ __forceinline__ void wg_pv(float (&o)[8][4], unsigned (&pa)[4][4], unsigned long long dv) {
+// memory through dv. wg_pv_issue issues and commits the group; wg_pv also waits for it.
+__device__ __forceinline__ void wg_pv_issue(float (&o)[8][4], unsigned (&pa)[4][4], unsigned long long dv) {
   wg_fence_operand(o);
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)  // P's registers written before the fence, as o's (FA3 fences them too)
@@ -1194,8 +1217,30 @@ __device__ __forceinline__ void wg_pv(float (&o)[8][4], unsigned (&pa)[4][4], un
         : "r"(pa[kk][0]), "r"(pa[kk][1]), "r"(pa[kk][2]), "r"(pa[kk][3]), "l"(dv + 128ull * kk), "r"(1));
   }
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_pv(float (&o)[8][4], unsigned (&pa)[4][4], unsigned long long dv) {
+  wg_pv_issue(o, pa, dv);
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   wg_fence_operand(o);
+}
+
+// s (64 x 64 over the warpgroup) = Q K^T with Q from registers (qa[ks]: the mma.sync A fragments
+// of head dims 16 ks .. 16 ks + 15, the wgmma A register layout) and K from shared memory through
+// dk (K-major, as wg_qk): four k-steps, the first overwriting s; issued and committed, not waited for.
+__device__ __forceinline__ void wg_qk_rs_issue(float (&s)[8][4], const unsigned (&qa)[4][4], unsigned long long dk) {
+  wg_fence_operand(s);
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+        : WG_ACC32(s)
+        : "r"(qa[ks][0]), "r"(qa[ks][1]), "r"(qa[ks][2]), "r"(qa[ks][3]), "l"(dk + 16ull * ks), "r"(ks));
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 #endif
 
@@ -1298,6 +1343,319 @@ __device__ __forceinline__ void attention_fa2wg(const bf16_t* __restrict__ qkv, 
 // tensor cores; launched as fa2wg.
 FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_wg, 128, 4, attention_fa2wg, false)
 FA2_ENTRY_PAIR(attention_fwd_bf16_d64_fa2_wg2, 128, 4, attention_fa2wg, true)
+
+// ---------------------------------------------------------------------------------------------
+// attention_fwd_bf16_d64_fa2_wg3 / _wg4 ("fa2wg3", "fa2wg4"; Hopper, compiled for sm_90a;
+// T <= 512): both products on wgmma as fa2wg2, restructured after FlashAttention-3 (Shah et al.
+// 2024) and FlashAttention-4's softmax where run 7 found fa2wg / fa2wg2 slower than fa2v3. The
+// machine code of fa2v3 / fa2w8v3 spends most of a key tile's instructions outside the tensor
+// cores (530 per warp and tile for 64 HMMA in fa2w8v3), and so does fa2wg2's (408 for 8 HGMMA);
+// everything here takes instructions off that path:
+//  - Q stays in registers (read once by ldmatrix: the mma.sync A fragments are the wgmma A
+//    register layout) and S = Q K^T reads only K from shared memory; fa2wg reads both operands
+//    of each m64n64k16 from shared memory (4 KB per 131k multiply-adds).
+//  - The softmax of key tile j overlaps O += P V of tile j - 1 (FA3's intra-warpgroup
+//    pipelining): S_j = Q K_j^T and O += P_{j-1} V_{j-1} are issued together, the warpgroup
+//    waits for S_j only (wait_group 1) and computes its softmax while the tensor cores run P V.
+//    The wait for P V, the rescaling of O and the packing of P_j to bf16 (P_{j-1}'s registers are
+//    read by the wgmma in flight) open the next iteration: ptxas moves a wait up the block it is
+//    in (over the exponentials, in a first version) but not into the block before.
+//  - Row sums on the tensor cores (not in the _dropout kernels): each V tile carries a ninth
+//    group of 8 columns, column 64 all ones and the rest zeros, and O += P V runs as m64n72k16,
+//    so O's column 64 accumulates sum_j P_ij (of the bf16 P that multiplies V), rescaled with O.
+//    That replaces 32 FADD per tile. The _dropout kernels keep the sums of the probabilities
+//    before dropout in f32 (the normaliser counts every key, as Dropout says).
+//  - A row rescales only when its maximum grows (FA4): a row keeps its reference maximum while
+//    the tile's maximum stays within 8 of it (probabilities up to 2^8, exact in f32 and in bf16's
+//    relative precision; o and l share the reference, so o / l is unchanged), and a warp skips
+//    the 32-36 FMUL of the rescaling when none of its rows moved.
+//  - Plain tiles (all keys before T, every mask value exactly 0: unpadded batches) skip the mask:
+//    the maximum is taken over the raw scores and each probability is ex2(fma(s, scale log2 e,
+//    -max)), where a masked tile takes an FFMA (scale and mask) and an FADD (- max) per element.
+//  - cp.async addresses: one 64-bit base per thread, a constant step per chunk and per tile.
+//  - fa2wg3: two warpgroups (8 warps, 128 query rows) share each K / V tile; fa2wg4: one (64).
+// K and V stream separately, one tile ahead: after the barrier that starts iteration j (tile j's
+// K and tile j-1's V landed, every warpgroup done with iteration j - 1) the block requests K of
+// the next live tile and V of tile j, into the buffers iteration j does not read (K[bf ^ 1],
+// V[bf]; iteration j reads K[bf] and V[bf ^ 1]): one barrier per key tile. The Q tile lies over
+// K[1] and V[1]'s first 64 columns (static shared memory under 48 KB) until every warp has its
+// fragments, which the first barrier of the loop tells. Tiles in no-swizzle core-matrix layouts:
+// K as WG_CORE, V as WG_CORE_V (the ones column's group last, written once); each warp's cp.async
+// chunks fill 4 whole core matrices (512 bytes on all 32 banks: no bank conflicts).
+// Launch: grid (ceil(T / (64 NWG)), H, B), block 128 NWG.
+// V tiles (64 keys x 72 columns): core matrices of 8 keys x 8 columns, 8-key groups adjacent, then
+// the 9 column groups; the ones column's group (8) is the tile's last 1 KB.
+#define WG_CORE_V(r, c8) (((c8) * 8 + ((r) >> 3)) * 64 + ((r) & 7) * 8)
+#define WG_ACC36(x) WG_ACC32(x), "+f"(x[8][0]), "+f"(x[8][1]), "+f"(x[8][2]), "+f"(x[8][3])
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Descriptor of a V tile in the WG_CORE_V layout as the N-major B operand: 8-key groups 128 bytes
+// apart (LBO), 8-column groups 1024 bytes apart (SBO); a k-step of 16 keys is 256 bytes (16 in
+// the descriptor's units).
+__device__ __forceinline__ unsigned long long wg_desc_vt(unsigned a) {
+  return (unsigned long long)((a & 0x3FFFFu) >> 4) | ((unsigned long long)(128 >> 4) << 16) |
+         ((unsigned long long)(1024 >> 4) << 32);
+}
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
+
+// o += P V with V in the WG_CORE_V layout (dv: wg_desc_vt), P from registers (pa[kk]: keys
+// 16 kk ..), four k-steps; N72: m64n72k16 over the 9 column groups (o[8]: columns 64-71, the row
+// sums in column 64), else m64n64k16 over the first 8. Issued and committed, not waited for.
+template <bool N72>
+__device__ __forceinline__ void wg_pv_v_issue(float (&o)[9][4], unsigned (&pa)[4][4], unsigned long long dv) {
+#pragma unroll
+  for (int nt = 0; nt < (N72 ? 9 : 8); ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(o[nt][e])::"memory");
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(pa[kk][i])::"memory");
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if constexpr (N72) {
+      asm volatile(
+          "wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 "
+          "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,"
+          "%26,%27,%28,%29,%30,%31,%32,%33,%34,%35}, {%36,%37,%38,%39}, %40, 1, 1, 1, 1;\n"
+          : WG_ACC36(o)
+          : "r"(pa[kk][0]), "r"(pa[kk][1]), "r"(pa[kk][2]), "r"(pa[kk][3]), "l"(dv + 16ull * kk));
+    } else {
+      asm volatile(
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+          "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+          "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 1;\n"
+          : WG_ACC32(o)
+          : "r"(pa[kk][0]), "r"(pa[kk][1]), "r"(pa[kk][2]), "r"(pa[kk][3]), "l"(dv + 16ull * kk));
+    }
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+#endif
+
+// The online softmax of one key tile in fa2wg3 / fa2wg4, rows g and g + 8 (see above): the raw
+// scores s become probabilities in place, relative to the rows' reference maxima m0, m1, which
+// move only when the tile's maximum exceeds them by more than 8 (log2 units); c0, c1: the factors
+// o (and the row sums) take, exactly 1 where the reference stayed. PLAIN: no mask (a plain tile;
+// sl2 > 0). SUMS: this lane's partial row sums l0, l1 are kept here (the _dropout kernels).
+template <bool PLAIN, bool SUMS>
+__device__ __forceinline__ void softmax_wgp(float (&s)[8][4], const float* ms, int q4, float sl2, float& m0,
+                                            float& m1, float& l0, float& l1, float& c0, float& c1) {
+  float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (!PLAIN) {
+        const float mk = ms[nt * 8 + q4 * 2 + e];
+        s[nt][e] = fmaf(s[nt][e], sl2, mk);
+        s[nt][2 + e] = fmaf(s[nt][2 + e], sl2, mk);
+      }
+      mx0 = fmaxf(mx0, s[nt][e]);
+      mx1 = fmaxf(mx1, s[nt][2 + e]);
+    }
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  if (PLAIN) {  // the maximum of the scaled scores (rounding is monotonic)
+    mx0 *= sl2;
+    mx1 *= sl2;
+  }
+  const float mn0 = mx0 > m0 + 8.0f ? mx0 : m0, mn1 = mx1 > m1 + 8.0f ? mx1 : m1;
+  const float mu0 = (mn0 == NEG_INF) ? 0.0f : mn0, mu1 = (mn1 == NEG_INF) ? 0.0f : mn1;
+  c0 = mn0 == m0 ? 1.0f : ex2(m0 - mu0);  // 0 when nothing was seen (o, l are 0)
+  c1 = mn1 == m1 ? 1.0f : ex2(m1 - mu1);
+  float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s[nt][e] = PLAIN ? ex2(fmaf(s[nt][e], sl2, -mu0)) : ex2(s[nt][e] - mu0);
+      s[nt][2 + e] = PLAIN ? ex2(fmaf(s[nt][2 + e], sl2, -mu1)) : ex2(s[nt][2 + e] - mu1);
+      if (SUMS) {
+        ls0 += s[nt][e];
+        ls1 += s[nt][2 + e];
+      }
+    }
+  }
+  if (SUMS) {
+    l0 = l0 * c0 + ls0;
+    l1 = l1 * c1 + ls1;
+  }
+  m0 = mn0;
+  m1 = mn1;
+}
+
+// Rows row0 + r0 + it NTH / 8 (it < N * 8 / NTH) of qkv's columns col + 8 c8 .. col + 8 c8 + 7
+// -> this thread's chunks of the tile at shared address dst by cp.async, zero rows at or beyond T.
+// base: the (batch, head)'s first element; rsi: qkv's row stride (3 C; T rows of it fit an int);
+// off0 = r0 rsi + 8 c8. The tile in the WG_CORE layout (K, Q), or VL in WG_CORE_V (V). With
+// r0 = (tid % 8) + 8 (tid / 64) and c8 = (tid / 8) % 8, a warp's 32 chunks are 8 rows of 4
+// column groups: 4 whole core matrices, 512 bytes on all 32 banks.
+template <int N, bool VL, int NTH>
+__device__ __forceinline__ void load_tile_wg(unsigned dst, const bf16_t* base, int rsi, int off0, int row0, int col,
+                                             int r0, int c8, int T_) {
+  const unsigned d0 = dst + 2u * (unsigned)(VL ? WG_CORE_V(r0, c8) : WG_CORE(r0, c8));
+  const int o0 = off0 + row0 * rsi + col;
+#pragma unroll
+  for (int it = 0; it < N * 8 / NTH; ++it) {
+    const bool ok = row0 + r0 + it * (NTH / 8) < T_;
+    const int off = o0 + it * (NTH / 8) * rsi;
+    // chunk it: rows + it NTH / 8, i.e. it NTH / 64 more 8-row groups (WG_CORE: 8 core matrices
+    // each; WG_CORE_V: one)
+    cp_async16(d0 + 2u * (unsigned)(it * (NTH / 64) * (VL ? 1 : 8) * 64), base + (ok ? off : 0), ok);
+  }
+}
+
+template <int NWG, bool DROP = false>
+__device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                                 bf16_t* __restrict__ out, int T_, int H, float scale,
+                                                 Dropout dr = Dropout{}) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int D = 64, BQ = 64 * NWG, BK = 64, NTH = 128 * NWG, NW = 4 * NWG;
+  constexpr int TK = BK * D, TV = BK * 72, TB = TK + TV;  // elements of a K tile, a V tile, a buffer
+  static_assert(BK == 64, "WG_CORE_V: 8 groups of 8 keys");
+  constexpr bool ONES = !DROP;                            // row sums by the ones column
+  // [K0][V0][K1][V1]: K in WG_CORE, V in WG_CORE_V; the Q tile (BQ rows, WG_CORE) over K1 and V1's
+  // columns 0-63 first (V1's ones column, its last 1 KB, stays clear of it)
+  __shared__ __align__(128) bf16_t KVc[2 * TB];
+  static_assert(BQ * D <= TK + BK * D, "the Q tile fits over K1 and V1's columns 0-63");
+  static_assert(NTH % 64 == 0, "whole core matrices per warp and chunk");
+  __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
+  __shared__ unsigned Lw[NW], Pw[NW];  // live / not-plain tile bits per warp
+  if (T_ > FA2P_MAXT) __trap();  // the host never launches it so; fail loudly rather than read past Mrow
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, q4 = lane & 3;   // accumulator rows g and g + 8, columns 2 q4 + {0, 1}
+  const int lm = lane >> 3, lr = lane & 7;  // ldmatrix: this lane addresses row lr of matrix lm
+  const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
+  const int C = H * D;
+  const int rsi = 3 * C;  // qkv's row stride
+  const bf16_t* base = qkv + (long)b * T_ * rsi + (long)h * D;
+  const float* mrow = mask + (long)b * T_;
+  const float sl2 = scale * LOG2E_F;
+  const int ntiles = (T_ + BK - 1) / BK;
+  const unsigned kv0 = (unsigned)__cvta_generic_to_shared(KVc);
+  // this thread's cp.async chunks (load_tile_wg): rows r0 + it NTH / 8, columns 8 c8 .. 8 c8 + 7
+  const int r0 = (tid & 7) | ((tid >> 6) << 3), c8 = (tid >> 3) & 7, off0 = r0 * rsi + c8 * 8;
+  // the Q tile (over K1 V1) and K of key tile 0 (K0): one group
+  load_tile_wg<BQ, false, NTH>(kv0 + 2u * TB, base, rsi, off0, q0, 0, r0, c8, T_);
+  load_tile_wg<BK, false, NTH>(kv0, base, rsi, off0, 0, C, r0, c8, T_);
+  cp_async_commit();
+  // the ones column of both V buffers (ONES): column group 8, key k: column 64 = 1, 65-71 = 0
+  if (ONES && tid < 128) {
+    const int bfo = tid >> 6, k = tid & 63;
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(kv0 + 2u * (unsigned)(bfo * TB + TK + WG_CORE_V(k, 8))),
+                 "r"(0x3F80u), "r"(0u), "r"(0u), "r"(0u)
+                 : "memory");
+  }
+  mask_row_live<NTH, BK, true>(mrow, T_, Mrow, Lw, tid, lane, w, Pw);  // meanwhile
+  cp_async_wait0();
+  __syncthreads();  // Q, K_0, Mrow, Lw, Pw
+  unsigned live = 0u, notplain = 0u;
+#pragma unroll
+  for (int i = 0; i < NW; ++i) {
+    live |= Lw[i];
+    notplain |= Pw[i];
+  }
+  if (!(sl2 > 0.0f)) notplain = ~0u;  // the plain path takes the maximum of the unscaled scores
+  unsigned qa[4][4];  // A fragments of this warp's 16 query rows, 4 k-steps of 16 head dims
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+    ldsm_x4(qa[ks], kv0 + 2u * (unsigned)(TB + WG_CORE(w * 16 + (lm & 1) * 8 + lr, 2 * ks + (lm >> 1))));
+  const unsigned long long dk0 = wg_desc(KVc), dv0 = wg_desc_vt(kv0 + 2u * TK);
+  constexpr unsigned long long DBUF = TB / 8;  // one buffer on, in the descriptors' units (TB * 2 / 16)
+
+  float o[9][4], s[8][4];
+  float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f, c0 = 1.0f, c1 = 1.0f;
+#pragma unroll
+  for (int nt = 0; nt < 9; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  unsigned pa[4][4];  // P of the previous tile: the A fragments of its four k-steps of 16 keys
+  int j = 0, bf = 0;
+  bool pending = false;  // s holds the probabilities of the previous tile, its P V not yet issued
+  while (true) {
+    if (pending) {
+      wg_wait0();  // O += P V of the tile before (the only group in flight)
+      if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
+#pragma unroll
+        for (int nt = 0; nt < (ONES ? 9 : 8); ++nt) {
+          o[nt][0] *= c0;
+          o[nt][1] *= c0;
+          o[nt][2] *= c1;
+          o[nt][3] *= c1;
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        pa[kk][0] = pack_bf16_cvt(s[2 * kk][0], s[2 * kk][1]);
+        pa[kk][1] = pack_bf16_cvt(s[2 * kk][2], s[2 * kk][3]);
+        pa[kk][2] = pack_bf16_cvt(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16_cvt(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      }
+    }
+    cp_async_wait0();  // K_j and the previous tile's V (this thread's chunks)
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy writes -> wgmma
+    __syncthreads();  // everyone's; every warpgroup done with K[bf ^ 1], V[bf] (and the Q tile)
+    if (j >= ntiles) break;
+    const int jn = next_live(j + 1, ntiles, live);
+    if (jn < ntiles) load_tile_wg<BK, false, NTH>(kv0 + 2u * (unsigned)((bf ^ 1) * TB), base, rsi, off0, jn * BK, C, r0, c8, T_);
+    load_tile_wg<BK, true, NTH>(kv0 + 2u * (unsigned)(bf * TB + TK), base, rsi, off0, j * BK, 2 * C, r0, c8, T_);
+    cp_async_commit();
+    wg_qk_rs_issue(s, qa, dk0 + (unsigned long long)bf * DBUF);  // S_j = Q K_j^T
+    if (pending) {
+      wg_pv_v_issue<ONES>(o, pa, dv0 + (unsigned long long)(bf ^ 1) * DBUF);  // O += P_{j-1} V_{j-1}
+      wg_wait1();  // S_j; P V still running
+    } else {
+      wg_wait0();
+    }
+    wg_fence_operand(s);
+    if ((notplain >> j) & 1u)
+      softmax_wgp<false, !ONES>(s, &Mrow[j * BK], q4, sl2, m0, m1, l0, l1, c0, c1);
+    else
+      softmax_wgp<true, !ONES>(s, &Mrow[j * BK], q4, sl2, m0, m1, l0, l1, c0, c1);
+    if (DROP) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) drop4(s[nt], dr, q0 + w * 16 + g, j * BK + nt * 8 + 2 * q4, h, b);
+    }
+    pending = true;
+    bf ^= 1;
+    j = jn;
+  }
+  // the last tile's O += P V (its V in V[bf ^ 1]; the loop's last barrier made it visible)
+  wg_pv_v_issue<ONES>(o, pa, dv0 + (unsigned long long)(bf ^ 1) * DBUF);
+  wg_wait0();
+#pragma unroll
+  for (int nt = 0; nt < 9; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(o[nt][e])::"memory");
+  if (ONES) {  // the row sums: column 64, held by the quad's lane q4 = 0 (l0, l1 summed over the quad below)
+    l0 = q4 == 0 ? o[8][0] : 0.0f;
+    l1 = q4 == 0 ? o[8][2] : 0.0f;
+  }
+  store_rows<bf16_t, true>(reinterpret_cast<const float(&)[8][4]>(o), l0, l1, out, b, T_, C, h * D,
+                           q0 + w * 16 + g, q4);
+#else
+  __trap();  // wgmma: sm_90a only
+#endif
+}
+// FA2_ENTRY_PAIR with MINB_DROP blocks per SM for the _dropout twin (Philox's registers: at the
+// 128 registers of MINB, ptxas spills it)
+#define FA2_ENTRY_PAIR2(NAME, NTH, MINB, MINB_DROP, FN, A)                                              \
+  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
+      NAME(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale) {             \
+    FN<A, false>(qkv, mask, out, T_, H, scale);                                                          \
+  }                                                                                                      \
+  extern "C" __global__ void __launch_bounds__(NTH, MINB_DROP)                                           \
+      NAME##_dropout(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale,      \
+                     unsigned long long seed, unsigned thr, float keep_scale) {                          \
+    FN<A, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale}); \
+  }
+// fa2wg3: 2 blocks per SM (16 warps; 1 with dropout); fa2wg4: 4 (16 warps; 2 with dropout)
+FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg3, 256, 2, 1, attention_fa2wgp, 2)
+FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg4, 128, 4, 2, attention_fa2wgp, 1)
 
 // ---------------------------------------------------------------------------------------------
 // attention_fwd_f32_d64_tf32x3: f32 attention (D = 64) on tensor cores with the 3xTF32 split
