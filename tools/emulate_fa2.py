@@ -568,6 +568,242 @@ def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None, pv=False):
     return finish(warps, BQ, q0, T, bf16), processed
 
 
+def wg_core_v(r, c8):
+    """WG_CORE_V: element offset of key r, columns 8 c8 .. 8 c8 + 7 in a 64 x 72 V tile (8-key groups
+    adjacent, then the 9 column groups)."""
+    return (c8 * 8 + (r >> 3)) * 64 + (r & 7) * 8
+
+
+def wg_desc_vt(addr):
+    """wg_desc_vt: no-swizzle descriptor of a WG_CORE_V tile as the N-major B operand (LBO 128, SBO 1024)."""
+    return ((addr & 0x3FFFF) >> 4) | ((128 >> 4) << 16) | ((1024 >> 4) << 32)
+
+
+def a_matrix(qas):
+    """The 64 x 16 A operand a warpgroup holds in registers: warp w's mma.sync A fragment qas[w]
+    (32 lanes, 4 registers, 2) on rows 16 w .. 16 w + 15."""
+    A = np.zeros((64, 16))
+    for w, pa in enumerate(qas):
+        for e in range(2):
+            A[16 * w + G, 2 * Q4 + e] = pa[:, 0, e]
+            A[16 * w + G + 8, 2 * Q4 + e] = pa[:, 1, e]
+            A[16 * w + G, 2 * Q4 + 8 + e] = pa[:, 2, e]
+            A[16 * w + G + 8, 2 * Q4 + 8 + e] = pa[:, 3, e]
+    return A
+
+
+def wgmma_rs_n(smem, qas, desc, acc, scale_d, n, trans_b):
+    """wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 with A from registers (a_matrix) and B
+    from smem through a no-swizzle descriptor: K-major (trans_b 0: element (n, k) at start +
+    (n / 8) SBO + (k / 8) LBO + (n % 8) 16 + (k % 8) 2 bytes) or N-major (trans_b 1: element (k, n)
+    at start + (n / 8) SBO + (k / 8) LBO + (k % 8) 16 + (n % 8) 2). acc: the 4 warps'
+    accumulators (4, n / 8, 32, 4); scale_d 0 overwrites them."""
+    assert desc >> 62 == 0, "no swizzle"
+    start, lbo, sbo = (desc & 0x3FFF) << 4, ((desc >> 16) & 0x3FFF) << 4, ((desc >> 32) & 0x3FFF) << 4
+    k, nn = np.meshgrid(np.arange(16), np.arange(n), indexing="ij")
+    if trans_b:
+        byte = start + (nn // 8) * sbo + (k // 8) * lbo + (k % 8) * 16 + (nn % 8) * 2
+    else:
+        byte = start + (nn // 8) * sbo + (k // 8) * lbo + (nn % 8) * 16 + (k % 8) * 2
+    B = smem[byte // 2].astype(np.float64)  # (16, n)
+    D = a_matrix(qas) @ B
+    for w in range(4):
+        for nt in range(n // 8):
+            for e in range(4):
+                prev = acc[w][nt][:, e].astype(np.float64) if scale_d else 0.0
+                acc[w][nt][:, e] = (D[acc_rc(w, nt, e)] + prev).astype(np.float32)
+
+
+def softmax_wgp(st, s, ms, sl2, plain, sums):
+    """softmax_wgp: the scores s (8 n-tiles, 32, 4) -> probabilities relative to the rows'
+    reference maxima, which move only when a tile's maximum exceeds them by more than 8; plain:
+    no mask, the maximum of the raw scores scaled after; sums: the lanes' row sums here. Returns
+    the factors (c0, c1) of o (1 where the reference stayed)."""
+    f32 = np.float32
+    if not plain:
+        for nt in range(8):
+            for e in range(2):
+                mk = ms[nt * 8 + Q4 * 2 + e]
+                s[nt][:, e] = (s[nt][:, e].astype(np.float64) * sl2 + mk).astype(f32)
+                s[nt][:, 2 + e] = (s[nt][:, 2 + e].astype(np.float64) * sl2 + mk).astype(f32)
+    mx0, mx1 = quad(s[:, :, 0:2].max((0, 2)), np.maximum), quad(s[:, :, 2:4].max((0, 2)), np.maximum)
+    if plain:
+        mx0, mx1 = (mx0 * sl2).astype(f32), (mx1 * sl2).astype(f32)
+    out = []
+    for half, mx, key in ((slice(0, 2), mx0, "0"), (slice(2, 4), mx1, "1")):
+        m = st["m" + key]
+        mn = np.where(mx > (m + f32(8)).astype(f32), mx, m).astype(f32)
+        mu = np.where(mn == -np.inf, 0, mn).astype(f32)
+        c = np.where(mn == m, f32(1), np.exp2(m - mu)).astype(f32)
+        if plain:  # ex2(fma(s, sl2, -mu))
+            s[:, :, half] = np.exp2((s[:, :, half].astype(np.float64) * sl2 - mu[None, :, None]).astype(f32))
+        else:
+            s[:, :, half] = np.exp2(s[:, :, half] - mu[None, :, None])
+        if sums:
+            st["l" + key] = (st["l" + key] * c + s[:, :, half].sum((0, 2))).astype(f32)
+        st["m" + key] = mn
+        out.append(c)
+    return out
+
+
+def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=None):
+    """attention_fa2wgp<NWG> (attention_fwd_bf16_d64_fa2_wg3, NWG = 2; _wg4, NWG = 1), one block,
+    its copies and barriers run by run_intervals: K ([K0][V0][K1][V1], WG_CORE) and V (WG_CORE_V,
+    9 column groups, the ninth all zeros but column 64, all ones) in one shared array; the Q tile
+    over K1 and V1's first 64 columns; K of the next live tile and V of this one requested after
+    the barrier that starts an iteration; S_j = Q K_j^T (Q from registers) and O += P_{j-1} V_{j-1}
+    (m64n72k16 with the ones column: the row sums; m64n64k16 and f32 sums with dropout) read
+    shared memory in the same interval as those copies; the reference maxima that move by more
+    than 8 only, the plain-tile softmax. neg: a negative control, "v_same_buf" (V of tile j into
+    the buffer P V reads) or "no_ones" (the ones column never written). stats: a dict counting
+    the plain tiles and the warps' rescalings."""
+    BQ, BK, NTH, NW = 64 * NWG, 64, 128 * NWG, 4 * NWG
+    TK, TV = BK * D, BK * 72
+    TB = TK + TV
+    T, C, base, mrow, sl2, ntiles = pre_setup(qkv, mask, b, h, H, scale, BK)
+    ones = drop is None
+    smem = np.full(2 * TB + 64, np.nan, np.float32)  # + 64: a descriptor one past the end reads NaN
+    kofs = lambda bf: bf * TB
+    vofs = lambda bf: bf * TB + TK
+    QOFS = TB  # the Q tile over K1 and V1's columns 0-63
+
+    def tile_rows(t):
+        """(element of smem, row of qkv, its first column) of each chunk a copy target writes, by
+        the kernel's load_tile_wg: thread tid's chunk it is row r0 + it NTH / 8, columns 8 c8 ..,
+        at d0 + it (NTH / 64) (8 or 1) 64 elements."""
+        kind, jt, bf = t
+        n, dst, row0, col, vl = {"q": (BQ, QOFS, q0, 0, False), "k": (BK, kofs(bf), jt * BK, C, False),
+                                 "v": (BK, vofs(bf), jt * BK, 2 * C, True)}[kind]
+        out = []
+        for tid in range(NTH):
+            r0, c8 = (tid & 7) | ((tid >> 6) << 3), (tid >> 3) & 7
+            d0 = dst + (wg_core_v(r0, c8) if vl else wg_core(r0, c8))
+            for it in range(n * 8 // NTH):
+                out.append((d0 + it * (NTH // 64) * (1 if vl else 8) * 64, row0 + r0 + it * (NTH // 8), col + 8 * c8))
+        assert len({e for e, _, _ in out}) == n * 8, "every chunk of the tile once"
+        return out
+
+    def land(t):
+        for e, row, col in tile_rows(t):
+            smem[e:e + 8] = base[row, col:col + 8] if row < T else 0
+
+    def poison(t):
+        for e, _, _ in tile_rows(t):
+            smem[e:e + 8] = np.nan
+
+    def write_ones():
+        for bf in range(2):
+            for k in range(BK):
+                e = vofs(bf) + wg_core_v(k, 8)
+                smem[e:e + 8] = 0
+                smem[e] = 1.0
+
+    Mrow = np.full(MAXT, np.nan, np.float32)
+    live = notplain = 0
+    for k in range(MAXT):
+        v = np.float32(mrow[k]) if k < T else np.float32(0)
+        if k < T and v > PAD_MASK:
+            live |= 1 << (k // BK)
+        if not (k < T and v == 0):
+            notplain |= 1 << (k // BK)
+        Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
+    if not sl2 > 0:
+        notplain = ~0
+    wgs = [[dict(m0=np.full(32, -np.inf, np.float32), m1=np.full(32, -np.inf, np.float32),
+                 l0=np.zeros(32, np.float32), l1=np.zeros(32, np.float32), o=np.zeros((9, 32, 4), np.float32),
+                 row0=16 * (4 * wg + w)) for w in range(4)] for wg in range(NWG)]
+    warps = [st for g in wgs for st in g]
+    state = dict(pending=False, s=None)
+
+    def read_q():
+        for st in warps:
+            st["qa"] = [ldsm_x4_core(smem, QOFS, st["row0"], ks) for ks in range(4)]
+
+    def top():  # the wait for P V, the rescaling, P packed
+        for st in warps:
+            if np.any(st["c0"] != 1) or np.any(st["c1"] != 1):  # __any_sync over the warp
+                if stats is not None:
+                    stats["rescales"] = stats.get("rescales", 0) + 1
+                st["o"][:9 if ones else 8, :, 0:2] *= st["c0"][None, :, None]
+                st["o"][:9 if ones else 8, :, 2:4] *= st["c1"][None, :, None]
+            s = st["s"]
+            pa = []
+            for kk in range(4):
+                x = np.zeros((32, 4, 2), np.float32)
+                x[:, 0], x[:, 1] = bf16(s[2 * kk][:, 0:2]), bf16(s[2 * kk][:, 2:4])
+                x[:, 2], x[:, 3] = bf16(s[2 * kk + 1][:, 0:2]), bf16(s[2 * kk + 1][:, 2:4])
+                pa.append(x)
+            st["pa"] = pa
+
+    def compute(j, bf, pending):
+        for g in wgs:
+            s = [np.zeros((8, 32, 4), np.float32) for _ in range(4)]
+            for ks in range(4):  # S_j = Q K_j^T: A = Q's fragments, B = K[bf] (K-major, LBO 128, SBO 1024)
+                wgmma_rs_n(smem, [st["qa"][ks] for st in g], wg_desc(2 * kofs(bf)) + 16 * ks, s, ks > 0, 64, 0)
+            if pending:  # O += P_{j-1} V_{j-1}: V[bf ^ 1]
+                o = [st["o"] for st in g]
+                for kk in range(4):
+                    wgmma_rs_n(smem, [st["pa"][kk] for st in g], wg_desc_vt(2 * vofs(bf ^ 1)) + 16 * kk, o, True,
+                               72 if ones else 64, 1)
+            plain = not (notplain >> j) & 1
+            if stats is not None and plain:
+                stats["plain"] = stats.get("plain", 0) + 1
+            for w, st in enumerate(g):
+                st["c0"], st["c1"] = softmax_wgp(st, s[w], Mrow[j * BK:(j + 1) * BK], sl2, plain, not ones)
+                if drop is not None:
+                    for nt in range(8):
+                        drop4(s[w][nt], drop, q0 + st["row0"] + G, j * BK + nt * 8 + 2 * Q4, h, b)
+                st["s"] = s[w]
+
+    def last_pv(bf):
+        for g in wgs:
+            o = [st["o"] for st in g]
+            for kk in range(4):
+                wgmma_rs_n(smem, [st["pa"][kk] for st in g], wg_desc_vt(2 * vofs(bf)) + 16 * kk, o, True,
+                           72 if ones else 64, 1)
+
+    ops = [("issue", ("q", 0, 0)), ("issue", ("k", 0, 0)), ("commit",)]
+    if neg != "no_ones":
+        ops.append(("do", write_ones))
+    ops += [("wait", 0), ("bar",), ("do", read_q)]
+    kv = KV_live(live, ntiles)
+    processed, j, bf, pending = [], 0, 0, False
+    while True:
+        if pending:
+            ops.append(("do", top))
+        ops += [("wait", 0), ("bar",)]
+        if j >= ntiles:
+            break
+        jn = kv.next_live(j + 1)
+        if jn < ntiles:
+            ops.append(("issue", ("k", jn, bf ^ 1)))
+        ops += [("issue", ("v", j, bf ^ 1 if neg == "v_same_buf" else bf)), ("commit",)]
+        ops.append(("do", lambda j=j, bf=bf, p=pending: compute(j, bf, p)))
+        processed.append(j)
+        pending, bf, j = True, bf ^ 1, jn
+    ops.append(("do", lambda bf=bf: last_pv(bf ^ 1)))
+    run_intervals(ops, poison, land)
+    if ones:  # the row sums: column 64 (lane q4 = 0's o[8][0], o[8][2]; summed over the quad)
+        for st in warps:
+            st["l0"] = np.where(Q4 == 0, st["o"][8][:, 0], 0).astype(np.float32)
+            st["l1"] = np.where(Q4 == 0, st["o"][8][:, 2], 0).astype(np.float32)
+    for st in warps:
+        st["o"] = st["o"][:8]
+    return finish(warps, BQ, q0, T, bf16), processed
+
+
+def ldsm_x4_core(smem, ofs, row0, ks):
+    """ldmatrix.x4 of the A fragment (rows row0 .. row0 + 15, head dims 16 ks ..) from a WG_CORE tile
+    at element ofs: lane l addresses row row0 + (l / 8 % 2) 8 + l % 8, dims 8 (2 ks + l / 16)."""
+    tile = np.full((128, D), np.nan, np.float32)
+    for r in range(128):
+        for c8 in range(8):
+            e = ofs + wg_core(r, c8)
+            if e + 8 <= len(smem):
+                tile[r, 8 * c8:8 * c8 + 8] = smem[e:e + 8]
+    return ldsm_x4(tile, row0 + (LM & 1) * 8 + LR, ks * 16 + (LM >> 1) * 8)
+
+
 def tf32(x):
     """cvt.rna.tf32.f32: 10 mantissa bits, nearest, ties away from zero (as float32)."""
     u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -769,6 +1005,41 @@ def main():
     if run("negative control desc_lbo_sbo", kern, 150, [150, 70], 1e-2, 64, rng, H, scale, True) != 2:
         print("negative control desc_lbo_sbo: the emulation did not notice it")
         bad += 1
+    # attention_fwd_bf16_d64_fa2_wg3 (NWG = 2) / _wg4 (NWG = 1): wgmma with Q in registers, the
+    # softmax of tile j beside O += P_{j-1} V_{j-1}, row sums by the ones column, rescaling only
+    # when a row's maximum grows by more than 8, the plain-tile softmax; and with dropout
+    stats = {}
+    for NWG in (2, 1):
+        kern = lambda q, m, b, h, q0, NWG=NWG: block_wgp(q, m, b, h, q0, H, scale, NWG, stats=stats)
+        for T, rows in pcases + [(512, [512, 448, (0, 256)])]:
+            bad += run(f"fa2wgp NWG{NWG}", kern, T, rows, 1e-2, 64 * NWG, rng, H, scale, True)
+        kern = lambda q, m, b, h, q0, NWG=NWG: block_wgp(q, m, b, h, q0, H, scale, NWG, drop=drop)
+        for T, rows in dcases[:2] + [(512, [(70, 512), 512])]:
+            bad += run(f"fa2wgp NWG{NWG}+drop", kern, T, rows, 1e-2, 64 * NWG, rng, H, scale, True, drop)
+    # the fast paths were taken: plain tiles (unpadded rows) and warps that skipped the rescaling
+    if not stats.get("plain") or not stats.get("rescales"):
+        print(f"fa2wgp: plain tiles {stats.get('plain')}, rescalings {stats.get('rescales')}: a path never ran")
+        bad += 1
+    # scores growing along the keys (each tile's maximum 12 above the last): the reference maxima move
+    # every tile; and a growth under 8 per tile, where they stay (probabilities up to 2^8)
+    for step in (12.0, 5.0):
+        T = 512
+        x = bf16(rng.standard_normal((1, T, 3 * H * D)).astype(np.float32) * 0.3)
+        x[0, :, :D] = bf16(np.float32(1.0))  # q = 1: s_k = sum of k's dims
+        ramp = (np.arange(T) // 64 * step / (D * scale * LOG2E)).astype(np.float32)
+        x[0, :, H * D:H * D + D] = bf16(ramp[:, None] + x[0, :, H * D:H * D + D] * 0.01)
+        mask = np.zeros((1, T), np.float32)
+        want = reference(x, mask, 0, 0, H, scale)
+        got, _ = block_wgp(x, mask, 0, 0, 0, H, scale, 2)
+        err = np.abs(got[:128] - want[:128]).max() / np.abs(want).max()
+        ok = err < 1e-2
+        bad += not ok
+        print(f"fa2wgp ramp of {step} per tile: max rel error {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    for neg in ("v_same_buf", "no_ones"):
+        kern = lambda q, m, b, h, q0, neg=neg: block_wgp(q, m, b, h, q0, H, scale, 2, neg=neg)
+        if run(f"negative control {neg}", kern, 150, [150, 70], 1e-2, 128, rng, H, scale, True) != 2:
+            print(f"negative control {neg}: the emulation did not notice it")
+            bad += 1
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")
     sys.exit(1 if bad else 0)
 
