@@ -99,14 +99,14 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("--nproc 1"), 1);
 
     // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; NEW_KERNELS
-    // unset: the kernels not yet run on a GPU, fa2w8v4 and fa2w8v5
+    // unset: the kernels not yet run on a GPU, fa2w8v4, fa2w8v5, fa2wg3 and fa2wg4
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
-    assert_eq!(ran("bench --model-config base"), 7, "{quick}");
-    assert_eq!(ran("kernels check"), 4, "{quick}");
-    assert_eq!(ran("kernels bench"), 6, "{quick}");
+    assert_eq!(ran("bench --model-config base"), 9, "{quick}");
+    assert_eq!(ran("kernels check"), 6, "{quick}");
+    assert_eq!(ran("kernels bench"), 10, "{quick}");
     assert_eq!(
-        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5"),
+        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg3,fa2wg4"),
         1
     );
     // the main check names every kernel that ran on a GPU before
@@ -114,7 +114,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         ran("--attention-kernels tc,fa2,fa2v2,fa2q128,fa2w8,fa2v3,fa2w8v3,fa2wg,fa2wg2 "),
         1
     );
-    assert!(quick.contains("new attention kernels that passed their checks: fa2w8v4 fa2w8v5"));
+    assert!(quick
+        .contains("new attention kernels that passed their checks: fa2w8v4 fa2w8v5 fa2wg3 fa2wg4"));
     // NEW_KERNELS empty: only the default check and timings
     let none = run_gpu_all(&[("GPU_CHECK_QUICK", "1"), ("NEW_KERNELS", "")]);
     assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");

@@ -405,8 +405,8 @@ pub enum AttentionDropout {
     #[default]
     Candle,
     /// Inside the fused attention kernel, drawn by Philox (`mslt_kernels::attention_dropout`),
-    /// where the kernel has a dropout variant (fa2v2 / fa2w8 / fa2v3 / fa2w8v3 / fa2wg / fa2wg2
-    /// in bf16, tf32x3 in f32, 64-wide heads; the CPU op on the CPU); Candle ops elsewhere. The
+    /// where the kernel has a dropout variant (fa2v2 / fa2w8 / fa2v3 / fa2w8v3 / fa2w8v4 /
+    /// fa2w8v5 / fa2wg* in bf16, tf32x3 in f32, 64-wide heads; the CPU op on the CPU); Candle ops elsewhere. The
     /// default on a CUDA device: on the H100 (run 7) it passed its checks and took the frozen
     /// forward of `base` (B32, T128) from 24.0 to 17.7 ms (f32) and 13.2 to 6.7 ms (bf16) at 9
     /// frozen layers, against `Candle`.

@@ -98,7 +98,7 @@ pub fn padding_mask(b: usize, t: usize, seed: u64, dev: &Device) -> Result<Tenso
     Tensor::from_vec(v, (b, t), dev)
 }
 
-/// Whether `dev` is an sm_90 (Hopper) GPU, where fa2wg and fa2wg2 run.
+/// Whether `dev` is an sm_90 (Hopper) GPU, where the fa2wg kernels run.
 pub fn is_sm90(dev: &Device) -> bool {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = dev {
@@ -209,7 +209,7 @@ impl Select {
     }
 
     /// The named attention kernels to run on `dev` for `dtype`, head dim `d` and sequence length
-    /// `t`: those that fit (fa2wg / fa2wg2 on an sm_90 GPU only), when part `named` is selected, on CUDA
+    /// `t`: those that fit (the fa2wg kernels on an sm_90 GPU only), when part `named` is selected, on CUDA
     /// only (the CPU side has one reference).
     pub fn named_kernels(
         &self,
@@ -413,7 +413,7 @@ pub fn check(
             let mask = padding_mask(b, t, i as u64 + 1, dev)?;
             let shape = format!("B{b} T{t} H{h} D{d}");
             // the padded mask, and (T >= 128) keys padded before and between the valid ones:
-            // the key-tile skipping, and fa2v3 / fa2w8v3 / fa2wg / fa2wg2, which process key
+            // the key-tile skipping, and fa2v3 / fa2w8v3 / the fa2wg kernels, which process key
             // tile 0 even when it is all padding
             let mut masks = vec![(mask.clone(), shape.clone())];
             if t >= 128 && (sel.has(Part::Attention) || !named.is_empty()) {

@@ -151,19 +151,19 @@ impl CustomOp2 for BiasGelu {
     }
 }
 
-/// The longest sequence fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 take: `FA2P_MAXT` in kernels-cu/attention.cu (the
+/// The longest sequence fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and the fa2wg kernels take: `FA2P_MAXT` in kernels-cu/attention.cu (the
 /// size of their shared mask row; a test reads it from the source).
 pub const FA2P_MAX_T: usize = 512;
 
-/// Which CUDA attention kernel runs. bf16 with 64-wide heads has twelve (fa2v3 / fa2w8v3 /
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has fourteen (fa2v3 / fa2w8v3 /
 /// fa2w8 the defaults), f32 with 64-wide heads two (tf32x3 the default); every other dtype and
-/// head dim has the CUDA-core kernel only. All but fa2w8v4 and fa2w8v5 passed their checks on an
-/// H100 (runs 5-8, docs/gpu-results.md); those two have not run on a GPU yet. The CPU side
-/// ignores it (one reference).
+/// head dim has the CUDA-core kernel only. All but fa2w8v4, fa2w8v5, fa2wg3 and fa2wg4 passed
+/// their checks on an H100 (runs 5-8, docs/gpu-results.md); those four have not run on a GPU yet.
+/// The CPU side ignores it (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
     /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | fa2v3 | fa2w8v3 | fa2w8v4 |
-    /// fa2w8v5 | fa2wg | fa2wg2 | tf32x3) where it applies,
+    /// fa2w8v5 | fa2wg | fa2wg2 | fa2wg3 | fa2wg4 | tf32x3) where it applies,
     /// else the default of [`resolve_attention_kernel`].
     #[default]
     Auto,
@@ -225,6 +225,19 @@ pub enum AttentionKernel {
     /// of a key tile on the warpgroup tensor cores. Correct on the H100 but slower still:
     /// 1.60-1.65x the time of `Fa2V3` at B >= 128, T = 512 (run 7).
     Fa2Wg2,
+    /// Both products on `wgmma`, restructured after FlashAttention-3 / -4
+    /// (`attention_fwd_bf16_d64_fa2_wg3`, sm_90 only, T <= 512; two warpgroups, 128 query rows
+    /// per block): Q in registers (S = Q K^T reads only K from shared memory), the softmax of
+    /// key tile j while O += P V of tile j - 1 runs, the row sums on the tensor cores (a ones
+    /// column in V, m64n72k16; not with dropout), O rescaled only when a row's maximum grows by
+    /// more than 2^8, and unmasked tiles (every mask value 0) without the mask arithmetic. 311
+    /// loop instructions per warp and 64-key tile on an unmasked tile (fa2w8v3: 530), 127
+    /// registers, no spills. Checked on the CPU by emulation only (tools/emulate_fa2.py); not
+    /// yet run on a GPU.
+    Fa2Wg3,
+    /// `Fa2Wg3` with one warpgroup (64 query rows) per block
+    /// (`attention_fwd_bf16_d64_fa2_wg4`, sm_90 only, T <= 512). Not yet run on a GPU.
+    Fa2Wg4,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
     /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64). The f32 default: within 1.2e-6 relative of
     /// the f32 reference and 2.8-5.5x faster than `Simt` on the H100 (run 5).
@@ -234,7 +247,7 @@ pub enum AttentionKernel {
 impl AttentionKernel {
     /// Every kernel chosen by name (all but `Auto` and `Simt`): what `--attention-kernels all`
     /// selects.
-    pub const NAMED: [AttentionKernel; 12] = [
+    pub const NAMED: [AttentionKernel; 14] = [
         Self::Tc,
         Self::Fa2,
         Self::Fa2V2,
@@ -246,12 +259,14 @@ impl AttentionKernel {
         Self::Fa2W8V5,
         Self::Fa2Wg,
         Self::Fa2Wg2,
+        Self::Fa2Wg3,
+        Self::Fa2Wg4,
         Self::Tf32x3,
     ];
 
     /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
-    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2
-    /// and tf32x3.
+    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, the fa2wg
+    /// kernels and tf32x3.
     pub fn has_dropout(self) -> bool {
         matches!(
             self,
@@ -263,12 +278,14 @@ impl AttentionKernel {
                 | Self::Fa2W8V5
                 | Self::Fa2Wg
                 | Self::Fa2Wg2
+                | Self::Fa2Wg3
+                | Self::Fa2Wg4
                 | Self::Tf32x3
         )
     }
 
-    /// The longest sequence the kernel takes: fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2
-    /// hold the mask row in a fixed shared array of 512 (BERT's longest); the others take any T.
+    /// The longest sequence the kernel takes: fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and the fa2wg
+    /// kernels hold the mask row in a fixed shared array of 512 (BERT's longest); the others take any T.
     pub fn max_seq_len(self) -> Option<usize> {
         matches!(
             self,
@@ -278,19 +295,24 @@ impl AttentionKernel {
                 | Self::Fa2W8V5
                 | Self::Fa2Wg
                 | Self::Fa2Wg2
+                | Self::Fa2Wg3
+                | Self::Fa2Wg4
         )
         .then_some(FA2P_MAX_T)
     }
 
-    /// Whether the kernel needs an sm_90 (Hopper) GPU: fa2wg and fa2wg2 (`wgmma`).
+    /// Whether the kernel needs an sm_90 (Hopper) GPU: the fa2wg kernels (`wgmma`).
     pub fn needs_sm90(self) -> bool {
-        matches!(self, Self::Fa2Wg | Self::Fa2Wg2)
+        matches!(
+            self,
+            Self::Fa2Wg | Self::Fa2Wg2 | Self::Fa2Wg3 | Self::Fa2Wg4
+        )
     }
 
     /// Whether this kernel takes inputs of `dtype` with head dim `d` and sequence length `t`
     /// (16-byte aligned rows): tc and the fa2 family take bf16, tf32x3 f32, all with D = 64
-    /// (fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 with T <= 512; the last two on sm_90
-    /// only, which the launch checks);
+    /// (fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and the fa2wg kernels with T <= 512; the fa2wg kernels
+    /// on sm_90 only, which the launch checks);
     /// simt (and auto) everything.
     pub fn fits(self, dtype: DType, d: usize, t: usize) -> bool {
         use AttentionKernel::*;
@@ -298,7 +320,7 @@ impl AttentionKernel {
         match self {
             Auto | Simt => true,
             Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 | Fa2W8V4 | Fa2W8V5 | Fa2Wg
-            | Fa2Wg2 => dtype == DType::BF16 && d == 64 && t_ok,
+            | Fa2Wg2 | Fa2Wg3 | Fa2Wg4 => dtype == DType::BF16 && d == 64 && t_ok,
             Tf32x3 => dtype == DType::F32 && d == 64,
         }
     }
@@ -321,9 +343,11 @@ impl std::str::FromStr for AttentionKernel {
             "fa2w8v5" => Ok(Self::Fa2W8V5),
             "fa2wg" => Ok(Self::Fa2Wg),
             "fa2wg2" => Ok(Self::Fa2Wg2),
+            "fa2wg3" => Ok(Self::Fa2Wg3),
+            "fa2wg4" => Ok(Self::Fa2Wg4),
             "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2 or tf32x3"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4 or tf32x3"
             )),
         }
     }
@@ -345,6 +369,8 @@ impl std::fmt::Display for AttentionKernel {
             Self::Fa2W8V5 => "fa2w8v5",
             Self::Fa2Wg => "fa2wg",
             Self::Fa2Wg2 => "fa2wg2",
+            Self::Fa2Wg3 => "fa2wg3",
+            Self::Fa2Wg4 => "fa2wg4",
             Self::Tf32x3 => "tf32x3",
         })
     }
@@ -392,7 +418,7 @@ pub fn resolve_attention_kernel(
         (k, _) => Err(input_err(
             "attention",
             format!(
-                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg and fa2wg2 take T <= 512",
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, the fa2 kernels (fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4) take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and fa2wg* take T <= 512",
                 if aligned { "" } else { "not " }
             ),
         )),
