@@ -1402,16 +1402,23 @@ __device__ __forceinline__ void wg_wait1() { asm volatile("wgmma.wait_group.sync
 // o += P V with V in the WG_CORE_V layout (dv: wg_desc_vt), P from registers (pa[kk]: keys
 // 16 kk ..), four k-steps; N72: m64n72k16 over the 9 column groups (o[8]: columns 64-71, the row
 // sums in column 64), else m64n64k16 over the first 8. Issued and committed, not waited for.
-template <bool N72>
-__device__ __forceinline__ void wg_pv_v_issue(float (&o)[9][4], unsigned (&pa)[4][4], unsigned long long dv) {
+// The compiler must not move reads or writes of o's first NT n-tiles, or of pa, across this point
+// (wg_fence_operand for the 9 n-tiles of an m64n72 accumulator and the P fragments).
+template <int NT>
+__device__ __forceinline__ void wg_fence_o_pa(float (&o)[9][4], unsigned (&pa)[4][4]) {
 #pragma unroll
-  for (int nt = 0; nt < (N72 ? 9 : 8); ++nt)
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(o[nt][e])::"memory");
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
     for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(pa[kk][i])::"memory");
+}
+
+template <bool N72>
+__device__ __forceinline__ void wg_pv_v_issue(float (&o)[9][4], unsigned (&pa)[4][4], unsigned long long dv) {
+  wg_fence_o_pa<N72 ? 9 : 8>(o, pa);
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
@@ -1579,6 +1586,7 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   while (true) {
     if (pending) {
       wg_wait0();  // O += P V of the tile before (the only group in flight)
+      wg_fence_o_pa<ONES ? 9 : 8>(o, pa);  // o rescaled, pa rewritten only after that wait
       if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
 #pragma unroll
         for (int nt = 0; nt < (ONES ? 9 : 8); ++nt) {
@@ -1627,10 +1635,7 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   // the last tile's O += P V (its V in V[bf ^ 1]; the loop's last barrier made it visible)
   wg_pv_v_issue<ONES>(o, pa, dv0 + (unsigned long long)(bf ^ 1) * DBUF);
   wg_wait0();
-#pragma unroll
-  for (int nt = 0; nt < 9; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(o[nt][e])::"memory");
+  wg_fence_o_pa<ONES ? 9 : 8>(o, pa);
   if (ONES) {  // the row sums: column 64, held by the quad's lane q4 = 0 (l0, l1 summed over the quad below)
     l0 = q4 == 0 ? o[8][0] : 0.0f;
     l1 = q4 == 0 ? o[8][2] : 0.0f;

@@ -691,22 +691,29 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
         for e, _, _ in tile_rows(t):
             smem[e:e + 8] = np.nan
 
-    def write_ones():
-        for bf in range(2):
-            for k in range(BK):
-                e = vofs(bf) + wg_core_v(k, 8)
-                smem[e:e + 8] = 0
-                smem[e] = 1.0
+    def write_ones():  # threads tid < 128: st.shared.v4.b32 {0x3F80, 0, 0, 0} (bf16 1.0 in the low half)
+        for tid in range(128):
+            bfo, k = tid >> 6, tid & 63
+            e = bfo * TB + TK + wg_core_v(k, 8)
+            words = np.array([0x3F80, 0, 0, 0], np.uint32)
+            smem[e:e + 8] = (words.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
+    # mask_row_live<NTH, BK, true>: each thread's keys tid + i NTH, OR-reduced per warp, then over warps
     Mrow = np.full(MAXT, np.nan, np.float32)
     live = notplain = 0
-    for k in range(MAXT):
-        v = np.float32(mrow[k]) if k < T else np.float32(0)
-        if k < T and v > PAD_MASK:
-            live |= 1 << (k // BK)
-        if not (k < T and v == 0):
-            notplain |= 1 << (k // BK)
-        Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
+    for w in range(NW):
+        lw = pw = 0
+        for lane in range(32):
+            for i in range(MAXT // NTH):
+                k = w * 32 + lane + i * NTH
+                v = np.float32(mrow[k]) if k < T else np.float32(0)
+                if k < T and v > PAD_MASK:
+                    lw |= 1 << (k // BK)
+                if not (k < T and v == 0):
+                    pw |= 1 << (k // BK)
+                Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
+        live, notplain = live | lw, notplain | pw
+    assert not np.isnan(Mrow).any()
     if not sl2 > 0:
         notplain = ~0
     wgs = [[dict(m0=np.full(32, -np.inf, np.float32), m1=np.full(32, -np.inf, np.float32),
@@ -735,15 +742,19 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
                 pa.append(x)
             st["pa"] = pa
 
+    # the descriptors as the kernel forms them: buffer 0's, plus DBUF (TB * 2 / 16) per buffer
+    dk0, dv0, DBUF = wg_desc(0), wg_desc_vt(2 * TK), TB // 8
+    assert dk0 + DBUF == wg_desc(2 * kofs(1)) and dv0 + DBUF == wg_desc_vt(2 * vofs(1))
+
     def compute(j, bf, pending):
         for g in wgs:
             s = [np.zeros((8, 32, 4), np.float32) for _ in range(4)]
             for ks in range(4):  # S_j = Q K_j^T: A = Q's fragments, B = K[bf] (K-major, LBO 128, SBO 1024)
-                wgmma_rs_n(smem, [st["qa"][ks] for st in g], wg_desc(2 * kofs(bf)) + 16 * ks, s, ks > 0, 64, 0)
+                wgmma_rs_n(smem, [st["qa"][ks] for st in g], dk0 + bf * DBUF + 16 * ks, s, ks > 0, 64, 0)
             if pending:  # O += P_{j-1} V_{j-1}: V[bf ^ 1]
                 o = [st["o"] for st in g]
                 for kk in range(4):
-                    wgmma_rs_n(smem, [st["pa"][kk] for st in g], wg_desc_vt(2 * vofs(bf ^ 1)) + 16 * kk, o, True,
+                    wgmma_rs_n(smem, [st["pa"][kk] for st in g], dv0 + (bf ^ 1) * DBUF + 16 * kk, o, True,
                                72 if ones else 64, 1)
             plain = not (notplain >> j) & 1
             if stats is not None and plain:
@@ -759,7 +770,7 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
         for g in wgs:
             o = [st["o"] for st in g]
             for kk in range(4):
-                wgmma_rs_n(smem, [st["pa"][kk] for st in g], wg_desc_vt(2 * vofs(bf)) + 16 * kk, o, True,
+                wgmma_rs_n(smem, [st["pa"][kk] for st in g], dv0 + bf * DBUF + 16 * kk, o, True,
                            72 if ones else 64, 1)
 
     ops = [("issue", ("q", 0, 0)), ("issue", ("k", 0, 0)), ("commit",)]

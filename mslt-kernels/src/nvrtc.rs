@@ -181,6 +181,10 @@ pub struct PtxasUsage {
     pub spill_stores: u32,
     pub spill_loads: u32,
     pub shared_bytes: u32,
+    /// ptxas serialised the kernel's `wgmma.mma_async` ("(C75xx) Potential Performance Loss:
+    /// wgmma.mma_async instructions are serialized due to ... in the function 'k'"): correct, but
+    /// every `wgmma` waited for at once, the pipelining of the fa2wg3 / fa2wg4 loop lost.
+    pub wgmma_serialized: bool,
 }
 
 /// Assembles `ptx` for `arch` with the `ptxas` at `ptxas` (from the CUDA toolkit or the
@@ -222,7 +226,8 @@ pub fn assemble(
 }
 
 /// Reads `ptxas -v` output: "Compiling entry function 'k' ...", "N bytes spill stores, M bytes
-/// spill loads", "Used R registers, ... S bytes smem".
+/// spill loads", "Used R registers, ... S bytes smem", and the notes that a function's `wgmma`
+/// are serialised.
 pub fn parse_ptxas_log(log: &str) -> Vec<PtxasUsage> {
     // the number right before `phrase` (e.g. "bytes spill stores") on `line`
     let num_before = |line: &str, phrase: &[&str]| -> u32 {
@@ -246,7 +251,18 @@ pub fn parse_ptxas_log(log: &str) -> Vec<PtxasUsage> {
                 spill_stores: 0,
                 spill_loads: 0,
                 shared_bytes: 0,
+                wgmma_serialized: false,
             });
+        } else if line.contains("wgmma.mma_async instructions are serialized") {
+            // names its function at the end: "... in the function 'k'"
+            let name = line
+                .rsplit_once("function '")
+                .map(|(_, r)| r.trim_end().trim_end_matches(['\'', '.']))
+                .unwrap_or("");
+            let at = v.iter().position(|u| u.entry == name);
+            if let Some(i) = at.or(v.len().checked_sub(1)) {
+                v[i].wgmma_serialized = true;
+            }
         } else if let Some(u) = v.last_mut() {
             if line.contains("spill stores") {
                 u.spill_stores = num_before(line, &["bytes", "spill", "stores"]);
@@ -290,5 +306,14 @@ ptxas info    : Used 31 registers, 380 bytes cmem[0]\n";
             (u[1].entry.as_str(), u[1].registers, u[1].shared_bytes),
             ("k2", 31, 0)
         );
+        assert!(!u[0].wgmma_serialized && !u[1].wgmma_serialized);
+        // the note names its function (as CUDA 12.x / 13.0 ptxas print it)
+        let log = format!(
+            "{log}ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are \
+serialized due to non wgmma instructions defining accumulator registers of a wgmma between start and \
+end of the pipeline stage in the function 'attention_fwd_bf16_d64_fa2'\n"
+        );
+        let u = super::parse_ptxas_log(&log);
+        assert!(u[0].wgmma_serialized && !u[1].wgmma_serialized);
     }
 }

@@ -383,6 +383,9 @@ fn every_kernel_source_compiles_with_nvrtc() {
                             (0, 0),
                             "{arch} {u:?} spills"
                         );
+                        // fa2wg3 / fa2wg4 overlap the softmax with an in-flight wgmma: ptxas
+                        // must not serialise it (nor any other kernel's)
+                        assert!(!u.wgmma_serialized, "{arch} {u:?}: wgmma serialised");
                         n += 1;
                     }
                 }

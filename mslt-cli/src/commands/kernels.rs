@@ -108,8 +108,13 @@ pub fn run(a: KernelsArgs) -> Result<()> {
                     let ptx = nv.compile_ptx(src, &arch)?;
                     for u in mslt_kernels::nvrtc::assemble(&ptxas, src.file, &ptx, &arch)? {
                         println!(
-                            "ptxas {arch} {:<32} {:>3} registers, {:>5} B smem, spills {} B stored / {} B loaded",
-                            u.entry, u.registers, u.shared_bytes, u.spill_stores, u.spill_loads
+                            "ptxas {arch} {:<32} {:>3} registers, {:>5} B smem, spills {} B stored / {} B loaded{}",
+                            u.entry,
+                            u.registers,
+                            u.shared_bytes,
+                            u.spill_stores,
+                            u.spill_loads,
+                            if u.wgmma_serialized { ", wgmma SERIALISED" } else { "" }
                         );
                     }
                 }
