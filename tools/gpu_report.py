@@ -183,6 +183,26 @@ def main():
             if q is not None:
                 w[0], w[1], w[2] = max(w[0], q), min(w[1], q), w[2] + 1
         p("")
+        # the fastest kernel per shape (what a default should be), named kernels and the default
+        best = {}
+        for r in att:
+            if r["implementation"] != "fused" and not r["implementation"].startswith("fused-"):
+                continue
+            name = r["implementation"].removeprefix("fused-") if r["implementation"] != "fused" else "default"
+            best.setdefault((r["dtype"], r["shape"]), []).append((us(r), name, r))
+        if best:
+            p("### Fastest kernel per shape\n")
+            p("Over every attention kernel timed in this run (named kernels by name, `default` the binary's "
+              "choice); per shape the fastest, the runner-up and the fastest's ratio to SDPA.\n")
+            p("| dtype | shape | fastest | us | runner-up | us | fastest / SDPA |")
+            p("|---|---|---|---|---|---|---|")
+            for (dt, shape), v in best.items():
+                v.sort(key=lambda x: x[0])
+                (t0, n0, r0), second = v[0], (v[1] if len(v) > 1 else (None, "", None))
+                _, sd, _ = baselines(r0)
+                p(f"| {dt} | {shape} | {n0} | {t0:.1f} | {second[1]} | {fmt(second[0])} | "
+                  f"{fmt(ratio(t0, us(sd)), '.2f')} |")
+            p("")
         for (impl, dt), (hi, lo, n, total) in worst.items():
             if n == 0:
                 verdicts.append(f"Attention goal, {impl} {dt}: no SDPA timing to compare with -> **unknown**")
