@@ -1447,6 +1447,9 @@ __device__ __forceinline__ void wg_pv_v_issue(float (&o)[9][4], unsigned (&pa)[4
 // move only when the tile's maximum exceeds them by more than 8 (log2 units); c0, c1: the factors
 // o (and the row sums) take, exactly 1 where the reference stayed. PLAIN: no mask (a plain tile;
 // sl2 > 0). SUMS: this lane's partial row sums l0, l1 are kept here (the _dropout kernels).
+// (The row maxima are softmax_scores' code again: shared through a function, ptxas orders
+// fa2wg2_dropout's instructions differently, and the kernels checked on the H100 keep their
+// machine code.)
 template <bool PLAIN, bool SUMS>
 __device__ __forceinline__ void softmax_wgp(float (&s)[8][4], const float* ms, int q4, float sl2, float& m0,
                                             float& m1, float& l0, float& l1, float& c0, float& c1) {

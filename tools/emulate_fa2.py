@@ -486,22 +486,7 @@ def wgmma_rs(smem, pas, dv, states):
     imm-trans-b 1) from smem through a no-swizzle descriptor: the PTX ISA's canonical MN-major
     layout ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8 bf16: element (k, n) at start +
     (n / 8) SBO + (k / 8) LBO + (k % 8) 16 + (n % 8) 2 bytes. Adds A B to each warp's o."""
-    assert dv >> 62 == 0, "no swizzle"
-    start, lbo, sbo = (dv & 0x3FFF) << 4, ((dv >> 16) & 0x3FFF) << 4, ((dv >> 32) & 0x3FFF) << 4
-    k, n = np.meshgrid(np.arange(16), np.arange(64), indexing="ij")
-    B = smem[(start + (n // 8) * sbo + (k // 8) * lbo + (k % 8) * 16 + (n % 8) * 2) // 2].astype(np.float64)
-    A = np.zeros((64, 16))
-    for w, pa in enumerate(pas):
-        for e in range(2):
-            A[16 * w + G, 2 * Q4 + e] = pa[:, 0, e]
-            A[16 * w + G + 8, 2 * Q4 + e] = pa[:, 1, e]
-            A[16 * w + G, 2 * Q4 + 8 + e] = pa[:, 2, e]
-            A[16 * w + G + 8, 2 * Q4 + 8 + e] = pa[:, 3, e]
-    D = A @ B
-    for w, st in enumerate(states):
-        for nt in range(8):
-            for e in range(4):
-                st["o"][nt][:, e] = (D[acc_rc(w, nt, e)] + st["o"][nt][:, e].astype(np.float64)).astype(np.float32)
+    wgmma_rs_n(smem, pas, dv, [st["o"] for st in states], True, 64, 1)
 
 
 def block_wg(qkv, mask, b, h, q0, H, scale, drop=None, neg=None, pv=False):
