@@ -58,6 +58,17 @@ for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5 fa2wg3 fa2wg4}; do
     --json "$OUT/json/check-$k.json"; then NEW_OK+=("$k"); fi
 done
 echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee -a "$LOG"
+# A new kernel that failed: its `_dropout` twin alone (MSLT_ATTENTION=k, part dropout: the rows
+# `attention+dropout`, tagged check-diag-k in the report), as a diagnostic. The fa2wg3 / fa2wg4
+# twins run P V at 64 columns with f32 row sums, so where a twin passes and its kernel fails, the
+# ones column (m64n72k16) is at fault; where both fail, what they share (the V layout, Q in
+# registers, the pipelining).
+for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5 fa2wg3 fa2wg4}; do
+  case " ${NEW_OK[*]-} " in *" $k "*) continue ;; esac
+  step "kernel check (diagnostic): the dropout twin of attention[$k], which failed its check"
+  MSLT_ATTENTION=$k run 45 "$BIN" kernels check --device cuda --large --only dropout \
+    --json "$OUT/json/check-diag-$k.json"
+done
 # Dropout on the attention probabilities inside the kernels (the `_dropout` entry points of the
 # defaults fa2v3, fa2w8v3, fa2w8 and tf32x3, and of the new kernels that passed): kernel rows
 # against the same Philox draws through Candle ops, and the frozen encoder with

@@ -78,8 +78,12 @@ def main():
     if checks:
         p("## Checks\n")
         groups = {}
-        for _, rows in checks:
+        for f, rows in checks:
+            # a diagnostic run (check-diag-K.json: MSLT_ATTENTION=K) keeps its rows apart
+            diag = os.path.basename(f).removesuffix(".json") if os.path.basename(f).startswith("check-diag-") else None
             for r in rows:
+                if diag:
+                    r = dict(r, kernel=f"{r['kernel']} [{diag}]")
                 # serde_json writes a non-finite error (an output of +-inf) as null
                 r["rel_err"] = float("inf") if r["rel_err"] is None else r["rel_err"]
                 g = groups.setdefault((r["kernel"], r["dtype"]), dict(n=0, failed=0, err=0.0, tol=r["tol"], nan=0, worst=""))

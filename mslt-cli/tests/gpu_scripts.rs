@@ -12,6 +12,7 @@ const STANDIN: &str = r#"#!/usr/bin/env bash
 "$REAL_MSLT_CLI" "$@" > /dev/null 2> "$STANDIN_ERR"
 rc=$?
 if [ "$rc" -eq 2 ]; then echo "REJECTED: $*"; cat "$STANDIN_ERR"; exit 2; fi
+if [ -n "${STANDIN_FAIL:-}" ] && [[ "$* " == *"$STANDIN_FAIL"* ]]; then echo "RAN (failing) $*"; exit 1; fi
 echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_ATTENTION_DROPOUT:+MSLT_ATTENTION_DROPOUT=$MSLT_ATTENTION_DROPOUT }${MSLT_GELU:+MSLT_GELU=$MSLT_GELU }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }$*"
 exit 0
 "#;
@@ -116,6 +117,26 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     );
     assert!(quick
         .contains("new attention kernels that passed their checks: fa2w8v4 fa2w8v5 fa2wg3 fa2wg4"));
+    // a new kernel that fails its check is neither timed nor benched; its dropout twin is
+    // checked alone as a diagnostic
+    let fail = run_gpu_all(&[
+        ("GPU_CHECK_QUICK", "1"),
+        ("STANDIN_FAIL", "--only named --attention-kernels fa2wg3 "),
+    ]);
+    let ran = |s: &str| count_ran(&fail, s);
+    assert!(fail.contains("new attention kernels that passed their checks: fa2w8v4 fa2w8v5 fa2wg4"));
+    assert_eq!(
+        ran("MSLT_ATTENTION=fa2wg3 kernels check --device cuda --large --only dropout"),
+        1,
+        "{fail}"
+    );
+    assert_eq!(ran("kernels check --device cuda --large --only dropout"), 1);
+    assert_eq!(ran("MSLT_ATTENTION=fa2wg3 bench"), 0);
+    assert_eq!(ran("--only named --attention-kernels fa2wg3 "), 1);
+    assert_eq!(
+        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg4"),
+        1
+    );
     // NEW_KERNELS empty: only the default check and timings
     let none = run_gpu_all(&[("GPU_CHECK_QUICK", "1"), ("NEW_KERNELS", "")]);
     assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");
@@ -215,6 +236,10 @@ fn gpu_report_reproduces_the_committed_h100_run() {
     let bad = r#"[{"kernel": "attention[fa2]", "dtype": "bf16", "shape": "B2 T7", "against": "candle reference",
         "max_abs_err": null, "max_abs_ref": 1.0, "rel_err": null, "tol": 0.01, "nonfinite": 3, "pass": false}]"#;
     std::fs::write(tmp.path().join("check-fa2.json"), bad).unwrap();
+    // a diagnostic run (MSLT_ATTENTION=fa2wg3, its dropout twin): rows kept apart by their file
+    let diag = r#"[{"kernel": "attention+dropout", "dtype": "bf16", "shape": "B2 T7", "against": "candle reference",
+        "max_abs_err": 0.001, "max_abs_ref": 1.0, "rel_err": 0.001, "tol": 0.05, "nonfinite": 0, "pass": true}]"#;
+    std::fs::write(tmp.path().join("check-diag-fa2wg3.json"), diag).unwrap();
     let log = "=== kernel check: attention[fa2] (not yet run) (12:00:01)\nexit 1\n\
                === kernel check: attention[tf32x3] (12:00:09)\nexit 124\n";
     std::fs::write(tmp.path().join("gpu-check.log"), log).unwrap();
@@ -231,8 +256,12 @@ fn gpu_report_reproduces_the_committed_h100_run() {
         r.contains("- kbench-fa2.json: ") && r.contains("- torch.json: "),
         "{r}"
     );
-    assert!(r.contains("0 of 1 checks passed."), "{r}");
+    assert!(r.contains("1 of 2 checks passed."), "{r}");
     assert!(r.contains("| attention[fa2] | bf16 | 1 | 1 | inf |"), "{r}");
+    assert!(
+        r.contains("| attention+dropout [check-diag-fa2wg3] | bf16 | 1 | 0 | 1.0e-03 |"),
+        "{r}"
+    );
     assert!(
         r.contains(
             "Steps that failed: kernel check: attention[fa2] (not yet run) (exit 1); \
@@ -264,10 +293,10 @@ fn gpu_check_skips_steps_past_its_budget() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
-    // 1 check + 2 new attention kernel checks + the dropout check + kbench + torch + 5 base
-    // benches (nothing new passed, so nothing new is timed)
+    // 1 check + 2 new attention kernel checks + their 2 diagnostics (neither passed) + the
+    // dropout check + kbench + torch + 5 base benches (nothing new passed, so nothing new is timed)
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 11, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 13, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
 
