@@ -1551,9 +1551,10 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   const unsigned kv0 = (unsigned)__cvta_generic_to_shared(KVc);
   // this thread's cp.async chunks (load_tile_wg): rows r0 + it NTH / 8, columns 8 c8 .. 8 c8 + 7
   const int r0 = (tid & 7) | ((tid >> 6) << 3), c8 = (tid >> 3) & 7, off0 = r0 * rsi + c8 * 8;
-  // the Q tile (over K1 V1) and K of key tile 0 (K0): one group
+  // the Q tile (over K1 V1), K and V of key tile 0 (K0, V0): one group
   load_tile_wg<BQ, false, NTH>(kv0 + 2u * TB, base, rsi, off0, q0, 0, r0, c8, T_);
   load_tile_wg<BK, false, NTH>(kv0, base, rsi, off0, 0, C, r0, c8, T_);
+  load_tile_wg<BK, true, NTH>(kv0 + 2u * TK, base, rsi, off0, 0, 2 * C, r0, c8, T_);
   cp_async_commit();
   // the ones column of both V buffers (ONES): column group 8, key k: column 64 = 1, 65-71 = 0
   if (ONES && tid < 128) {
@@ -1564,7 +1565,7 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   }
   mask_row_live<NTH, BK, true>(mrow, T_, Mrow, Lw, tid, lane, w, Pw);  // meanwhile
   cp_async_wait0();
-  __syncthreads();  // Q, K_0, Mrow, Lw, Pw
+  __syncthreads();  // Q, K_0, V_0, Mrow, Lw, Pw
   unsigned live = 0u, notplain = 0u;
 #pragma unroll
   for (int i = 0; i < NW; ++i) {
@@ -1584,7 +1585,7 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
 #pragma unroll
   for (int nt = 0; nt < 9; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
   unsigned pa[4][4];  // P of the previous tile: the A fragments of its four k-steps of 16 keys
-  int j = 0, bf = 0;
+  int j = 0, bf = 0, pos = 0;  // key tile j, the pos-th processed, in buffer bf = pos % 2
   bool pending = false;  // s holds the probabilities of the previous tile, its P V not yet issued
   while (true) {
     if (pending) {
@@ -1613,7 +1614,13 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
     if (j >= ntiles) break;
     const int jn = next_live(j + 1, ntiles, live);
     if (jn < ntiles) load_tile_wg<BK, false, NTH>(kv0 + 2u * (unsigned)((bf ^ 1) * TB), base, rsi, off0, jn * BK, C, r0, c8, T_);
-    load_tile_wg<BK, true, NTH>(kv0 + 2u * (unsigned)(bf * TB + TK), base, rsi, off0, j * BK, 2 * C, r0, c8, T_);
+    // V of tile j into V[bf] (read by the P V of the next iteration): from the third tile on.
+    // V of the first came with the Q tile; the second's goes into V[1] now, a tile early (V[1]
+    // has held only the Q tile, read before this barrier)
+    if (pos >= 2 || (pos == 0 && jn < ntiles)) {
+      const int vt = pos == 0 ? jn : j, vb = pos == 0 ? 1 : bf;
+      load_tile_wg<BK, true, NTH>(kv0 + 2u * (unsigned)(vb * TB + TK), base, rsi, off0, vt * BK, 2 * C, r0, c8, T_);
+    }
     cp_async_commit();
     wg_qk_rs_issue(s, qa, dk0 + (unsigned long long)bf * DBUF);  // S_j = Q K_j^T
     if (pending) {
@@ -1633,6 +1640,7 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
     }
     pending = true;
     bf ^= 1;
+    ++pos;
     j = jn;
   }
   // the last tile's O += P V (its V in V[bf ^ 1]; the loop's last barrier made it visible)

@@ -639,8 +639,9 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
     the barrier that starts an iteration; S_j = Q K_j^T (Q from registers) and O += P_{j-1} V_{j-1}
     (m64n72k16 with the ones column: the row sums; m64n64k16 and f32 sums with dropout) read
     shared memory in the same interval as those copies; the reference maxima that move by more
-    than 8 only, the plain-tile softmax. neg: a negative control, "v_same_buf" (V of tile j into
-    the buffer P V reads) or "no_ones" (the ones column never written). stats: a dict counting
+    than 8 only, the plain-tile softmax. neg: a negative control, "v_same_buf" (V of the third and
+    later tiles into the buffer P V reads), "no_ones" (the ones column never written) or "v1_early"
+    (V of the second tile requested with the Q tile, over it). stats: a dict counting
     the plain tiles and the warps' rescalings."""
     BQ, BK, NTH, NW = 64 * NWG, 64, 128 * NWG, 4 * NWG
     TK, TV = BK * D, BK * 72
@@ -758,12 +759,16 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
                 wgmma_rs_n(smem, [st["pa"][kk] for st in g], dv0 + bf * DBUF + 16 * kk, o, True,
                            72 if ones else 64, 1)
 
-    ops = [("issue", ("q", 0, 0)), ("issue", ("k", 0, 0)), ("commit",)]
+    kv = KV_live(live, ntiles)
+    # the Q tile, K and V of key tile 0 (always processed) in the prologue
+    ops = [("issue", ("q", 0, 0)), ("issue", ("k", 0, 0)), ("issue", ("v", 0, 0))]
+    if neg == "v1_early" and kv.next_live(1) < ntiles:
+        ops.append(("issue", ("v", kv.next_live(1), 1)))  # over the Q tile, before it is read
+    ops.append(("commit",))
     if neg != "no_ones":
         ops.append(("do", write_ones))
     ops += [("wait", 0), ("bar",), ("do", read_q)]
-    kv = KV_live(live, ntiles)
-    processed, j, bf, pending = [], 0, 0, False
+    processed, j, bf, pending, pos = [], 0, 0, False, 0
     while True:
         if pending:
             ops.append(("do", top))
@@ -773,10 +778,15 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
         jn = kv.next_live(j + 1)
         if jn < ntiles:
             ops.append(("issue", ("k", jn, bf ^ 1)))
-        ops += [("issue", ("v", j, bf ^ 1 if neg == "v_same_buf" else bf)), ("commit",)]
+        # V of this tile into V[bf] from the third tile on; the second tile's into V[1] now
+        if pos >= 2:
+            ops.append(("issue", ("v", j, bf ^ 1 if neg == "v_same_buf" else bf)))
+        elif pos == 0 and jn < ntiles and neg != "v1_early":
+            ops.append(("issue", ("v", jn, 1)))
+        ops.append(("commit",))
         ops.append(("do", lambda j=j, bf=bf, p=pending: compute(j, bf, p)))
         processed.append(j)
-        pending, bf, j = True, bf ^ 1, jn
+        pending, bf, j, pos = True, bf ^ 1, jn, pos + 1
     ops.append(("do", lambda bf=bf: last_pv(bf ^ 1)))
     run_intervals(ops, poison, land)
     if ones:  # the row sums: column 64 (lane q4 = 0's o[8][0], o[8][2]; summed over the quad)
@@ -1031,9 +1041,9 @@ def main():
         ok = err < 1e-2
         bad += not ok
         print(f"fa2wgp ramp of {step} per tile: max rel error {err:.2e} {'ok' if ok else 'MISMATCH'}")
-    for neg in ("v_same_buf", "no_ones"):
+    for neg in ("v_same_buf", "no_ones", "v1_early"):
         kern = lambda q, m, b, h, q0, neg=neg: block_wgp(q, m, b, h, q0, H, scale, 2, neg=neg)
-        if run(f"negative control {neg}", kern, 150, [150, 70], 1e-2, 128, rng, H, scale, True) != 2:
+        if run(f"negative control {neg}", kern, 200, [200, 150], 1e-2, 128, rng, H, scale, True) != 2:
             print(f"negative control {neg}: the emulation did not notice it")
             bad += 1
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")

@@ -230,8 +230,8 @@ pub enum AttentionKernel {
     /// per block): Q in registers (S = Q K^T reads only K from shared memory), the softmax of
     /// key tile j while O += P V of tile j - 1 runs, the row sums on the tensor cores (a ones
     /// column in V, m64n72k16; not with dropout), O rescaled only when a row's maximum grows by
-    /// more than a factor 2^8, and unmasked tiles (every mask value 0) without the mask arithmetic. 311
-    /// loop instructions per warp and 64-key tile on an unmasked tile (fa2w8v3: 530), 127
+    /// more than a factor 2^8, and unmasked tiles (every mask value 0) without the mask arithmetic. 317
+    /// loop instructions per warp and 64-key tile on an unmasked tile (fa2w8v3: 530), 128
     /// registers, no spills. Checked on the CPU by emulation only (tools/emulate_fa2.py); not
     /// yet run on a GPU.
     Fa2Wg3,
