@@ -635,8 +635,9 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
     """attention_fa2wgp<NWG> (attention_fwd_bf16_d64_fa2_wg3, NWG = 2; _wg4, NWG = 1), one block,
     its copies and barriers run by run_intervals: K ([K0][V0][K1][V1], WG_CORE) and V (WG_CORE_V,
     9 column groups, the ninth all zeros but column 64, all ones) in one shared array; the Q tile
-    over K1 and V1's first 64 columns; K of the next live tile and V of this one requested after
-    the barrier that starts an iteration; S_j = Q K_j^T (Q from registers) and O += P_{j-1} V_{j-1}
+    over K1 and V1's first 64 columns, requested with K and V of tile 0; K of the next live tile
+    requested after the barrier that starts an iteration, and V of this tile (from the third on;
+    the second tile's V in the first iteration, into V1); S_j = Q K_j^T (Q from registers) and O += P_{j-1} V_{j-1}
     (m64n72k16 with the ones column: the row sums; m64n64k16 and f32 sums with dropout) read
     shared memory in the same interval as those copies; the reference maxima that move by more
     than 8 only, the plain-tile softmax. neg: a negative control, "v_same_buf" (V of the third and
