@@ -1521,7 +1521,9 @@ __device__ __forceinline__ void load_tile_wg(unsigned dst, const bf16_t* base, i
   }
 }
 
-template <int NWG, bool DROP = false>
+// OVL = false (fa2wg3s, an ablation): every wgmma group waited for at once (wait_group 0 after
+// O += P V too), so the softmax no longer overlaps P V; everything else as fa2wg3.
+template <int NWG, bool DROP = false, bool OVL = true>
 __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
                                                  bf16_t* __restrict__ out, int T_, int H, float scale,
                                                  Dropout dr = Dropout{}) {
@@ -1625,7 +1627,10 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
     wg_qk_rs_issue(s, qa, dk0 + (unsigned long long)bf * DBUF);  // S_j = Q K_j^T
     if (pending) {
       wg_pv_v_issue<ONES>(o, pa, dv0 + (unsigned long long)(bf ^ 1) * DBUF);  // O += P_{j-1} V_{j-1}
-      wg_wait1();  // S_j; P V still running
+      if (OVL)
+        wg_wait1();  // S_j; P V still running
+      else
+        wg_wait0();
     } else {
       wg_wait0();
     }
@@ -1672,6 +1677,14 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
 // fa2wg3: 2 blocks per SM (16 warps; 1 with dropout); fa2wg4: 4 (16 warps; 2 with dropout)
 FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg3, 256, 2, 1, attention_fa2wgp, 2)
 FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg4, 128, 4, 2, attention_fa2wgp, 1)
+template <int NWG, bool DROP>
+__device__ __forceinline__ void attention_fa2wgp_sync(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                                      bf16_t* __restrict__ out, int T_, int H, float scale,
+                                                      Dropout dr = Dropout{}) {
+  attention_fa2wgp<NWG, DROP, false>(qkv, mask, out, T_, H, scale, dr);
+}
+// fa2wg3s: fa2wg3 without the overlap of the softmax and P V (launched as fa2wg3)
+FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg3s, 256, 2, 1, attention_fa2wgp_sync, 2)
 
 // ---------------------------------------------------------------------------------------------
 // attention_fwd_f32_d64_tf32x3: f32 attention (D = 64) on tensor cores with the 3xTF32 split

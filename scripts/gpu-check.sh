@@ -8,7 +8,8 @@
 # Logs go to OUT_DIR/gpu-check.log and the JSON files to OUT_DIR/json; the summary
 # table is printed last. Each step has its own time limit and a failed step does not stop the
 # others. Attention kernels never run on a GPU before (NEW_KERNELS, default "fa2w8v4 fa2w8v5
-# fa2wg3 fa2wg4"; "fa2v2 fa2w8" in run 6, "fa2v3 fa2w8v3 fa2wg fa2wg2" in run 7; NEW_KERNELS= for none) are
+# fa2wg3 fa2wg4"; "fa2v2 fa2w8" in run 6, "fa2v3 fa2w8v3 fa2wg fa2wg2" in run 7; NEW_KERNELS= for none;
+# ABLATION_KERNELS, default "fa2wg3s", are checked and timed only) are
 # checked each in their own process and timed only if they pass; the dropout inside the kernels
 # (part `dropout`, checked in runs 7 and 8) in a process of its own. Run 5 on one H100 (2026-11-27, all
 # steps) took 5.4 minutes; GPU_CHECK_QUICK=1 skips the `base` rows run 5 measured (about 3
@@ -90,6 +91,17 @@ for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do
   step "kernel timings: attention[$k]"
   if run 60 "$BIN" kernels bench --device cuda --only named --attention-kernels "$k" \
     --json "$OUT/json/kbench-$k.json"; then BENCH_OK+=("$k"); fi
+done
+# Ablations (ABLATION_KERNELS, default "fa2wg3s": fa2wg3 without the softmax / P V overlap):
+# checked in their own process and, where they pass, timed beside the kernel they take apart;
+# no base bench, no dropout timings
+for k in ${ABLATION_KERNELS-fa2wg3s}; do
+  step "kernel check: attention[$k] (an ablation)"
+  if run 45 "$BIN" kernels check --device cuda --large --only named --attention-kernels "$k" \
+    --json "$OUT/json/check-$k.json"; then
+    step "kernel timings: attention[$k] (an ablation)"
+    run 60 "$BIN" kernels bench --device cuda --only named --attention-kernels "$k" --json "$OUT/json/kbench-$k.json"
+  fi
 done
 if [ "$DROP_OK" = 1 ]; then
   for k in ${BENCH_OK[@]+"${BENCH_OK[@]}"}; do

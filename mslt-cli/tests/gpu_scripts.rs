@@ -66,9 +66,12 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     // "pass" here), the base benches (incl. one per new kernel)
     // ... and the attention dropout inside the kernels: one check (the new kernels included),
     // one timing for the default kernel and one per new kernel, and the base benches with frozen
-    // dropout on, with it inside the kernels and on Candle ops (f32, bf16)
-    assert_eq!(ran("kernels check"), 4, "{all}");
-    assert_eq!(ran("kernels bench"), 6, "{all}");
+    // dropout on, with it inside the kernels and on Candle ops (f32, bf16); the ablation
+    // (ABLATION_KERNELS unset: fa2wg3s) checked and timed once each
+    assert_eq!(ran("kernels check"), 5, "{all}");
+    assert_eq!(ran("kernels bench"), 7, "{all}");
+    assert_eq!(ran("--only named --attention-kernels fa2wg3s "), 2, "{all}");
+    assert_eq!(ran("MSLT_ATTENTION=fa2wg3s"), 0, "{all}");
     assert_eq!(
         ran("--only named,dropout --attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2v2,fa2w8"),
         1
@@ -104,8 +107,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
     assert_eq!(ran("bench --model-config base"), 9, "{quick}");
-    assert_eq!(ran("kernels check"), 6, "{quick}");
-    assert_eq!(ran("kernels bench"), 10, "{quick}");
+    assert_eq!(ran("kernels check"), 7, "{quick}");
+    assert_eq!(ran("kernels bench"), 11, "{quick}");
     assert_eq!(
         ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg3,fa2wg4"),
         1
@@ -137,8 +140,12 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg4"),
         1
     );
-    // NEW_KERNELS empty: only the default check and timings
-    let none = run_gpu_all(&[("GPU_CHECK_QUICK", "1"), ("NEW_KERNELS", "")]);
+    // NEW_KERNELS and ABLATION_KERNELS empty: only the default check and timings
+    let none = run_gpu_all(&[
+        ("GPU_CHECK_QUICK", "1"),
+        ("NEW_KERNELS", ""),
+        ("ABLATION_KERNELS", ""),
+    ]);
     assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");
     assert_eq!(count_ran(&none, "kernels bench"), 2, "{none}");
     assert_eq!(count_ran(&none, "bench --model-config base"), 5, "{none}");
@@ -294,9 +301,10 @@ fn gpu_check_skips_steps_past_its_budget() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
     // 1 check + 2 new attention kernel checks + their 2 diagnostics (neither passed) + the
-    // dropout check + kbench + torch + 5 base benches (nothing new passed, so nothing new is timed)
+    // ablation's check + the dropout check + kbench + torch + 5 base benches (nothing new passed,
+    // so nothing new is timed)
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 13, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 14, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
 

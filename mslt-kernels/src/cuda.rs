@@ -482,7 +482,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             Some(_) => Err(KernelError::Input {
                 kernel: K,
                 what: format!(
-                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4 and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg3s and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
                 ),
             }
             .into()),
@@ -498,7 +498,8 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         AttentionKernel::Fa2Wg
         | AttentionKernel::Fa2Wg2
         | AttentionKernel::Fa2Wg3
-        | AttentionKernel::Fa2Wg4 => {
+        | AttentionKernel::Fa2Wg4
+        | AttentionKernel::Fa2Wg3S => {
             let a = arch(dev)?;
             if a != "sm_90" {
                 return Err(KernelError::Input {
@@ -513,6 +514,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
                 AttentionKernel::Fa2Wg => "attention_fwd_bf16_d64_fa2_wg",
                 AttentionKernel::Fa2Wg2 => "attention_fwd_bf16_d64_fa2_wg2",
                 AttentionKernel::Fa2Wg3 => "attention_fwd_bf16_d64_fa2_wg3",
+                AttentionKernel::Fa2Wg3S => "attention_fwd_bf16_d64_fa2_wg3s",
                 _ => "attention_fwd_bf16_d64_fa2_wg4",
             })?
         }
@@ -531,7 +533,8 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         | AttentionKernel::Fa2W8V3
         | AttentionKernel::Fa2W8V4
         | AttentionKernel::Fa2W8V5
-        | AttentionKernel::Fa2Wg3 => (8, 16),
+        | AttentionKernel::Fa2Wg3
+        | AttentionKernel::Fa2Wg3S => (8, 16),
         AttentionKernel::Tc
         | AttentionKernel::Fa2
         | AttentionKernel::Fa2V2

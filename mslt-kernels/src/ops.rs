@@ -155,15 +155,16 @@ impl CustomOp2 for BiasGelu {
 /// size of their shared mask row; a test reads it from the source).
 pub const FA2P_MAX_T: usize = 512;
 
-/// Which CUDA attention kernel runs. bf16 with 64-wide heads has fourteen (fa2v3 / fa2w8v3 /
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has fifteen (fa2v3 / fa2w8v3 /
 /// fa2w8 the defaults), f32 with 64-wide heads two (tf32x3 the default); every other dtype and
-/// head dim has the CUDA-core kernel only. All but fa2w8v4, fa2w8v5, fa2wg3 and fa2wg4 passed
-/// their checks on an H100 (runs 5-8, docs/gpu-results.md); those four have not run on a GPU yet.
+/// head dim has the CUDA-core kernel only. All but fa2w8v4, fa2w8v5, fa2wg3, fa2wg4 and fa2wg3s
+/// passed their checks on an H100 (runs 5-8, docs/gpu-results.md); those five have not run on a
+/// GPU yet.
 /// The CPU side ignores it (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
     /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | fa2v3 | fa2w8v3 | fa2w8v4 |
-    /// fa2w8v5 | fa2wg | fa2wg2 | fa2wg3 | fa2wg4 | tf32x3) where it applies,
+    /// fa2w8v5 | fa2wg | fa2wg2 | fa2wg3 | fa2wg4 | fa2wg3s | tf32x3) where it applies,
     /// else the default of [`resolve_attention_kernel`].
     #[default]
     Auto,
@@ -238,6 +239,10 @@ pub enum AttentionKernel {
     /// `Fa2Wg3` with one warpgroup (64 query rows) per block
     /// (`attention_fwd_bf16_d64_fa2_wg4`, sm_90 only, T <= 512). Not yet run on a GPU.
     Fa2Wg4,
+    /// An ablation of `Fa2Wg3`: every `wgmma` group waited for at once, so the softmax no longer
+    /// overlaps O += P V (`attention_fwd_bf16_d64_fa2_wg3s`, sm_90 only, T <= 512); what the
+    /// overlap is worth is fa2wg3s' time over fa2wg3's. Not yet run on a GPU.
+    Fa2Wg3S,
     /// f32 on tensor cores with the 3xTF32 split, about f32 accuracy
     /// (`attention_fwd_f32_d64_tf32x3`; f32, D = 64). The f32 default: within 1.2e-6 relative of
     /// the f32 reference and 2.8-5.5x faster than `Simt` on the H100 (run 5).
@@ -247,7 +252,7 @@ pub enum AttentionKernel {
 impl AttentionKernel {
     /// Every kernel chosen by name (all but `Auto` and `Simt`): what `--attention-kernels all`
     /// selects.
-    pub const NAMED: [AttentionKernel; 14] = [
+    pub const NAMED: [AttentionKernel; 15] = [
         Self::Tc,
         Self::Fa2,
         Self::Fa2V2,
@@ -261,6 +266,7 @@ impl AttentionKernel {
         Self::Fa2Wg2,
         Self::Fa2Wg3,
         Self::Fa2Wg4,
+        Self::Fa2Wg3S,
         Self::Tf32x3,
     ];
 
@@ -280,6 +286,7 @@ impl AttentionKernel {
                 | Self::Fa2Wg2
                 | Self::Fa2Wg3
                 | Self::Fa2Wg4
+                | Self::Fa2Wg3S
                 | Self::Tf32x3
         )
     }
@@ -297,6 +304,7 @@ impl AttentionKernel {
                 | Self::Fa2Wg2
                 | Self::Fa2Wg3
                 | Self::Fa2Wg4
+                | Self::Fa2Wg3S
         )
         .then_some(FA2P_MAX_T)
     }
@@ -305,7 +313,7 @@ impl AttentionKernel {
     pub fn needs_sm90(self) -> bool {
         matches!(
             self,
-            Self::Fa2Wg | Self::Fa2Wg2 | Self::Fa2Wg3 | Self::Fa2Wg4
+            Self::Fa2Wg | Self::Fa2Wg2 | Self::Fa2Wg3 | Self::Fa2Wg4 | Self::Fa2Wg3S
         )
     }
 
@@ -320,7 +328,7 @@ impl AttentionKernel {
         match self {
             Auto | Simt => true,
             Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 | Fa2W8V4 | Fa2W8V5 | Fa2Wg
-            | Fa2Wg2 | Fa2Wg3 | Fa2Wg4 => dtype == DType::BF16 && d == 64 && t_ok,
+            | Fa2Wg2 | Fa2Wg3 | Fa2Wg4 | Fa2Wg3S => dtype == DType::BF16 && d == 64 && t_ok,
             Tf32x3 => dtype == DType::F32 && d == 64,
         }
     }
@@ -345,9 +353,10 @@ impl std::str::FromStr for AttentionKernel {
             "fa2wg2" => Ok(Self::Fa2Wg2),
             "fa2wg3" => Ok(Self::Fa2Wg3),
             "fa2wg4" => Ok(Self::Fa2Wg4),
+            "fa2wg3s" => Ok(Self::Fa2Wg3S),
             "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4 or tf32x3"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg3s or tf32x3"
             )),
         }
     }
@@ -371,6 +380,7 @@ impl std::fmt::Display for AttentionKernel {
             Self::Fa2Wg2 => "fa2wg2",
             Self::Fa2Wg3 => "fa2wg3",
             Self::Fa2Wg4 => "fa2wg4",
+            Self::Fa2Wg3S => "fa2wg3s",
             Self::Tf32x3 => "tf32x3",
         })
     }
@@ -418,7 +428,7 @@ pub fn resolve_attention_kernel(
         (k, _) => Err(input_err(
             "attention",
             format!(
-                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, the fa2 kernels (fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4) take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and fa2wg* take T <= 512",
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, the fa2 kernels (fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg3s) take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and fa2wg* take T <= 512",
                 if aligned { "" } else { "not " }
             ),
         )),
