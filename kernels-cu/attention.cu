@@ -886,12 +886,15 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_bf16_d64_fa2_q12
 // An attention_fa2 (V2) / attention_fa2p / attention_fa2wg entry point NAME (FN<A, false>) and its twin NAME_dropout
 // (FN<A, true>, dropout on the probabilities, see Dropout), launched alike: NTH threads, at least
 // MINB blocks per SM (128 registers per thread).
-#define FA2_ENTRY_PAIR(NAME, NTH, MINB, FN, A)                                                          \
+#define FA2_ENTRY_PAIR(NAME, NTH, MINB, FN, A) FA2_ENTRY_PAIR2(NAME, NTH, MINB, MINB, FN, A)
+// The same with MINB_DROP blocks per SM for the _dropout twin (fa2wg3 / fa2wg4: at the 128
+// registers of MINB, ptxas spills their Philox draws)
+#define FA2_ENTRY_PAIR2(NAME, NTH, MINB, MINB_DROP, FN, A)                                              \
   extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
       NAME(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale) {             \
     FN<A, false>(qkv, mask, out, T_, H, scale);                                                          \
   }                                                                                                      \
-  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
+  extern "C" __global__ void __launch_bounds__(NTH, MINB_DROP)                                           \
       NAME##_dropout(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale,      \
                      unsigned long long seed, unsigned thr, float keep_scale) {                          \
     FN<A, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale}); \
@@ -1662,18 +1665,6 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   __trap();  // wgmma: sm_90a only
 #endif
 }
-// FA2_ENTRY_PAIR with MINB_DROP blocks per SM for the _dropout twin (Philox's registers: at the
-// 128 registers of MINB, ptxas spills it)
-#define FA2_ENTRY_PAIR2(NAME, NTH, MINB, MINB_DROP, FN, A)                                              \
-  extern "C" __global__ void __launch_bounds__(NTH, MINB)                                                \
-      NAME(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale) {             \
-    FN<A, false>(qkv, mask, out, T_, H, scale);                                                          \
-  }                                                                                                      \
-  extern "C" __global__ void __launch_bounds__(NTH, MINB_DROP)                                           \
-      NAME##_dropout(const bf16_t* qkv, const float* mask, bf16_t* out, int T_, int H, float scale,      \
-                     unsigned long long seed, unsigned thr, float keep_scale) {                          \
-    FN<A, true>(qkv, mask, out, T_, H, scale, Dropout{(unsigned)seed, (unsigned)(seed >> 32), thr, keep_scale}); \
-  }
 // fa2wg3: 2 blocks per SM (16 warps; 1 with dropout); fa2wg4: 4 (16 warps; 2 with dropout)
 FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg3, 256, 2, 1, attention_fa2wgp, 2)
 FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg4, 128, 4, 2, attention_fa2wgp, 1)

@@ -303,6 +303,29 @@ def pre_setup(qkv, mask, b, h, H, scale, BK):
     return T, H * D, qkv[b][:, h * D:], mask[b], np.float32(scale * LOG2E), (T + BK - 1) // BK
 
 
+def mask_row_live(mrow, T, NW, NTH, BK):
+    """mask_row_live<NTH, BK, PW>: each thread's keys tid + i NTH of the mask row scaled into Mrow
+    (mask * log2(e), clamped to -FLT_MAX; -inf beyond T), the live-tile bits (a key that is not
+    padding) and the not-plain bits (a key at or beyond T, or a mask value other than 0),
+    OR-reduced per warp (__reduce_or_sync, lane 0 -> Lw[w] / Pw[w]) and then over warps."""
+    Mrow = np.full(MAXT, np.nan, np.float32)
+    live = notplain = 0
+    for w in range(NW):
+        lw = pw = 0
+        for lane in range(32):
+            for i in range(MAXT // NTH):
+                k = w * 32 + lane + i * NTH
+                v = np.float32(mrow[k]) if k < T else np.float32(0)
+                if k < T and v > PAD_MASK:
+                    lw |= 1 << (k // BK)
+                if not (k < T and v == 0):
+                    pw |= 1 << (k // BK)
+                Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
+        live, notplain = live | lw, notplain | pw
+    assert not np.isnan(Mrow).any()
+    return Mrow, live, notplain
+
+
 def run_intervals(ops, poison, land):
     """Runs a block's schedule of shared-memory events as the hardware may order them. ops, in
     program order (the same for every thread): ("issue", target) a cp.async into target,
@@ -378,22 +401,7 @@ def block_pre(qkv, mask, b, h, q0, H, scale, NW, drop=None, neg=None, b1=False):
         else:
             KV[t[1], :, :, :D] = np.nan
 
-    Mrow = np.full(MAXT, np.nan, np.float32)
-    lw = []
-    for w in range(NW):
-        bits = 0
-        for lane in range(32):
-            for i in range(MAXT // NTH):
-                k = w * 32 + lane + i * NTH
-                v = np.float32(mrow[k]) if k < T else np.float32(0)
-                if k < T and v > PAD_MASK:
-                    bits |= 1 << (k // BK)
-                Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
-        lw.append(bits)  # __reduce_or_sync, lane 0 -> Lw[w]
-    live = 0
-    for bits in lw:
-        live |= bits
-    assert not np.isnan(Mrow).any()
+    Mrow, live, _ = mask_row_live(mrow, T, NW, NTH, BK)
     warps = [new_state(w * 16) for w in range(NW)]
 
     def read_q():
@@ -685,22 +693,7 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
             words = np.array([0x3F80, 0, 0, 0], np.uint32)
             smem[e:e + 8] = (words.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
-    # mask_row_live<NTH, BK, true>: each thread's keys tid + i NTH, OR-reduced per warp, then over warps
-    Mrow = np.full(MAXT, np.nan, np.float32)
-    live = notplain = 0
-    for w in range(NW):
-        lw = pw = 0
-        for lane in range(32):
-            for i in range(MAXT // NTH):
-                k = w * 32 + lane + i * NTH
-                v = np.float32(mrow[k]) if k < T else np.float32(0)
-                if k < T and v > PAD_MASK:
-                    lw |= 1 << (k // BK)
-                if not (k < T and v == 0):
-                    pw |= 1 << (k // BK)
-                Mrow[k] = max(v * np.float32(LOG2E), -FLT_MAX) if k < T else -np.inf
-        live, notplain = live | lw, notplain | pw
-    assert not np.isnan(Mrow).any()
+    Mrow, live, notplain = mask_row_live(mrow, T, NW, NTH, BK)  # mask_row_live<NTH, BK, true>
     if not sl2 > 0:
         notplain = ~0
     wgs = [[dict(m0=np.full(32, -np.inf, np.float32), m1=np.full(32, -np.inf, np.float32),

@@ -270,30 +270,9 @@ impl AttentionKernel {
         Self::Tf32x3,
     ];
 
-    /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
-    /// kernel, [`crate::philox`]): fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, the fa2wg
-    /// kernels and tf32x3.
-    pub fn has_dropout(self) -> bool {
-        matches!(
-            self,
-            Self::Fa2V2
-                | Self::Fa2W8
-                | Self::Fa2V3
-                | Self::Fa2W8V3
-                | Self::Fa2W8V4
-                | Self::Fa2W8V5
-                | Self::Fa2Wg
-                | Self::Fa2Wg2
-                | Self::Fa2Wg3
-                | Self::Fa2Wg4
-                | Self::Fa2Wg3S
-                | Self::Tf32x3
-        )
-    }
-
-    /// The longest sequence the kernel takes: fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and the fa2wg
-    /// kernels hold the mask row in a fixed shared array of 512 (BERT's longest); the others take any T.
-    pub fn max_seq_len(self) -> Option<usize> {
+    /// The kernels that hold the mask row in a fixed shared array (fa2v3, fa2w8v3, fa2w8v4,
+    /// fa2w8v5 and the fa2wg kernels; `FA2P_MAXT`).
+    fn has_shared_mask_row(self) -> bool {
         matches!(
             self,
             Self::Fa2V3
@@ -306,7 +285,19 @@ impl AttentionKernel {
                 | Self::Fa2Wg4
                 | Self::Fa2Wg3S
         )
-        .then_some(FA2P_MAX_T)
+    }
+
+    /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the
+    /// kernel, [`crate::philox`]): fa2v2, fa2w8, tf32x3 and every kernel with the shared mask row
+    /// (fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, the fa2wg kernels).
+    pub fn has_dropout(self) -> bool {
+        self.has_shared_mask_row() || matches!(self, Self::Fa2V2 | Self::Fa2W8 | Self::Tf32x3)
+    }
+
+    /// The longest sequence the kernel takes: fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and the fa2wg
+    /// kernels hold the mask row in a fixed shared array of 512 (BERT's longest); the others take any T.
+    pub fn max_seq_len(self) -> Option<usize> {
+        self.has_shared_mask_row().then_some(FA2P_MAX_T)
     }
 
     /// Whether the kernel needs an sm_90 (Hopper) GPU: the fa2wg kernels (`wgmma`).
