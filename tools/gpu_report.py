@@ -77,7 +77,7 @@ def main():
     checks = load(sorted(glob.glob(os.path.join(a.dir, "check*.json"))), skipped)
     if checks:
         p("## Checks\n")
-        groups = {}
+        groups, bad = {}, []
         for f, rows in checks:
             # a diagnostic run (check-diag-K.json: MSLT_ATTENTION=K) keeps its rows apart
             diag = os.path.basename(f).removesuffix(".json") if os.path.basename(f).startswith("check-diag-") else None
@@ -89,6 +89,8 @@ def main():
                 g = groups.setdefault((r["kernel"], r["dtype"]), dict(n=0, failed=0, err=0.0, tol=r["tol"], nan=0, worst=""))
                 g["n"] += 1
                 g["failed"] += 0 if r["pass"] else 1
+                if not r["pass"]:
+                    bad.append(r)
                 g["nan"] += r["nonfinite"]
                 if r["rel_err"] >= g["err"]:
                     g["err"], g["worst"] = r["rel_err"], f"{r['shape']} vs {r['against']}"
@@ -101,6 +103,13 @@ def main():
         for (k, d), g in groups.items():
             p(f"| {k} | {d} | {g['n']} | {g['failed']} | {g['err']:.1e} | {g['worst']} | {g['tol']:.0e} | {g['nan']} |")
         p("")
+        if bad:
+            # where the wrong elements of a failed attention check lie (`spread`, from the binary)
+            p(f"Failed checks ({len(bad)}; the first 24):\n")
+            for r in bad[:24]:
+                where = f": {r['spread']}" if r.get("spread") else ""
+                p(f"- {r['kernel']} {r['dtype']} {r['shape']} vs {r['against']}, rel error {r['rel_err']:.1e}{where}")
+            p("")
 
     # ---- timings
     ours = []

@@ -241,7 +241,8 @@ fn gpu_report_reproduces_the_committed_h100_run() {
     std::fs::write(tmp.path().join("kbench-fa2.json"), "[{\"op\": ").unwrap();
     // a kernel whose output has an inf: serde_json writes the error as null
     let bad = r#"[{"kernel": "attention[fa2]", "dtype": "bf16", "shape": "B2 T7", "against": "candle reference",
-        "max_abs_err": null, "max_abs_ref": 1.0, "rel_err": null, "tol": 0.01, "nonfinite": 3, "pass": false}]"#;
+        "max_abs_err": null, "max_abs_ref": 1.0, "rel_err": null, "tol": 0.01, "nonfinite": 3, "pass": false,
+        "spread": "3 of 28 elements wrong (10.71%); first b1 t0 h0 d0 (got inf, want 0.1000)"}]"#;
     std::fs::write(tmp.path().join("check-fa2.json"), bad).unwrap();
     // a diagnostic run (MSLT_ATTENTION=fa2wg3, its dropout twin): rows kept apart by their file
     let diag = r#"[{"kernel": "attention+dropout", "dtype": "bf16", "shape": "B2 T7", "against": "candle reference",
@@ -265,6 +266,14 @@ fn gpu_report_reproduces_the_committed_h100_run() {
     );
     assert!(r.contains("1 of 2 checks passed."), "{r}");
     assert!(r.contains("| attention[fa2] | bf16 | 1 | 1 | inf |"), "{r}");
+    // a failed row is listed with where its wrong elements lie
+    assert!(
+        r.contains(
+            "- attention[fa2] bf16 B2 T7 vs candle reference, rel error inf: 3 of 28 elements wrong \
+             (10.71%); first b1 t0 h0 d0 (got inf, want 0.1000)"
+        ),
+        "{r}"
+    );
     assert!(
         r.contains("| attention+dropout [check-diag-fa2wg3] | bf16 | 1 | 0 | 1.0e-03 |"),
         "{r}"

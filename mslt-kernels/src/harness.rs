@@ -23,6 +23,10 @@ pub struct CheckRow {
     /// Non-finite outputs (a missed write shows up here or in the error).
     pub nonfinite: usize,
     pub pass: bool,
+    /// Where the wrong elements of a failed attention check lie ([`bad_spread`]); absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
 }
 
 fn dname(d: DType) -> &'static str {
@@ -73,7 +77,151 @@ pub fn compare(
         tol,
         nonfinite,
         pass: nonfinite == 0 && rel_err <= tol,
+        spread: None,
     })
+}
+
+/// [`compare`] for an attention output (B, T, H * D) of `dims` = (B, T, H, D): a failed row
+/// also says where its wrong elements lie ([`bad_spread`]).
+pub fn compare_attention(
+    kernel: &str,
+    dtype: DType,
+    shape: String,
+    against: &str,
+    got: &Tensor,
+    want: &Tensor,
+    dims: (usize, usize, usize, usize),
+) -> Result<CheckRow> {
+    let mut row = compare(kernel, dtype, shape, against, got, want)?;
+    let (b, t, h, d) = dims;
+    if !row.pass && got.elem_count() == b * t * h * d {
+        let g = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let w = want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        row.spread = Some(bad_spread(&g, &w, row.tol * row.max_abs_ref, dims));
+    }
+    Ok(row)
+}
+
+/// Counts by one coordinate as `n of m {i: count, ..}` (the first 8 non-zero entries).
+fn hist(counts: &[usize]) -> String {
+    let nz: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 0)
+        .map(|(i, c)| format!("{i}: {c}"))
+        .collect();
+    let more = if nz.len() > 8 {
+        format!(", +{} more", nz.len() - 8)
+    } else {
+        String::new()
+    };
+    let shown = nz.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+    format!("{} of {} {{{shown}{more}}}", nz.len(), counts.len())
+}
+
+/// Where the wrong elements of an attention output (B, T, H * D) lie, in one line, so that a
+/// failed check on a GPU run says more than its maximum error: how many elements are wrong
+/// (|got - want| > `tol_abs`, or not finite), the first and the worst as (b, t, h, d), how many
+/// wrong rows (one query row of one head) are the reference row times one factor (a row-sum /
+/// normalisation error, not a mix of values), and the wrong elements counted along the
+/// coordinates a kernel splits its work by: batch, head, the 64-row query tile (t / 64), the
+/// warp's 16 rows in it ((t % 64) / 16), the half of an mma fragment (t % 16 / 8), and the head
+/// dim's 8-column group (d / 8, one core matrix of the V operand).
+pub fn bad_spread(
+    got: &[f32],
+    want: &[f32],
+    tol_abs: f64,
+    dims: (usize, usize, usize, usize),
+) -> String {
+    let (nb, nt, nh, nd) = dims;
+    let at = |i: usize| {
+        let (d, r) = (i % nd, i / nd);
+        let (h, r) = (r % nh, r / nh);
+        (r / nt, r % nt, h, d) // (b, t, h, d)
+    };
+    let wrong = |g: f32, w: f32| !g.is_finite() || (g as f64 - w as f64).abs() > tol_abs;
+    let (mut by_b, mut by_h) = (vec![0usize; nb], vec![0usize; nh]);
+    let mut by_tile = vec![0usize; nt.div_ceil(64)];
+    let (mut by_warp, mut by_half, mut by_d8) =
+        ([0usize; 4], [0usize; 2], vec![0usize; nd.div_ceil(8)]);
+    let (mut bad, mut first, mut worst, mut worst_err) = (0usize, None, 0usize, -1f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if !wrong(g, w) {
+            continue;
+        }
+        bad += 1;
+        first.get_or_insert(i);
+        let e = if g.is_finite() {
+            (g as f64 - w as f64).abs()
+        } else {
+            f64::INFINITY
+        };
+        if e > worst_err {
+            (worst, worst_err) = (i, e);
+        }
+        let (b, t, h, d) = at(i);
+        by_b[b] += 1;
+        by_h[h] += 1;
+        by_tile[t / 64] += 1;
+        by_warp[(t % 64) / 16] += 1;
+        by_half[(t % 16) / 8] += 1;
+        by_d8[d / 8] += 1;
+    }
+    let Some(first) = first else {
+        return format!("no element off by more than {tol_abs:.2e}");
+    };
+    // wrong rows, and those that are the reference row times one factor
+    let (mut rows, mut scaled, mut factors) = (0usize, 0usize, Vec::new());
+    for (g, w) in got.chunks(nd).zip(want.chunks(nd)) {
+        if !g.iter().zip(w).any(|(&g, &w)| wrong(g, w)) {
+            continue;
+        }
+        rows += 1;
+        let ww: f64 = w.iter().map(|&v| v as f64 * v as f64).sum();
+        if ww == 0.0 || g.iter().any(|v| !v.is_finite()) {
+            continue;
+        }
+        let f = g
+            .iter()
+            .zip(w)
+            .map(|(&g, &w)| g as f64 * w as f64)
+            .sum::<f64>()
+            / ww;
+        if g.iter()
+            .zip(w)
+            .all(|(&g, &w)| (g as f64 - f * w as f64).abs() <= tol_abs)
+        {
+            scaled += 1;
+            factors.push(f);
+        }
+    }
+    factors.sort_by(f64::total_cmp);
+    let median = factors
+        .get(factors.len() / 2)
+        .map_or(String::new(), |f| format!(" (median factor {f:.3})"));
+    let coord = |i: usize| {
+        let (b, t, h, d) = at(i);
+        format!(
+            "b{b} t{t} h{h} d{d} (got {:.4}, want {:.4})",
+            got[i], want[i]
+        )
+    };
+    format!(
+        "{bad} of {} elements wrong ({:.2}%); first {}; worst {}; {rows} of {} rows wrong, \
+         {scaled} of them the reference row times one factor{median}; by b: {}; h: {}; \
+         t/64: {}; t%64/16: {}; t%16/8: {}; d/8: {}",
+        got.len(),
+        100.0 * bad as f64 / got.len().max(1) as f64,
+        coord(first),
+        coord(worst),
+        nb * nt * nh,
+        hist(&by_b),
+        hist(&by_h),
+        hist(&by_tile),
+        hist(&by_warp),
+        hist(&by_half),
+        hist(&by_d8),
+    )
 }
 
 fn randn(shape: &[usize], std: f64, mean: f64, dev: &Device) -> Result<Tensor> {
@@ -260,7 +408,9 @@ impl<R> Rows<'_, R> {
 
 impl Rows<'_, CheckRow> {
     /// The kernel's output `got` against the Candle reference `want` and, where given, against
-    /// the op's CPU side `on_cpu` (two rows named `name`).
+    /// the op's CPU side `on_cpu` (two rows named `name`); `attn`: the (B, T, H, D) of an
+    /// attention output, whose failed rows say where they went wrong.
+    #[allow(clippy::too_many_arguments)] // the check's identity, its outputs, its shape
     fn push_checks(
         &mut self,
         name: &str,
@@ -269,19 +419,15 @@ impl Rows<'_, CheckRow> {
         got: &Tensor,
         want: &Tensor,
         on_cpu: Option<Tensor>,
+        attn: Option<(usize, usize, usize, usize)>,
     ) -> Result<()> {
-        let row = compare(
-            name,
-            dtype,
-            shape.to_string(),
-            "candle reference",
-            got,
-            want,
-        )?;
-        self.push(row);
+        let cmp = |against: &str, want: &Tensor| match attn {
+            Some(dims) => compare_attention(name, dtype, shape.into(), against, got, want, dims),
+            None => compare(name, dtype, shape.into(), against, got, want),
+        };
+        self.push(cmp("candle reference", want)?);
         if let Some(c) = on_cpu {
-            let row = compare(name, dtype, shape.to_string(), "cpu op", got, &c)?;
-            self.push(row);
+            self.push(cmp("cpu op", &c)?);
         }
         Ok(())
     }
@@ -386,7 +532,7 @@ pub fn check(
                 } else {
                     None
                 };
-                rows.push_checks(name, dtype, &format!("{r}x{c}"), &got, &want, on_cpu)?;
+                rows.push_checks(name, dtype, &format!("{r}x{c}"), &got, &want, on_cpu, None)?;
             }
         }
         for &(r, c) in shapes.gelu.iter().filter(|_| sel.has(Part::Gelu)) {
@@ -399,7 +545,15 @@ pub fn check(
             } else {
                 None
             };
-            rows.push_checks("bias_gelu", dtype, &format!("{r}x{c}"), &got, &want, on_cpu)?;
+            rows.push_checks(
+                "bias_gelu",
+                dtype,
+                &format!("{r}x{c}"),
+                &got,
+                &want,
+                on_cpu,
+                None,
+            )?;
         }
         for (i, &(b, t, h, d)) in shapes.attn.iter().enumerate() {
             let named = sel.named_kernels(dev, dtype, d, t);
@@ -412,6 +566,7 @@ pub fn check(
             let qkv = randn(&[b, t, 3 * c], 1.0, 0.0, dev)?.to_dtype(dtype)?;
             let mask = padding_mask(b, t, i as u64 + 1, dev)?;
             let shape = format!("B{b} T{t} H{h} D{d}");
+            let dims = Some((b, t, h, d));
             // the padded mask, and (T >= 128) keys padded before and between the valid ones:
             // the key-tile skipping, and fa2v3 / fa2w8v3 / the fa2wg kernels, which process key
             // tile 0 even when it is all padding
@@ -432,7 +587,7 @@ pub fn check(
                     } else {
                         None
                     };
-                    rows.push_checks("attention", dtype, shape, &got, &want, on_cpu)?;
+                    rows.push_checks("attention", dtype, shape, &got, &want, on_cpu, dims)?;
                 }
                 for &kern in &named {
                     let got = ops::attention_with(&qkv, m, h, kern)?;
@@ -443,6 +598,7 @@ pub fn check(
                         &got,
                         &want,
                         None,
+                        dims,
                     )?;
                 }
             }
@@ -466,7 +622,15 @@ pub fn check(
                     } else {
                         None
                     };
-                rows.push_checks("attention+dropout", dtype, &shape, &got, &want, on_cpu)?;
+                rows.push_checks(
+                    "attention+dropout",
+                    dtype,
+                    &shape,
+                    &got,
+                    &want,
+                    on_cpu,
+                    dims,
+                )?;
             }
             for kern in drop_named {
                 let got = ops::attention_dropout_with(&qkv, &mask, h, kern, p, seed)?;
@@ -477,6 +641,7 @@ pub fn check(
                     &got,
                     &want,
                     None,
+                    dims,
                 )?;
             }
         }

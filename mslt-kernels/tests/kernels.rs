@@ -629,3 +629,97 @@ fn cuda_philox_source_matches_the_rust_one() {
         );
     }
 }
+
+/// A failed attention check says where its wrong elements lie: errors injected into the Candle
+/// reference's output along one coordinate at a time show up along that coordinate only.
+#[test]
+fn failed_attention_checks_locate_the_wrong_elements() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let (b, t, h, d) = (2, 128, 3, 64);
+    let qkv = Tensor::randn(0f32, 1f32, (b, t, 3 * h * d), &dev)?;
+    let mask = harness::padding_mask(b, t, 5, &dev)?;
+    let want = mslt_kernels::reference::attention(&qkv, &mask, h)?; // (B, T, H * D)
+    let w = want.flatten_all()?.to_vec1::<f32>()?;
+    let at = |bi: usize, ti: usize, hi: usize, di: usize| ((bi * t + ti) * h + hi) * d + di;
+    let check = |g: Vec<f32>| {
+        let got = Tensor::from_vec(g, (b, t, h * d), &dev)?;
+        harness::compare_attention(
+            "k",
+            DType::F32,
+            "s".into(),
+            "ref",
+            &got,
+            &want,
+            (b, t, h, d),
+        )
+    };
+
+    // the reference itself: a pass, no spread
+    let ok = check(w.clone())?;
+    assert!(ok.pass && ok.spread.is_none(), "{ok:?}");
+
+    // batch 1, head 2: every row halved (a row-sum error)
+    let mut g = w.clone();
+    for ti in 0..t {
+        for di in 0..d {
+            g[at(1, ti, 2, di)] *= 0.5;
+        }
+    }
+    let r = check(g)?;
+    assert!(!r.pass);
+    let s = r.spread.expect("a failed attention row has a spread");
+    assert!(s.contains(&format!("{t} of {} rows wrong, {t} of them the reference row times one factor (median factor 0.500)", b * t * h)), "{s}");
+    assert!(
+        s.contains("by b: 1 of 2 {1: ") && s.contains("h: 1 of 3 {2: "),
+        "{s}"
+    );
+    assert!(
+        s.contains("t/64: 2 of 2") && s.contains("d/8: 8 of 8"),
+        "{s}"
+    );
+
+    // the head dim's column group 3 of query rows 64-79 (tile 1, warp 0) in every batch and head
+    let mut g = w.clone();
+    for (bi, ti, hi, di) in (0..b).flat_map(|bi| {
+        (64..80)
+            .flat_map(move |ti| (0..h).flat_map(move |hi| (24..32).map(move |di| (bi, ti, hi, di))))
+    }) {
+        g[at(bi, ti, hi, di)] += 1.0;
+    }
+    let s = check(g)?.spread.expect("spread");
+    println!("{s}");
+    let n = b * 16 * h * 8;
+    assert!(
+        s.starts_with(&format!("{n} of {} elements wrong", w.len())),
+        "{s}"
+    );
+    assert!(
+        s.contains("0 of them the reference row times one factor"),
+        "{s}"
+    );
+    assert!(s.contains(&format!("t/64: 1 of 2 {{1: {n}}}")), "{s}");
+    assert!(s.contains(&format!("t%64/16: 1 of 4 {{0: {n}}}")), "{s}");
+    assert!(s.contains("t%16/8: 2 of 2"), "{s}");
+    assert!(s.contains(&format!("d/8: 1 of 8 {{3: {n}}}")), "{s}");
+    assert!(s.contains("first b0 t64 h0 d24"), "{s}");
+
+    // one non-finite element: first and worst name it
+    let mut g = w.clone();
+    g[at(1, 77, 1, 5)] = f32::NAN;
+    let r = check(g)?;
+    assert_eq!(r.nonfinite, 1);
+    let s = r.spread.expect("spread");
+    assert!(
+        s.starts_with(&format!("1 of {} elements wrong", w.len())),
+        "{s}"
+    );
+    assert!(
+        s.contains("first b1 t77 h1 d5 (got NaN") && s.contains("worst b1 t77 h1 d5"),
+        "{s}"
+    );
+    assert!(
+        s.contains("t%64/16: 1 of 4 {0: 1}") && s.contains("t%16/8: 1 of 2 {1: 1}"),
+        "{s}"
+    );
+    Ok(())
+}

@@ -136,7 +136,12 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             };
             // rows are printed as they come: a run that dies keeps what it checked before
             println!("{}", harness::check_header());
-            let mut print = |r: &harness::CheckRow| println!("{}", harness::check_line(r));
+            let mut print = |r: &harness::CheckRow| {
+                println!("{}", harness::check_line(r));
+                if let Some(s) = &r.spread {
+                    println!("    wrong elements: {s}");
+                }
+            };
             let mut rows = harness::check(&dev, &shapes, &sel, &mut print)?;
             if sel.has(Part::Model) || sel.has(Part::Dropout) {
                 let preset = if large { "base" } else { "mini" };
