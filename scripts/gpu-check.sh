@@ -120,6 +120,15 @@ for k in ${BENCH_OK[@]+"${BENCH_OK[@]}"}; do
   MSLT_ATTENTION=$k run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 \
     --json "$OUT/json/bench-base-fused-bf16-$k.json"
 done
+# where one frozen layer's time goes, op by op (the device synchronised around each op): the
+# fused bf16 layer without and with dropout, at T = 128 and 512, and the plain Candle f32 layer
+LOPS=(bench --layer-ops --model-config base --device cuda --warmup 3 --repeats 10)
+for cfg in "32 128 off fused bf16" "32 128 on fused bf16" "16 512 off fused bf16" "32 128 off candle f32"; do
+  read -r lb lt ld lk ldt <<< "$cfg"
+  step "layer ops: one frozen base layer, B$lb T$lt, frozen dropout $ld, kernels $lk, $ldt"
+  run 40 "$BIN" "${LOPS[@]}" --batch-size "$lb" --seq-len "$lt" --frozen-dropout "$ld" --kernels "$lk" \
+    --frozen-dtype "$ldt" --json "$OUT/json/layer-ops-b$lb-t$lt-dropout-$ld-$lk-$ldt.json"
+done
 if [ "$DROP_OK" = 1 ]; then
   # the training default (frozen dropout on) with the attention dropout inside the kernels, and
   # the same rows with it on Candle ops, in the same call

@@ -4,11 +4,12 @@
     python3 tools/gpu_report.py OUT/check/json [--log OUT/check/gpu-check.log] > report.md
 
 Reads every JSON file the script writes in that folder: check*.json (`kernels check`),
-kbench*.json (`kernels bench`), torch.json (tools/torch_kernels.py) and bench-base-*.json
-(`bench`). A file that is missing or unreadable (its step crashed) is named in the report and
+kbench*.json (`kernels bench`), torch.json (tools/torch_kernels.py), bench-base-*.json
+(`bench`) and layer-ops-*.json (`bench --layer-ops`). A file that is missing or unreadable (its step crashed) is named in the report and
 skipped. It prints the card (from the log, when given), every check's worst error per kernel,
 the copy bandwidth reference, the LayerNorm / GELU and attention tables with their ratios, the
-verdict on issue 5's two goals, and the `base` benches. Standard library only.
+verdict on issue 5's two goals, the `base` benches, and one frozen layer op by op. Standard
+library only.
 """
 import argparse
 import glob
@@ -268,6 +269,27 @@ def main():
               f"{r.get('matmul_precision', 'f32')} {r['matmul_gflops'] / 1e3:.1f} TFLOP/s | " + " | ".join(cells)
               + f" | {r['schedule_speedup']:.2f} |")
         p("")
+
+    # ---- one frozen layer op by op (bench --layer-ops)
+    lops = load(sorted(glob.glob(os.path.join(a.dir, "layer-ops-*.json"))), skipped)
+    if lops:
+        p("## One frozen `base` layer, op by op (`bench --layer-ops`; the device synchronised around each op)\n")
+        for f, r in lops:
+            drop = "on" if r["frozen_dropout"] else "off"
+            p(f"### {r['path']} path, {r['dtype']}, B{r['batch_size']} T{r['seq_len']}, frozen dropout {drop} "
+              f"({f})\n")
+            p("| op | median ms | share | TFLOP/s | GB/s |")
+            p("|---|---|---|---|---|")
+            for o in r["ops"]:
+                p(f"| {o['op']} | {o['time']['median_ms']:.3f} | {100 * o['share']:.1f}% | "
+                  f"{fmt(o.get('tflops'), '.2f')} | {fmt(o.get('gb_per_s'), '.0f')} |")
+            whole = f"Sum of the ops {r['ops_sum_ms']:.3f} ms; the whole layer with one synchronisation: "
+            fl, cl = r.get("fused_layer"), r["candle_layer"]["median_ms"]
+            if fl:
+                whole += f"fused {fl['median_ms']:.3f} ms, Candle f32 {cl:.3f} ms ({cl / fl['median_ms']:.2f}x the fused time)."
+            else:
+                whole += f"{cl:.3f} ms."
+            p(whole + "\n")
 
     if skipped:
         p("## Missing or unreadable\n")

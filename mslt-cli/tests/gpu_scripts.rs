@@ -96,7 +96,11 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     }
     assert_eq!(ran("--matmul-precision tf32"), 1);
     assert_eq!(ran("bench --model-config base"), 11);
-    assert_eq!(ran("--frozen-dropout on"), 5);
+    assert_eq!(ran("--frozen-dropout on"), 6);
+    // one frozen layer op by op: fused bf16 at T = 128 (dropout off and on) and 512, Candle f32
+    assert_eq!(ran("bench --layer-ops --model-config base"), 4, "{all}");
+    assert_eq!(ran("--layer-ops --model-config base --device cuda --warmup 3 --repeats 10 --batch-size 16 --seq-len 512"), 1);
+    assert_eq!(ran("--kernels candle --frozen-dtype f32 --json out/check/json/layer-ops-b32-t128-dropout-off-candle-f32.json"), 1);
     assert!(all.contains("new attention kernels that passed their checks: fa2v2 fa2w8"));
     // gpu-dist-check: the single-process run and the one-rank NCCL run
     assert_eq!(ran("train --data"), 2, "{all}");
@@ -248,6 +252,34 @@ fn gpu_report_reproduces_the_committed_h100_run() {
     let diag = r#"[{"kernel": "attention+dropout", "dtype": "bf16", "shape": "B2 T7", "against": "candle reference",
         "max_abs_err": 0.001, "max_abs_ref": 1.0, "rel_err": 0.001, "tol": 0.05, "nonfinite": 0, "pass": true}]"#;
     std::fs::write(tmp.path().join("check-diag-fa2wg3.json"), diag).unwrap();
+    // one frozen layer op by op, as the binary writes it
+    let lops = tmp
+        .path()
+        .join("layer-ops-b2-t16-dropout-off-candle-f32.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
+        .args([
+            "bench",
+            "--layer-ops",
+            "--model-config",
+            "tiny",
+            "--batch-size",
+            "2",
+        ])
+        .args([
+            "--seq-len",
+            "16",
+            "--frozen-dropout",
+            "off",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+        ])
+        .arg("--json")
+        .arg(&lops)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let log = "=== kernel check: attention[fa2] (not yet run) (12:00:01)\nexit 1\n\
                === kernel check: attention[tf32x3] (12:00:09)\nexit 124\n";
     std::fs::write(tmp.path().join("gpu-check.log"), log).unwrap();
@@ -265,6 +297,11 @@ fn gpu_report_reproduces_the_committed_h100_run() {
         "{r}"
     );
     assert!(r.contains("1 of 2 checks passed."), "{r}");
+    assert!(
+        r.contains("### candle path, f32, B2 T16, frozen dropout off (layer-ops-b2-t16-dropout-off-candle-f32.json)"),
+        "{r}"
+    );
+    assert!(r.contains("| FFN down (matmul + bias) | "), "{r}");
     assert!(r.contains("| attention[fa2] | bf16 | 1 | 1 | inf |"), "{r}");
     // a failed row is listed with where its wrong elements lie
     assert!(
@@ -311,9 +348,9 @@ fn gpu_check_skips_steps_past_its_budget() {
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
     // 1 check + 2 new attention kernel checks + their 2 diagnostics (neither passed) + the
     // ablation's check + the dropout check + kbench + torch + 5 base benches (nothing new passed,
-    // so nothing new is timed)
+    // so nothing new is timed) + 4 layer-ops benches
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 14, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 18, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
 

@@ -864,3 +864,44 @@ final_joint_frac = 0.0
     let e = run_err(&["ablate", "--plan", &env.s("bad.toml")]);
     assert!(e.contains("schedul"), "{e}");
 }
+
+/// `bench --layer-ops`: one frozen layer taken apart op by op on the path the CPU runs (the plain
+/// layer), as a table and as JSON.
+#[test]
+fn bench_layer_ops_takes_a_frozen_layer_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("ops.json");
+    let o = run_ok(&[
+        "bench",
+        "--layer-ops",
+        "--model-config",
+        "tiny",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("one frozen layer on the Candle path (128 x 512, 2 heads), batch 2 x seq 16, f32, frozen dropout on"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FFN down (matmul + bias)") && out.contains("sum of the ops"),
+        "{out}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["path"], "candle");
+    let ops = r["ops"].as_array().unwrap();
+    assert_eq!(ops.len(), 10, "{ops:?}");
+    assert_eq!(ops[1]["op"], "attention");
+    assert!(r.get("fused_layer").is_none());
+    assert!(r["candle_layer"]["median_ms"].as_f64().unwrap() > 0.0);
+}

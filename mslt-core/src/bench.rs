@@ -635,3 +635,288 @@ mod projection_tests {
         assert_eq!(ring_allreduce_s(123, 1, 100.0), 0.0);
     }
 }
+
+/// One op of a frozen layer timed alone (`bench --layer-ops`): the device synchronised before and
+/// after it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerOpRow {
+    pub op: String,
+    pub time: Timing,
+    /// this op's median / the sum of every op's median
+    pub share: f64,
+    /// matrix products and attention (QK^T and PV)
+    pub tflops: Option<f64>,
+    /// memory-bound ops: the bytes they read and write at least, per second
+    pub gb_per_s: Option<f64>,
+}
+
+/// Which forward of a frozen layer `bench --layer-ops` takes apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerPath {
+    /// [`crate::model::FusedLayer`]: the fused kernels, in the frozen dtype
+    Fused,
+    /// [`crate::model::BertLayer`]: Candle ops (and this crate's CPU ops), f32
+    Candle,
+}
+
+impl LayerPath {
+    /// The path the model's frozen layers take under `bc`: fused on a CUDA device with
+    /// `--kernels fused` (in a build with the `cuda` feature), Candle otherwise (on the CPU the
+    /// frozen layers run the plain layer, whose attention, LayerNorm and GELU are this crate's
+    /// CPU ops).
+    pub fn of(bc: &BenchConfig) -> Self {
+        if bc.kernels == crate::Kernels::Fused && bc.device.is_cuda() && mslt_kernels::CUDA_ENABLED
+        {
+            Self::Fused
+        } else {
+            Self::Candle
+        }
+    }
+}
+
+/// Where the time of one frozen layer goes, op by op (`bench --layer-ops`).
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerOpsReport {
+    /// the forward taken apart
+    pub path: LayerPath,
+    pub device: String,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    /// dtype of the layer taken apart (the frozen dtype on the fused path, f32 on Candle's)
+    pub dtype: String,
+    pub frozen_dropout: bool,
+    pub ops: Vec<LayerOpRow>,
+    /// the sum of the ops' medians
+    pub ops_sum_ms: f64,
+    /// the fused layer's forward with one synchronisation at its end (launches overlap the GPU's
+    /// work, as in training); on the fused path only
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_layer: Option<Timing>,
+    /// the plain Candle layer on the same input in f32 (what `--kernels candle` runs)
+    pub candle_layer: Timing,
+}
+
+/// Synchronises the device at each op of the layer and times it.
+struct OpTimer<'a> {
+    dev: &'a Device,
+    last: Instant,
+    ops: Vec<(&'static str, crate::model::OpCost, f64)>,
+}
+
+impl crate::model::OpProbe for OpTimer<'_> {
+    fn done(&mut self, op: &'static str, cost: crate::model::OpCost) -> Result<()> {
+        sync(self.dev)?;
+        let now = Instant::now();
+        self.ops.push((op, cost, (now - self.last).as_secs_f64()));
+        self.last = now;
+        Ok(())
+    }
+}
+
+/// Times each op of one frozen layer of `bc.model` (randomly initialised) on `path` (the fused
+/// layer in `bc.frozen_dtype`, on the CPU through the ops' CPU side; or the plain layer in f32)
+/// on a full-length batch of `bc.batch_size` x `bc.seq_len`, with BERT's dropouts when
+/// `bc.frozen_dropout` (as the frozen layers run in training): `bc.warmup` untimed passes, then
+/// `bc.repeats` timed ones, the device synchronised after every op. Beside it, the whole layer
+/// with one synchronisation at its end: plain Candle, and fused on the fused path.
+pub fn layer_ops(bc: &BenchConfig, path: LayerPath) -> Result<LayerOpsReport> {
+    use crate::model::{BertForPreTraining, FusedOptions, OpCost};
+    if bc.repeats == 0 {
+        return Err(crate::Error::Input("--repeats must be at least 1".into()));
+    }
+    crate::set_matmul_precision(bc.matmul_precision, bc.device)?;
+    let mut cfg = bc.model.clone();
+    cfg.num_hidden_layers = 1;
+    let w = init_all(&cfg, &mut Rng::new(1), bc.device)?;
+    let mut model = BertForPreTraining::from_tensors(&cfg, &w, "init")?;
+    let fused = model.use_fused_kernels(FusedOptions {
+        dtype: bc.frozen_dtype,
+        allow_cpu: true,
+    })?;
+    let (b, t, c) = (bc.batch_size, bc.seq_len, cfg.hidden_size);
+    let layer = &model.layers[0];
+    let f = match (&layer.fused, fused) {
+        (Some(f), 1) => f,
+        _ => {
+            return Err(crate::Error::Input(format!(
+                "--layer-ops: the fused kernels have no attention for head dim {} ({} / {} heads)",
+                c / cfg.num_attention_heads,
+                c,
+                cfg.num_attention_heads
+            )))
+        }
+    };
+    let mut rng = Rng::new(2);
+    let x = Tensor::from_vec(rng.normal_vec(b * t * c, 0.0, 1.0), (b, t, c), bc.device)?; // (B, T, C)
+    let xf = x.to_dtype(bc.frozen_dtype)?;
+    let mask2d = Tensor::zeros((b, t), candle_core::DType::F32, bc.device)?; // (B, T): no padding
+    let mask = mask2d.reshape((b, 1, 1, t))?; // (B, 1, 1, T)
+    let fused_pass = |it: usize, probe: &mut dyn crate::model::OpProbe| -> Result<Tensor> {
+        if bc.frozen_dropout {
+            let mut rng = repeat_rng(bc.device, it)?;
+            let mut mode = Mode::Train(&mut rng);
+            f.forward_dropout_probed(&xf, &mask, &mask2d, &mut mode, probe)
+        } else {
+            f.forward_probed(&xf, &mask2d, probe)
+        }
+    };
+    let candle_pass = |it: usize, probe: &mut dyn crate::model::OpProbe| -> Result<Tensor> {
+        if bc.frozen_dropout {
+            let mut rng = repeat_rng(bc.device, it)?;
+            layer.forward_probed(&x, &mask, &mut Mode::Train(&mut rng), probe)
+        } else {
+            layer.forward_probed(&x, &mask, &mut Mode::Eval, probe)
+        }
+    };
+    let pass = |it: usize, probe: &mut dyn crate::model::OpProbe| match path {
+        LayerPath::Fused => fused_pass(it, probe),
+        LayerPath::Candle => candle_pass(it, probe),
+    };
+    // op by op
+    let mut per_op: Vec<(&'static str, OpCost, Vec<f64>)> = Vec::new();
+    for it in 0..bc.warmup + bc.repeats {
+        sync(bc.device)?;
+        let mut timer = OpTimer {
+            dev: bc.device,
+            last: Instant::now(),
+            ops: Vec::new(),
+        };
+        pass(it, &mut timer)?;
+        if it < bc.warmup {
+            continue;
+        }
+        if per_op.is_empty() {
+            per_op = timer
+                .ops
+                .iter()
+                .map(|&(o, c, _)| (o, c, Vec::new()))
+                .collect();
+        }
+        if timer.ops.len() != per_op.len() {
+            return Err(crate::Error::Input(format!(
+                "--layer-ops: pass {it} ran {} ops, the first {}",
+                timer.ops.len(),
+                per_op.len()
+            )));
+        }
+        for (slot, (_, _, s)) in per_op.iter_mut().zip(timer.ops) {
+            slot.2.push(s);
+        }
+    }
+    // the whole layer, one synchronisation at its end
+    let whole = |pass: &dyn Fn(usize) -> Result<Tensor>| -> Result<Timing> {
+        let mut ts = Vec::new();
+        for it in 0..bc.warmup + bc.repeats {
+            sync(bc.device)?;
+            let t0 = Instant::now();
+            pass(it)?;
+            sync(bc.device)?;
+            if it >= bc.warmup {
+                ts.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(Timing::from(ts))
+    };
+    let fused_layer = match path {
+        LayerPath::Fused => Some(whole(&|it| fused_pass(it, &mut crate::model::NoProbe))?),
+        LayerPath::Candle => None,
+    };
+    let candle_layer = whole(&|it| candle_pass(it, &mut crate::model::NoProbe))?;
+    let timings: Vec<(&str, OpCost, Timing)> = per_op
+        .into_iter()
+        .map(|(o, c, s)| (o, c, Timing::from(s)))
+        .collect();
+    let sum: f64 = timings.iter().map(|(_, _, t)| t.median_ms).sum();
+    let ops = timings
+        .into_iter()
+        .map(|(op, cost, time)| {
+            let s = time.median_ms * 1e-3;
+            let (tflops, gb_per_s) = match cost {
+                OpCost::Flops(n) => (Some(n / s / 1e12), None),
+                OpCost::Bytes(n) => (None, Some(n / s / 1e9)),
+            };
+            LayerOpRow {
+                op: op.into(),
+                share: time.median_ms / sum.max(1e-12),
+                time,
+                tflops,
+                gb_per_s,
+            }
+        })
+        .collect();
+    Ok(LayerOpsReport {
+        path,
+        device: format!("{:?}", bc.device),
+        batch_size: b,
+        seq_len: t,
+        hidden: c,
+        intermediate: cfg.intermediate_size,
+        heads: cfg.num_attention_heads,
+        dtype: match path {
+            LayerPath::Fused => format!("{:?}", bc.frozen_dtype).to_lowercase(),
+            LayerPath::Candle => "f32".into(),
+        },
+        frozen_dropout: bc.frozen_dropout,
+        ops,
+        ops_sum_ms: sum,
+        fused_layer,
+        candle_layer,
+    })
+}
+
+/// The layer-op report as a text table.
+pub fn layer_ops_table(r: &LayerOpsReport) -> String {
+    let mut s = format!(
+        "layer ops: one frozen layer on the {} path ({} x {}, {} heads), batch {} x seq {}, {}, frozen dropout {}, {}\n",
+        match r.path {
+            LayerPath::Fused => "fused",
+            LayerPath::Candle => "Candle",
+        },
+        r.hidden,
+        r.intermediate,
+        r.heads,
+        r.batch_size,
+        r.seq_len,
+        r.dtype,
+        if r.frozen_dropout { "on" } else { "off" },
+        r.device
+    );
+    s += &format!(
+        "{:<34} {:>10} {:>21} {:>6} {:>8} {:>8}\n",
+        "op", "median ms", "(min-max)", "share", "TFLOP/s", "GB/s"
+    );
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    for o in &r.ops {
+        s += &format!(
+            "{:<34} {:>10.3} {:>21} {:>5.1}% {:>8} {:>8}\n",
+            o.op,
+            o.time.median_ms,
+            format!("({:.3}-{:.3})", o.time.min_ms, o.time.max_ms),
+            100.0 * o.share,
+            opt(o.tflops, 2),
+            opt(o.gb_per_s, 0),
+        );
+    }
+    s += &format!(
+        "sum of the ops {:.3} ms (each op timed alone: the device synchronised around it)\n",
+        r.ops_sum_ms
+    );
+    let t = |x: &Timing| format!("{:.3} ms ({:.3}-{:.3})", x.median_ms, x.min_ms, x.max_ms);
+    s += &match &r.fused_layer {
+        Some(f) => format!(
+            "the whole layer, one synchronisation at its end: fused {}, Candle f32 {}; Candle / fused {:.2}x\n",
+            t(f),
+            t(&r.candle_layer),
+            r.candle_layer.median_ms / f.median_ms.max(1e-12)
+        ),
+        None => format!(
+            "the whole layer, one synchronisation at its end: {}\n",
+            t(&r.candle_layer)
+        ),
+    };
+    s
+}

@@ -385,12 +385,52 @@ impl BertLayer {
 
     /// (B, T, C) -> (B, T, C); `mask` is the additive mask (B, 1, 1, T).
     pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let a = self.attention.forward(x, mask, mode)?;
-        let a = dropout(&self.attention_output.forward(&a)?, self.dropout, mode)?;
+        self.forward_probed(x, mask, mode, &mut NoProbe)
+    }
+
+    /// [`BertLayer::forward`], telling `probe` as each op is issued (`bench --layer-ops`).
+    pub fn forward_probed(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mode: &mut Mode,
+        probe: &mut dyn OpProbe,
+    ) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let (n, i) = (b * t, self.intermediate.weight.dims()[0]);
+        let mm = |k: usize, m: usize| OpCost::Flops(2.0 * (n * k * m) as f64);
+        let bytes = |e: usize| OpCost::Bytes((e * x.dtype().size_in_bytes()) as f64);
+        let dropped = mode.is_train() && self.dropout > 0.0;
+        let sa = &self.attention;
+        let (q, k, v) = (
+            sa.query.forward(x)?,
+            sa.key.forward(x)?,
+            sa.value.forward(x)?,
+        ); // (B, T, C) each
+        probe.done("Q, K, V projections (matmul + bias)", mm(c, 3 * c))?;
+        let a = self_attention(&q, &k, &v, mask, sa.num_heads, sa.dropout, mode)?; // (B, T, C)
+        probe.done("attention", OpCost::Flops(4.0 * (b * t * t * c) as f64))?;
+        let a = self.attention_output.forward(&a)?;
+        probe.done("attention output (matmul + bias)", mm(c, c))?;
+        let a = dropout(&a, self.dropout, mode)?;
+        if dropped {
+            probe.done("attention output dropout", bytes(2 * n * c))?;
+        }
         let h = self.attention_layer_norm.forward(&(a + x)?)?; // (B, T, C)
-        let f = nn::activation(&self.intermediate.forward(&h)?, self.activation)?; // (B, T, I)
-        let f = dropout(&self.output.forward(&f)?, self.dropout, mode)?; // (B, T, C)
-        Ok(self.output_layer_norm.forward(&(f + h)?)?)
+        probe.done("attention add + LayerNorm", bytes(3 * n * c))?;
+        let f = self.intermediate.forward(&h)?; // (B, T, I)
+        probe.done("FFN up (matmul + bias)", mm(c, i))?;
+        let f = nn::activation(&f, self.activation)?;
+        probe.done("FFN activation", bytes(2 * n * i))?;
+        let f = self.output.forward(&f)?; // (B, T, C)
+        probe.done("FFN down (matmul + bias)", mm(i, c))?;
+        let f = dropout(&f, self.dropout, mode)?;
+        if dropped {
+            probe.done("FFN output dropout", bytes(2 * n * c))?;
+        }
+        let y = self.output_layer_norm.forward(&(f + h)?)?;
+        probe.done("output add + LayerNorm", bytes(3 * n * c))?;
+        Ok(y)
     }
 }
 
@@ -428,6 +468,30 @@ impl AttentionDropout {
                 "MSLT_ATTENTION_DROPOUT=`{o}`: expected candle or kernel (unset: kernel on a CUDA device, candle elsewhere)"
             )),
         }
+    }
+}
+
+/// What one op of a frozen layer costs, for a rate beside its time: the FLOPs of a matrix
+/// product (or of attention's QK^T and PV), or the bytes a memory-bound op reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OpCost {
+    Flops(f64),
+    Bytes(f64),
+}
+
+/// Told as each op of a frozen layer's forward is issued ([`FusedLayer::forward_probed`],
+/// [`FusedLayer::forward_dropout_probed`]): `bench --layer-ops` synchronises the device there
+/// and times the op. The plain forwards pass [`NoProbe`].
+pub trait OpProbe {
+    fn done(&mut self, op: &'static str, cost: OpCost) -> Result<()>;
+}
+
+/// The probe of the untimed forwards: does nothing.
+pub struct NoProbe;
+
+impl OpProbe for NoProbe {
+    fn done(&mut self, _op: &'static str, _cost: OpCost) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -499,8 +563,20 @@ impl FusedLayer {
         mask2d: &Tensor,
         mode: &mut Mode,
     ) -> Result<Tensor> {
+        self.forward_dropout_probed(x, mask, mask2d, mode, &mut NoProbe)
+    }
+
+    /// [`FusedLayer::forward_dropout`], telling `probe` as each op is issued.
+    pub fn forward_dropout_probed(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mask2d: &Tensor,
+        mode: &mut Mode,
+        probe: &mut dyn OpProbe,
+    ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        let (x2, qkv) = self.qkv(x)?; // (BT, C), (BT, 3C)
+        let (x2, qkv) = self.qkv(x, probe)?; // (BT, C), (BT, 3C)
         let qkv3 = qkv.reshape((b, t, 3 * c))?; // (B, T, 3C)
         let philox = match self.attention_dropout {
             AttentionDropout::Candle => false,
@@ -525,52 +601,106 @@ impl FusedLayer {
                         .to_dtype(self.dtype)?
                 }
             }; // (B, T, C)
-            return self.after_attention(&ctx, &x2, mode);
+            probe.done("attention", self.attention_cost(b, t))?;
+            return self.after_attention(&ctx, &x2, mode, probe);
         }
         let part = |i: usize| -> Result<Tensor> {
             Ok(qkv.narrow(1, i * c, c)?.contiguous()?.reshape((b, t, c))?) // (B, T, C)
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        probe.done("Q, K, V split (copies)", self.bytes(2 * 3 * b * t * c))?;
         let ctx = self_attention(&q, &k, &v, mask, self.heads, self.attn_dropout, mode)?; // (B, T, C)
-        self.after_attention(&ctx, &x2, mode)
+        probe.done("attention (Candle ops, dropout)", self.attention_cost(b, t))?;
+        self.after_attention(&ctx, &x2, mode, probe)
+    }
+
+    /// Bytes of `n` elements of this layer's dtype.
+    fn bytes(&self, n: usize) -> OpCost {
+        OpCost::Bytes((n * self.dtype.size_in_bytes()) as f64)
+    }
+
+    /// Attention's QK^T and PV on (B, T) tokens: 4 B T^2 C FLOPs.
+    fn attention_cost(&self, b: usize, t: usize) -> OpCost {
+        let c = self.qkv_weight.dims()[1];
+        OpCost::Flops(4.0 * (b * t * t * c) as f64)
     }
 
     /// Forward only, no dropout: x (B, T, C) in `self.dtype`, mask (B, T) additive f32.
     pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        self.forward_probed(x, mask, &mut NoProbe)
+    }
+
+    /// [`FusedLayer::forward`], telling `probe` as each op is issued.
+    pub fn forward_probed(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        probe: &mut dyn OpProbe,
+    ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        let (x2, qkv) = self.qkv(x)?; // (BT, C), (BT, 3C)
+        let (x2, qkv) = self.qkv(x, probe)?; // (BT, C), (BT, 3C)
         let ctx = mslt_kernels::attention(&qkv.reshape((b, t, 3 * c))?, mask, self.heads)?; // (B, T, C)
-        self.after_attention(&ctx, &x2, &mut Mode::Eval)
+        probe.done("attention", self.attention_cost(b, t))?;
+        self.after_attention(&ctx, &x2, &mut Mode::Eval, probe)
     }
 
     /// x (B, T, C) -> (x as (BT, C), the Q|K|V projection (BT, 3C)).
-    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn qkv(&self, x: &Tensor, probe: &mut dyn OpProbe) -> Result<(Tensor, Tensor)> {
         let (b, t, c) = x.dims3()?;
-        let x2 = x.reshape((b * t, c))?; // (BT, C)
-        let qkv = x2
-            .matmul(&self.qkv_weight.t()?)?
-            .broadcast_add(&self.qkv_bias)?; // (BT, 3C)
+        let n = b * t;
+        let x2 = x.reshape((n, c))?; // (BT, C)
+        let qkv = x2.matmul(&self.qkv_weight.t()?)?; // (BT, 3C)
+        probe.done("Q|K|V matmul", OpCost::Flops(2.0 * (n * c * 3 * c) as f64))?;
+        let qkv = qkv.broadcast_add(&self.qkv_bias)?;
+        probe.done("Q|K|V bias add", self.bytes(2 * n * 3 * c))?;
         Ok((x2, qkv))
     }
 
     /// Attention output projection, dropout, add + LN, FFN (fused bias + GELU), dropout, add +
     /// LN: ctx (B, T, C) and the layer input x2 (BT, C) -> (B, T, C). Dropout applies in train
     /// mode only (none with `Mode::Eval`).
-    fn after_attention(&self, ctx: &Tensor, x2: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+    fn after_attention(
+        &self,
+        ctx: &Tensor,
+        x2: &Tensor,
+        mode: &mut Mode,
+        probe: &mut dyn OpProbe,
+    ) -> Result<Tensor> {
         let (b, t, c) = ctx.dims3()?;
-        let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| -> Result<Tensor> {
-            Ok(x.matmul(&w.t()?)?.broadcast_add(bias)?)
-        };
-        let a = lin(&ctx.reshape((b * t, c))?, &self.attn_out)?; // (BT, C)
+        let (n, i) = (b * t, self.intermediate.0.dims()[0]);
+        let mm = |k: usize, m: usize| OpCost::Flops(2.0 * (n * k * m) as f64);
+        let dropped = mode.is_train() && self.hidden_dropout > 0.0;
+        let a = ctx.reshape((n, c))?.matmul(&self.attn_out.0.t()?)?; // (BT, C)
+        probe.done("attention output matmul", mm(c, c))?;
+        let a = a.broadcast_add(&self.attn_out.1)?;
+        probe.done("attention output bias add", self.bytes(2 * n * c))?;
         let a = dropout(&a, self.hidden_dropout, mode)?;
+        if dropped {
+            probe.done("attention output dropout", self.bytes(2 * n * c))?;
+        }
         let h = mslt_kernels::add_layer_norm(&a, Some(x2), &self.attn_ln, self.eps)?; // (BT, C)
+        probe.done("attention add + LayerNorm", self.bytes(3 * n * c))?;
         let f = h.matmul(&self.intermediate.0.t()?)?; // (BT, I)
+        probe.done("FFN up matmul", mm(c, i))?;
         let f = match self.activation {
             Activation::GeluErf => mslt_kernels::bias_gelu(&f, &self.intermediate.1)?,
             act => nn::activation(&f.broadcast_add(&self.intermediate.1)?, act)?,
         };
-        let o = dropout(&lin(&f, &self.output)?, self.hidden_dropout, mode)?; // (BT, C)
+        let act = match self.activation {
+            Activation::GeluErf => "FFN bias + GELU",
+            _ => "FFN bias + activation",
+        };
+        probe.done(act, self.bytes(2 * n * i))?;
+        let o = f.matmul(&self.output.0.t()?)?; // (BT, C)
+        probe.done("FFN down matmul", mm(i, c))?;
+        let o = o.broadcast_add(&self.output.1)?;
+        probe.done("FFN down bias add", self.bytes(2 * n * c))?;
+        let o = dropout(&o, self.hidden_dropout, mode)?;
+        if dropped {
+            probe.done("FFN output dropout", self.bytes(2 * n * c))?;
+        }
         let y = mslt_kernels::add_layer_norm(&o, Some(&h), &self.out_ln, self.eps)?;
+        probe.done("output add + LayerNorm", self.bytes(3 * n * c))?;
         Ok(y.reshape((b, t, c))?)
     }
 }

@@ -321,3 +321,132 @@ fn attention_dropout_in_the_kernel_matches_its_reference_in_a_stage_step() {
         (Ok(AttentionDropout::Candle), Ok(AttentionDropout::Kernel)),
     );
 }
+
+/// Records what the layer's probes report.
+struct Recorder(Vec<(&'static str, mslt_core::model::OpCost)>);
+
+impl mslt_core::model::OpProbe for Recorder {
+    fn done(&mut self, op: &'static str, cost: mslt_core::model::OpCost) -> mslt_core::Result<()> {
+        self.0.push((op, cost));
+        Ok(())
+    }
+}
+
+/// `bench --layer-ops` takes a frozen layer apart through probes in the layer's own forward: on
+/// both paths the matrix products and attention the probes report add up to the bench's cost
+/// model of a layer (2 B T (4 C^2 + 2 C I) + 4 B T^2 C), the probed forward is the forward, and
+/// the report has one row per op with shares summing to 1.
+#[test]
+fn layer_ops_probes_cover_the_layer_and_match_the_cost_model() {
+    use mslt_core::bench::{layer_ops, BenchConfig, LayerPath};
+    use mslt_core::model::OpCost;
+    let cfg = config();
+    let dev = Device::Cpu;
+    let w = init_all(&cfg, &mut Rng::new(4), &dev).unwrap();
+    let mut m = BertForPreTraining::from_tensors(&cfg, &w, "init").unwrap();
+    let n = m
+        .use_fused_kernels(FusedOptions {
+            dtype: DType::F32,
+            allow_cpu: true,
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+    let (b, t, c, i) = (2, 16, cfg.hidden_size, cfg.intermediate_size);
+    let x = Tensor::randn(0f32, 1f32, (b, t, c), &dev).unwrap(); // (B, T, C)
+    let mask = Tensor::zeros((b, 1, 1, t), DType::F32, &dev).unwrap();
+    let mask2d = mask.flatten_from(1).unwrap(); // (B, T)
+    let layer = &m.layers[0];
+    let f = layer.fused.as_ref().unwrap();
+    let flops = |r: &Recorder| -> f64 {
+        r.0.iter()
+            .map(|(_, c)| match c {
+                OpCost::Flops(n) => *n,
+                OpCost::Bytes(_) => 0.0,
+            })
+            .sum()
+    };
+    let (bf, tf, cf, inf) = (b as f64, t as f64, c as f64, i as f64);
+    let model = 2.0 * bf * tf * (4.0 * cf * cf + 2.0 * cf * inf) + 4.0 * bf * tf * tf * cf;
+    for dropout in [false, true] {
+        // the Candle layer, probed and not (same draws: same seed)
+        let mut rec = Recorder(Vec::new());
+        let (mut r1, mut r2) = (Rng::new(9), Rng::new(9));
+        let (mut m1, mut m2) = if dropout {
+            (Mode::Train(&mut r1), Mode::Train(&mut r2))
+        } else {
+            (Mode::Eval, Mode::Eval)
+        };
+        let y = layer.forward_probed(&x, &mask, &mut m1, &mut rec).unwrap();
+        let y0 = layer.forward(&x, &mask, &mut m2).unwrap();
+        assert_eq!(max_rel(&y, &y0), 0.0);
+        assert_eq!((flops(&rec) - model).abs(), 0.0, "{:?}", rec.0);
+        assert_eq!(rec.0.len(), if dropout { 10 } else { 8 }, "{:?}", rec.0);
+        // the fused layer
+        let mut rec = Recorder(Vec::new());
+        let (mut r1, mut r2) = (Rng::new(9), Rng::new(9));
+        let y = if dropout {
+            let y0 = f
+                .forward_dropout(&x, &mask, &mask2d, &mut Mode::Train(&mut r2))
+                .unwrap();
+            let y = f
+                .forward_dropout_probed(&x, &mask, &mask2d, &mut Mode::Train(&mut r1), &mut rec)
+                .unwrap();
+            assert_eq!(max_rel(&y, &y0), 0.0);
+            y
+        } else {
+            let y = f.forward_probed(&x, &mask2d, &mut rec).unwrap();
+            assert_eq!(max_rel(&y, &f.forward(&x, &mask2d).unwrap()), 0.0);
+            y
+        };
+        assert_eq!(y.dims(), &[b, t, c]);
+        assert_eq!((flops(&rec) - model).abs(), 0.0, "{:?}", rec.0);
+        let names: Vec<_> = rec.0.iter().map(|(o, _)| *o).collect();
+        assert_eq!(names.first(), Some(&"Q|K|V matmul"), "{names:?}");
+        assert_eq!(names.last(), Some(&"output add + LayerNorm"), "{names:?}");
+        assert_eq!(
+            names.iter().filter(|o| o.contains("dropout")).count(),
+            if dropout { 3 } else { 0 }, // the attention (on the CPU: Candle ops) and 2 outputs
+            "{names:?}"
+        );
+        // the report
+        for path in [LayerPath::Candle, LayerPath::Fused] {
+            let bc = BenchConfig {
+                heap: None,
+                model: &cfg,
+                stages: &[],
+                batch_size: b,
+                seq_len: t,
+                warmup: 1,
+                repeats: 2,
+                device: &dev,
+                frozen_dropout: dropout,
+                kernels: mslt_core::Kernels::Fused,
+                frozen_dtype: DType::F32,
+                matmul_precision: "f32",
+            };
+            assert_eq!(
+                LayerPath::of(&bc),
+                LayerPath::Candle,
+                "the CPU runs the plain layer"
+            );
+            let r = layer_ops(&bc, path).unwrap();
+            assert_eq!(r.path, path);
+            assert_eq!(r.fused_layer.is_some(), path == LayerPath::Fused);
+            let want = match (path, dropout) {
+                (LayerPath::Candle, false) => 8,
+                (LayerPath::Candle, true) => 10,
+                (LayerPath::Fused, false) => 11,
+                (LayerPath::Fused, true) => 14,
+            };
+            assert_eq!(r.ops.len(), want, "{path:?} dropout {dropout}");
+            let share: f64 = r.ops.iter().map(|o| o.share).sum();
+            assert!((share - 1.0).abs() < 1e-9, "{share}");
+            assert!(r
+                .ops
+                .iter()
+                .all(|o| o.time.median_ms > 0.0 && o.tflops.is_some() != o.gb_per_s.is_some()));
+            let table = mslt_core::bench::layer_ops_table(&r);
+            assert!(table.contains("FFN down"), "{table}");
+        }
+    }
+}

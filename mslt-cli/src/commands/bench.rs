@@ -64,6 +64,12 @@ pub struct BenchArgs {
     /// JSON of tools/torch_baseline.py (same config, same machine): prints both side by side.
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// Instead of the stages: where one frozen layer's time goes, op by op, on the path the
+    /// frozen layers take (fused kernels in --frozen-dtype on a GPU with --kernels fused, plain
+    /// Candle f32 otherwise), with --frozen-dropout; the device synchronised around each op.
+    /// Beside it, the whole layer timed with one synchronisation.
+    #[arg(long)]
+    layer_ops: bool,
 }
 
 pub fn run_cmd(a: BenchArgs) -> Result<()> {
@@ -80,6 +86,39 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         a.batch_size > 0 && a.seq_len >= 2,
         "--batch-size must be >= 1 and --seq-len >= 2"
     );
+    let frozen_dropout = super::on_off("--frozen-dropout", &a.frozen_dropout)?;
+    let kernels = a
+        .kernels
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--kernels {e}"))?;
+    let frozen_dtype = mslt_core::train::frozen_dtype(&a.frozen_dtype).map_err(|_| {
+        anyhow::anyhow!("--frozen-dtype {:?}: expected f32 or bf16", a.frozen_dtype)
+    })?;
+    if a.layer_ops {
+        let bc = BenchConfig {
+            heap: None,
+            model: &model,
+            stages: &[],
+            batch_size: a.batch_size,
+            seq_len: a.seq_len,
+            warmup: a.warmup,
+            repeats: a.repeats,
+            device: &device,
+            frozen_dropout,
+            kernels,
+            frozen_dtype,
+            matmul_precision: &a.matmul_precision,
+        };
+        let path = mslt_core::bench::LayerPath::of(&bc);
+        let r = mslt_core::bench::layer_ops(&bc, path).context("--layer-ops")?;
+        println!("bench --layer-ops: {}", a.model_config);
+        print!("{}", mslt_core::bench::layer_ops_table(&r));
+        if let Some(p) = &a.json {
+            std::fs::write(p, serde_json::to_string_pretty(&r)?)
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
     let kind = a
         .schedule
         .parse()
@@ -102,14 +141,9 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         repeats: a.repeats,
         device: &device,
-        frozen_dropout: super::on_off("--frozen-dropout", &a.frozen_dropout)?,
-        kernels: a
-            .kernels
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--kernels {e}"))?,
-        frozen_dtype: mslt_core::train::frozen_dtype(&a.frozen_dtype).map_err(|_| {
-            anyhow::anyhow!("--frozen-dtype {:?}: expected f32 or bf16", a.frozen_dtype)
-        })?,
+        frozen_dropout,
+        kernels,
+        frozen_dtype,
         matmul_precision: &a.matmul_precision,
     })?;
     println!(
