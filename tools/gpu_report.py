@@ -285,10 +285,13 @@ def main():
                   f"{fmt(o.get('tflops'), '.2f')} | {fmt(o.get('gb_per_s'), '.0f')} |")
             whole = f"Sum of the ops {r['ops_sum_ms']:.3f} ms; the whole layer with one synchronisation: "
             fl, cl = r.get("fused_layer"), r["candle_layer"]["median_ms"]
+            cli = r["candle_layer_issue"]["median_ms"]
             if fl:
-                whole += f"fused {fl['median_ms']:.3f} ms, Candle f32 {cl:.3f} ms ({cl / fl['median_ms']:.2f}x the fused time)."
+                fli = r["fused_layer_issue"]["median_ms"]
+                whole += (f"fused {fl['median_ms']:.3f} ms (issued by the host in {fli:.3f}), Candle f32 {cl:.3f} ms "
+                          f"(issued in {cli:.3f}; {cl / fl['median_ms']:.2f}x the fused time).")
             else:
-                whole += f"{cl:.3f} ms."
+                whole += f"{cl:.3f} ms (issued by the host in {cli:.3f})."
             p(whole + "\n")
 
     if skipped:

@@ -696,8 +696,14 @@ pub struct LayerOpsReport {
     /// work, as in training); on the fused path only
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fused_layer: Option<Timing>,
+    /// the host's time until that forward returned, every op issued: close to `fused_layer`,
+    /// the layer is bound by the host's op dispatch, not by the GPU (on the CPU they are one)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_layer_issue: Option<Timing>,
     /// the plain Candle layer on the same input in f32 (what `--kernels candle` runs)
     pub candle_layer: Timing,
+    /// its host time until the forward returned
+    pub candle_layer_issue: Timing,
 }
 
 /// Synchronises the device at each op of the layer and times it.
@@ -808,24 +814,32 @@ pub fn layer_ops(bc: &BenchConfig, path: LayerPath) -> Result<LayerOpsReport> {
         }
     }
     // the whole layer, one synchronisation at its end
-    let whole = |pass: &dyn Fn(usize) -> Result<Tensor>| -> Result<Timing> {
-        let mut ts = Vec::new();
+    // (the layer, the host's time until its forward returned: every op issued)
+    let whole = |pass: &dyn Fn(usize) -> Result<Tensor>| -> Result<(Timing, Timing)> {
+        let (mut ts, mut issue) = (Vec::new(), Vec::new());
         for it in 0..bc.warmup + bc.repeats {
             sync(bc.device)?;
             let t0 = Instant::now();
-            pass(it)?;
+            let y = pass(it)?;
+            let t_issue = t0.elapsed().as_secs_f64();
             sync(bc.device)?;
             if it >= bc.warmup {
                 ts.push(t0.elapsed().as_secs_f64());
+                issue.push(t_issue);
             }
+            drop(y);
         }
-        Ok(Timing::from(ts))
+        Ok((Timing::from(ts), Timing::from(issue)))
     };
-    let fused_layer = match path {
-        LayerPath::Fused => Some(whole(&|it| fused_pass(it, &mut crate::model::NoProbe))?),
-        LayerPath::Candle => None,
+    let (fused_layer, fused_layer_issue) = match path {
+        LayerPath::Fused => {
+            let (t, i) = whole(&|it| fused_pass(it, &mut crate::model::NoProbe))?;
+            (Some(t), Some(i))
+        }
+        LayerPath::Candle => (None, None),
     };
-    let candle_layer = whole(&|it| candle_pass(it, &mut crate::model::NoProbe))?;
+    let (candle_layer, candle_layer_issue) =
+        whole(&|it| candle_pass(it, &mut crate::model::NoProbe))?;
     let timings: Vec<(&str, OpCost, Timing)> = per_op
         .into_iter()
         .map(|(o, c, s)| (o, c, Timing::from(s)))
@@ -864,7 +878,9 @@ pub fn layer_ops(bc: &BenchConfig, path: LayerPath) -> Result<LayerOpsReport> {
         ops,
         ops_sum_ms: sum,
         fused_layer,
+        fused_layer_issue,
         candle_layer,
+        candle_layer_issue,
     })
 }
 
@@ -905,17 +921,22 @@ pub fn layer_ops_table(r: &LayerOpsReport) -> String {
         "sum of the ops {:.3} ms (each op timed alone: the device synchronised around it)\n",
         r.ops_sum_ms
     );
-    let t = |x: &Timing| format!("{:.3} ms ({:.3}-{:.3})", x.median_ms, x.min_ms, x.max_ms);
-    s += &match &r.fused_layer {
-        Some(f) => format!(
+    let t = |x: &Timing, i: &Timing| {
+        format!(
+            "{:.3} ms ({:.3}-{:.3}; the host issued it in {:.3})",
+            x.median_ms, x.min_ms, x.max_ms, i.median_ms
+        )
+    };
+    s += &match (&r.fused_layer, &r.fused_layer_issue) {
+        (Some(f), Some(fi)) => format!(
             "the whole layer, one synchronisation at its end: fused {}, Candle f32 {}; Candle / fused {:.2}x\n",
-            t(f),
-            t(&r.candle_layer),
+            t(f, fi),
+            t(&r.candle_layer, &r.candle_layer_issue),
             r.candle_layer.median_ms / f.median_ms.max(1e-12)
         ),
-        None => format!(
+        _ => format!(
             "the whole layer, one synchronisation at its end: {}\n",
-            t(&r.candle_layer)
+            t(&r.candle_layer, &r.candle_layer_issue)
         ),
     };
     s
