@@ -1526,7 +1526,12 @@ __device__ __forceinline__ void load_tile_wg(unsigned dst, const bf16_t* base, i
 
 // OVL = false (fa2wg3s, an ablation): every wgmma group waited for at once (wait_group 0 after
 // O += P V too), so the softmax no longer overlaps P V; everything else as fa2wg3.
-template <int NWG, bool DROP = false, bool OVL = true>
+// EARLY (fa2wg4e; one warpgroup): the Q tile in a buffer of its own (45 KB of static shared
+// memory in all), so K and V of key tile 1 are requested in the prologue too, in a second group
+// the block does not wait for before tile 0: at T <= 128 a block waits for global memory once.
+// Tile 1 is processed whatever its mask (as tile 0 is: an all-padding tile adds nothing); the
+// live-tile skipping starts after it.
+template <int NWG, bool DROP = false, bool OVL = true, bool EARLY = false>
 __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
                                                  bf16_t* __restrict__ out, int T_, int H, float scale,
                                                  Dropout dr = Dropout{}) {
@@ -1534,10 +1539,12 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   constexpr int D = 64, BQ = 64 * NWG, BK = 64, NTH = 128 * NWG, NW = 4 * NWG;
   constexpr int TK = BK * D, TV = BK * 72, TB = TK + TV;  // elements of a K tile, a V tile, a buffer
   static_assert(BK == 64, "WG_CORE_V: 8 groups of 8 keys");
+  static_assert(!EARLY || NWG == 1, "EARLY: a separate Q tile fits the static shared memory with one warpgroup");
   constexpr bool ONES = !DROP;                            // row sums by the ones column
   // [K0][V0][K1][V1]: K in WG_CORE, V in WG_CORE_V; the Q tile (BQ rows, WG_CORE) over K1 and V1's
-  // columns 0-63 first (V1's ones column, its last 1 KB, stays clear of it)
+  // columns 0-63 first (V1's ones column, its last 1 KB, stays clear of it), or (EARLY) in Qs
   __shared__ __align__(128) bf16_t KVc[2 * TB];
+  __shared__ __align__(128) bf16_t Qs[EARLY ? BQ * D : 8];
   static_assert(BQ * D <= TK + BK * D, "the Q tile fits over K1 and V1's columns 0-63");
   static_assert(NTH % 64 == 0, "whole core matrices per warp and chunk");
   __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
@@ -1556,11 +1563,19 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   const unsigned kv0 = (unsigned)__cvta_generic_to_shared(KVc);
   // this thread's cp.async chunks (load_tile_wg): rows r0 + it NTH / 8, columns 8 c8 .. 8 c8 + 7
   const int r0 = (tid & 7) | ((tid >> 6) << 3), c8 = (tid >> 3) & 7, off0 = r0 * rsi + c8 * 8;
-  // the Q tile (over K1 V1), K and V of key tile 0 (K0, V0): one group
-  load_tile_wg<BQ, false, NTH>(kv0 + 2u * TB, base, rsi, off0, q0, 0, r0, c8, T_);
+  // the Q tile (over K1 V1, or EARLY in Qs), K and V of key tile 0 (K0, V0): one group
+  const unsigned qb = EARLY ? (unsigned)__cvta_generic_to_shared(Qs) : kv0 + 2u * TB;
+  load_tile_wg<BQ, false, NTH>(qb, base, rsi, off0, q0, 0, r0, c8, T_);
   load_tile_wg<BK, false, NTH>(kv0, base, rsi, off0, 0, C, r0, c8, T_);
   load_tile_wg<BK, true, NTH>(kv0 + 2u * TK, base, rsi, off0, 0, 2 * C, r0, c8, T_);
   cp_async_commit();
+  if (EARLY) {  // K and V of key tile 1 (K1, V1): a second group, not waited for before tile 0
+    if (ntiles > 1) {
+      load_tile_wg<BK, false, NTH>(kv0 + 2u * TB, base, rsi, off0, BK, C, r0, c8, T_);
+      load_tile_wg<BK, true, NTH>(kv0 + 2u * (TB + TK), base, rsi, off0, BK, 2 * C, r0, c8, T_);
+    }
+    cp_async_commit();
+  }
   // the ones column of both V buffers (ONES): column group 8, key k: column 64 = 1, 65-71 = 0
   if (ONES && tid < 128) {
     const int bfo = tid >> 6, k = tid & 63;
@@ -1569,7 +1584,10 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
                  : "memory");
   }
   mask_row_live<NTH, BK, true>(mrow, T_, Mrow, Lw, tid, lane, w, Pw);  // meanwhile
-  cp_async_wait0();
+  if (EARLY)
+    cp_async_wait1();  // the first group (K_1, V_1 may be in flight)
+  else
+    cp_async_wait0();
   __syncthreads();  // Q, K_0, V_0, Mrow, Lw, Pw
   unsigned live = 0u, notplain = 0u;
 #pragma unroll
@@ -1581,7 +1599,7 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   unsigned qa[4][4];  // A fragments of this warp's 16 query rows, 4 k-steps of 16 head dims
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks)
-    ldsm_x4(qa[ks], kv0 + 2u * (unsigned)(TB + WG_CORE(w * 16 + (lm & 1) * 8 + lr, 2 * ks + (lm >> 1))));
+    ldsm_x4(qa[ks], qb + 2u * (unsigned)WG_CORE(w * 16 + (lm & 1) * 8 + lr, 2 * ks + (lm >> 1)));
   const unsigned long long dk0 = wg_desc(KVc), dv0 = wg_desc_vt(kv0 + 2u * TK);
   constexpr unsigned long long DBUF = TB / 8;  // one buffer on, in the descriptors' units (TB * 2 / 16)
 
@@ -1613,16 +1631,21 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
         pa[kk][3] = pack_bf16_cvt(s[2 * kk + 1][2], s[2 * kk + 1][3]);
       }
     }
-    cp_async_wait0();  // K_j and the previous tile's V (this thread's chunks)
+    if (EARLY && pos == 0)
+      cp_async_wait1();  // nothing new since the prologue's wait: K_1 and V_1 may stay in flight
+    else
+      cp_async_wait0();  // K_j and the previous tile's V (this thread's chunks)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy writes -> wgmma
     __syncthreads();  // everyone's; every warpgroup done with K[bf ^ 1], V[bf] (and the Q tile)
     if (j >= ntiles) break;
-    const int jn = next_live(j + 1, ntiles, live);
-    if (jn < ntiles) load_tile_wg<BK, false, NTH>(kv0 + 2u * (unsigned)((bf ^ 1) * TB), base, rsi, off0, jn * BK, C, r0, c8, T_);
+    // EARLY: tile 1 follows tile 0, its K and V requested in the prologue
+    const int jn = (EARLY && pos == 0) ? (ntiles > 1 ? 1 : ntiles) : next_live(j + 1, ntiles, live);
+    if (jn < ntiles && !(EARLY && pos == 0))
+      load_tile_wg<BK, false, NTH>(kv0 + 2u * (unsigned)((bf ^ 1) * TB), base, rsi, off0, jn * BK, C, r0, c8, T_);
     // V of tile j into V[bf] (read by the P V of the next iteration): from the third tile on.
     // V of the first came with the Q tile; the second's goes into V[1] now, a tile early (V[1]
-    // has held only the Q tile, read before this barrier)
-    if (pos >= 2 || (pos == 0 && jn < ntiles)) {
+    // has held only the Q tile, read before this barrier; EARLY: it came in the prologue)
+    if (pos >= 2 || (pos == 0 && jn < ntiles && !EARLY)) {
       const int vt = pos == 0 ? jn : j, vb = pos == 0 ? 1 : bf;
       load_tile_wg<BK, true, NTH>(kv0 + 2u * (unsigned)(vb * TB + TK), base, rsi, off0, vt * BK, 2 * C, r0, c8, T_);
     }
@@ -1676,6 +1699,14 @@ __device__ __forceinline__ void attention_fa2wgp_sync(const bf16_t* __restrict__
 }
 // fa2wg3s: fa2wg3 without the overlap of the softmax and P V (launched as fa2wg3)
 FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg3s, 256, 2, 1, attention_fa2wgp_sync, 2)
+template <int NWG, bool DROP>
+__device__ __forceinline__ void attention_fa2wgp_early(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
+                                                       bf16_t* __restrict__ out, int T_, int H, float scale,
+                                                       Dropout dr = Dropout{}) {
+  attention_fa2wgp<NWG, DROP, true, true>(qkv, mask, out, T_, H, scale, dr);
+}
+// fa2wg4e: fa2wg4 with K and V of key tile 1 requested in the prologue (launched as fa2wg4)
+FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg4e, 128, 4, 2, attention_fa2wgp_early, 1)
 
 // ---------------------------------------------------------------------------------------------
 // attention_fwd_f32_d64_tf32x3: f32 attention (D = 64) on tensor cores with the 3xTF32 split

@@ -639,7 +639,7 @@ def softmax_wgp(st, s, ms, sl2, plain, sums):
     return out
 
 
-def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=None):
+def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=None, early=False):
     """attention_fa2wgp<NWG> (attention_fwd_bf16_d64_fa2_wg3, NWG = 2; _wg4, NWG = 1), one block,
     its copies and barriers run by run_intervals: K ([K0][V0][K1][V1], WG_CORE) and V (WG_CORE_V,
     9 column groups, the ninth all zeros but column 64, all ones) in one shared array; the Q tile
@@ -650,17 +650,22 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
     shared memory in the same interval as those copies; the reference maxima that move by more
     than 8 only, the plain-tile softmax. neg: a negative control, "v_same_buf" (V of the third and
     later tiles into the buffer P V reads), "no_ones" (the ones column never written) or "v1_early"
-    (V of the second tile requested with the Q tile, over it). stats: a dict counting
-    the plain tiles and the warps' rescalings."""
+    (V of the second tile requested with the Q tile, over it), or with early "early_k1_buf0" (K of
+    tile 1 requested into the buffer tile 0 is read from). stats: a dict counting the plain tiles
+    and the warps' rescalings. early (attention_fwd_bf16_d64_fa2_wg4e, NWG = 1): the Q tile in a
+    buffer of its own, K and V of tile 1 requested in the prologue as a second group, the block's
+    first waits for the first group only; tile 1 processed whatever its mask."""
     BQ, BK, NTH, NW = 64 * NWG, 64, 128 * NWG, 4 * NWG
     TK, TV = BK * D, BK * 72
     TB = TK + TV
     T, C, base, mrow, sl2, ntiles = pre_setup(qkv, mask, b, h, H, scale, BK)
     ones = drop is None
-    smem = np.full(2 * TB + 64, np.nan, np.float32)  # + 64: a descriptor one past the end reads NaN
+    assert not early or NWG == 1
+    # + 64: a descriptor one past the end reads NaN; early: the Q tile's own buffer after that
+    smem = np.full(2 * TB + 64 + (BQ * D if early else 0), np.nan, np.float32)
     kofs = lambda bf: bf * TB
     vofs = lambda bf: bf * TB + TK
-    QOFS = TB  # the Q tile over K1 and V1's columns 0-63
+    QOFS = 2 * TB + 64 if early else TB  # the Q tile over K1 and V1's columns 0-63 (or its own)
 
     def tile_rows(t):
         """(element of smem, row of qkv, its first column) of each chunk a copy target writes, by
@@ -759,23 +764,28 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
     if neg == "v1_early" and kv.next_live(1) < ntiles:
         ops.append(("issue", ("v", kv.next_live(1), 1)))  # over the Q tile, before it is read
     ops.append(("commit",))
+    if early:  # K and V of tile 1 into K1, V1: a second group
+        if ntiles > 1:
+            ops += [("issue", ("k", 1, 0 if neg == "early_k1_buf0" else 1)), ("issue", ("v", 1, 1))]
+        ops.append(("commit",))
     if neg != "no_ones":
         ops.append(("do", write_ones))
-    ops += [("wait", 0), ("bar",), ("do", read_q)]
+    ops += [("wait", 1 if early else 0), ("bar",), ("do", read_q)]
     processed, j, bf, pending, pos = [], 0, 0, False, 0
     while True:
         if pending:
             ops.append(("do", top))
-        ops += [("wait", 0), ("bar",)]
+        first = early and pos == 0
+        ops += [("wait", 1 if first else 0), ("bar",)]
         if j >= ntiles:
             break
-        jn = kv.next_live(j + 1)
-        if jn < ntiles:
+        jn = (1 if ntiles > 1 else ntiles) if first else kv.next_live(j + 1)
+        if jn < ntiles and not first:
             ops.append(("issue", ("k", jn, bf ^ 1)))
         # V of this tile into V[bf] from the third tile on; the second tile's into V[1] now
         if pos >= 2:
             ops.append(("issue", ("v", j, bf ^ 1 if neg == "v_same_buf" else bf)))
-        elif pos == 0 and jn < ntiles and neg != "v1_early":
+        elif pos == 0 and jn < ntiles and neg != "v1_early" and not early:
             ops.append(("issue", ("v", jn, 1)))
         ops.append(("commit",))
         ops.append(("do", lambda j=j, bf=bf, p=pending: compute(j, bf, p)))
@@ -1040,6 +1050,18 @@ def main():
         if run(f"negative control {neg}", kern, 200, [200, 150], 1e-2, 128, rng, H, scale, True) != 2:
             print(f"negative control {neg}: the emulation did not notice it")
             bad += 1
+    # attention_fwd_bf16_d64_fa2_wg4e: fa2wg4 with K and V of tile 1 requested in the prologue
+    # (tile 1 processed also when all padding: keys 1, 7, (0, 10, 140, 200), 2); and with dropout
+    kern = lambda q, m, b, h, q0: block_wgp(q, m, b, h, q0, H, scale, 1, early=True, stats=stats)
+    for T, rows in pcases + [(512, [512, 448, (0, 256)]), (128, [128, 1, 64, 65])]:
+        bad += run("fa2wgp NWG1 early", kern, T, rows, 1e-2, 64, rng, H, scale, True)
+    kern = lambda q, m, b, h, q0: block_wgp(q, m, b, h, q0, H, scale, 1, drop=drop, early=True)
+    for T, rows in dcases[:2] + [(512, [(70, 512), 512]), (128, [128, 1])]:
+        bad += run("fa2wgp NWG1 early+drop", kern, T, rows, 1e-2, 64, rng, H, scale, True, drop)
+    kern = lambda q, m, b, h, q0: block_wgp(q, m, b, h, q0, H, scale, 1, neg="early_k1_buf0", early=True)
+    if run("negative control early_k1_buf0", kern, 200, [200, 150], 1e-2, 64, rng, H, scale, True) != 2:
+        print("negative control early_k1_buf0: the emulation did not notice it")
+        bad += 1
     print("all cases match" if bad == 0 else f"{bad} cases mismatch")
     sys.exit(1 if bad else 0)
 

@@ -482,7 +482,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             Some(_) => Err(KernelError::Input {
                 kernel: K,
                 what: format!(
-                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg3s and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg4e, fa2wg3s and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
                 ),
             }
             .into()),
@@ -499,6 +499,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         | AttentionKernel::Fa2Wg2
         | AttentionKernel::Fa2Wg3
         | AttentionKernel::Fa2Wg4
+        | AttentionKernel::Fa2Wg4E
         | AttentionKernel::Fa2Wg3S => {
             let a = arch(dev)?;
             if a != "sm_90" {
@@ -515,6 +516,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
                 AttentionKernel::Fa2Wg2 => "attention_fwd_bf16_d64_fa2_wg2",
                 AttentionKernel::Fa2Wg3 => "attention_fwd_bf16_d64_fa2_wg3",
                 AttentionKernel::Fa2Wg3S => "attention_fwd_bf16_d64_fa2_wg3s",
+                AttentionKernel::Fa2Wg4E => "attention_fwd_bf16_d64_fa2_wg4e",
                 _ => "attention_fwd_bf16_d64_fa2_wg4",
             })?
         }
@@ -542,6 +544,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         | AttentionKernel::Fa2Wg
         | AttentionKernel::Fa2Wg2
         | AttentionKernel::Fa2Wg4
+        | AttentionKernel::Fa2Wg4E
         | AttentionKernel::Tf32x3 => (4, 16),
         _ if d == 128 => (4, 4),
         _ => (4, 8),

@@ -146,6 +146,8 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d64_fa2_wg3_dropout",
         "attention_fwd_bf16_d64_fa2_wg4",
         "attention_fwd_bf16_d64_fa2_wg4_dropout",
+        "attention_fwd_bf16_d64_fa2_wg4e",
+        "attention_fwd_bf16_d64_fa2_wg4e_dropout",
         "attention_fwd_bf16_d64_fa2_wg3s",
         "attention_fwd_bf16_d64_fa2_wg3s_dropout",
         "attention_fwd_f32_d64_tf32x3",
