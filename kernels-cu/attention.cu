@@ -1526,11 +1526,11 @@ __device__ __forceinline__ void load_tile_wg(unsigned dst, const bf16_t* base, i
 
 // OVL = false (fa2wg3s, an ablation): every wgmma group waited for at once (wait_group 0 after
 // O += P V too), so the softmax no longer overlaps P V; everything else as fa2wg3.
-// EARLY (fa2wg4e; one warpgroup): the Q tile in a buffer of its own (45 KB of static shared
-// memory in all), so K and V of key tile 1 are requested in the prologue too, in a second group
-// the block does not wait for before tile 0: at T <= 128 a block waits for global memory once.
-// Tile 1 is processed whatever its mask (as tile 0 is: an all-padding tile adds nothing); the
-// live-tile skipping starts after it.
+// EARLY (fa2wg3e, fa2wg4e): the Q tile in a buffer of its own, the launch's dynamic shared
+// memory (BQ x 64 bf16: 16 / 8 KB, beside 37 KB of static), so K and V of key tile 1 are
+// requested in the prologue too, in a second group the block does not wait for before tile 0:
+// at T <= 128 a block waits for global memory once. Tile 1 is processed whatever its mask (as
+// tile 0 is: an all-padding tile adds nothing); the live-tile skipping starts after it.
 template <int NWG, bool DROP = false, bool OVL = true, bool EARLY = false>
 __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv, const float* __restrict__ mask,
                                                  bf16_t* __restrict__ out, int T_, int H, float scale,
@@ -1539,12 +1539,12 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   constexpr int D = 64, BQ = 64 * NWG, BK = 64, NTH = 128 * NWG, NW = 4 * NWG;
   constexpr int TK = BK * D, TV = BK * 72, TB = TK + TV;  // elements of a K tile, a V tile, a buffer
   static_assert(BK == 64, "WG_CORE_V: 8 groups of 8 keys");
-  static_assert(!EARLY || NWG == 1, "EARLY: a separate Q tile fits the static shared memory with one warpgroup");
   constexpr bool ONES = !DROP;                            // row sums by the ones column
   // [K0][V0][K1][V1]: K in WG_CORE, V in WG_CORE_V; the Q tile (BQ rows, WG_CORE) over K1 and V1's
-  // columns 0-63 first (V1's ones column, its last 1 KB, stays clear of it), or (EARLY) in Qs
+  // columns 0-63 first (V1's ones column, its last 1 KB, stays clear of it), or (EARLY) in the
+  // dynamic shared memory (BQ * D elements; the host launches with that many bytes x 2)
   __shared__ __align__(128) bf16_t KVc[2 * TB];
-  __shared__ __align__(128) bf16_t Qs[EARLY ? BQ * D : 8];
+  extern __shared__ __align__(128) unsigned char fa2wgp_dyn[];
   static_assert(BQ * D <= TK + BK * D, "the Q tile fits over K1 and V1's columns 0-63");
   static_assert(NTH % 64 == 0, "whole core matrices per warp and chunk");
   __shared__ float Mrow[FA2P_MAXT];  // mask * log2(e) of every key, -inf beyond T
@@ -1564,7 +1564,7 @@ __device__ __forceinline__ void attention_fa2wgp(const bf16_t* __restrict__ qkv,
   // this thread's cp.async chunks (load_tile_wg): rows r0 + it NTH / 8, columns 8 c8 .. 8 c8 + 7
   const int r0 = (tid & 7) | ((tid >> 6) << 3), c8 = (tid >> 3) & 7, off0 = r0 * rsi + c8 * 8;
   // the Q tile (over K1 V1, or EARLY in Qs), K and V of key tile 0 (K0, V0): one group
-  const unsigned qb = EARLY ? (unsigned)__cvta_generic_to_shared(Qs) : kv0 + 2u * TB;
+  const unsigned qb = EARLY ? (unsigned)__cvta_generic_to_shared(fa2wgp_dyn) : kv0 + 2u * TB;
   load_tile_wg<BQ, false, NTH>(qb, base, rsi, off0, q0, 0, r0, c8, T_);
   load_tile_wg<BK, false, NTH>(kv0, base, rsi, off0, 0, C, r0, c8, T_);
   load_tile_wg<BK, true, NTH>(kv0 + 2u * TK, base, rsi, off0, 0, 2 * C, r0, c8, T_);
@@ -1705,7 +1705,9 @@ __device__ __forceinline__ void attention_fa2wgp_early(const bf16_t* __restrict_
                                                        Dropout dr = Dropout{}) {
   attention_fa2wgp<NWG, DROP, true, true>(qkv, mask, out, T_, H, scale, dr);
 }
-// fa2wg4e: fa2wg4 with K and V of key tile 1 requested in the prologue (launched as fa2wg4)
+// fa2wg3e / fa2wg4e: fa2wg3 / fa2wg4 with K and V of key tile 1 requested in the prologue
+// (launched as fa2wg3 / fa2wg4, with 64 NWG x 128 bytes of dynamic shared memory: the Q tile)
+FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg3e, 256, 2, 1, attention_fa2wgp_early, 2)
 FA2_ENTRY_PAIR2(attention_fwd_bf16_d64_fa2_wg4e, 128, 4, 2, attention_fa2wgp_early, 1)
 
 // ---------------------------------------------------------------------------------------------

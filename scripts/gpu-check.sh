@@ -8,7 +8,7 @@
 # Logs go to OUT_DIR/gpu-check.log and the JSON files to OUT_DIR/json; the summary
 # table is printed last. Each step has its own time limit and a failed step does not stop the
 # others. Attention kernels never run on a GPU before (NEW_KERNELS, default "fa2w8v4 fa2w8v5
-# fa2wg3 fa2wg4 fa2wg4e"; "fa2v2 fa2w8" in run 6, "fa2v3 fa2w8v3 fa2wg fa2wg2" in run 7; NEW_KERNELS= for none;
+# fa2wg3 fa2wg3e fa2wg4 fa2wg4e"; "fa2v2 fa2w8" in run 6, "fa2v3 fa2w8v3 fa2wg fa2wg2" in run 7; NEW_KERNELS= for none;
 # ABLATION_KERNELS, default "fa2wg3s", are checked and timed only) are
 # checked each in their own process and timed only if they pass; the dropout inside the kernels
 # (part `dropout`, checked in runs 7 and 8) in a process of its own. Run 5 on one H100 (2026-11-27, all
@@ -53,7 +53,7 @@ run 90 "$BIN" kernels check --device cuda --large --only ln,gelu,attention,named
 # which crashes (and takes the CUDA context with it) or hangs costs only its own rows. Only those
 # that pass are timed and benched.
 NEW_OK=()
-for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5 fa2wg3 fa2wg4 fa2wg4e}; do
+for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5 fa2wg3 fa2wg3e fa2wg4 fa2wg4e}; do
   step "kernel check: attention[$k] (not yet run on a GPU before this script)"
   if run 45 "$BIN" kernels check --device cuda --large --only named --attention-kernels "$k" \
     --json "$OUT/json/check-$k.json"; then NEW_OK+=("$k"); fi
@@ -64,7 +64,7 @@ echo "new attention kernels that passed their checks: ${NEW_OK[*]:-none}" | tee 
 # twins run P V at 64 columns with f32 row sums, so where a twin passes and its kernel fails, the
 # ones column (m64n72k16) is at fault; where both fail, what they share (the V layout, Q in
 # registers, the pipelining).
-for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5 fa2wg3 fa2wg4 fa2wg4e}; do
+for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5 fa2wg3 fa2wg3e fa2wg4 fa2wg4e}; do
   case " ${NEW_OK[*]-} " in *" $k "*) continue ;; esac
   step "kernel check (diagnostic): the dropout twin of attention[$k], which failed its check"
   MSLT_ATTENTION=$k run 45 "$BIN" kernels check --device cuda --large --only dropout \

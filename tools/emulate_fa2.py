@@ -652,15 +652,14 @@ def block_wgp(qkv, mask, b, h, q0, H, scale, NWG, drop=None, neg=None, stats=Non
     later tiles into the buffer P V reads), "no_ones" (the ones column never written) or "v1_early"
     (V of the second tile requested with the Q tile, over it), or with early "early_k1_buf0" (K of
     tile 1 requested into the buffer tile 0 is read from). stats: a dict counting the plain tiles
-    and the warps' rescalings. early (attention_fwd_bf16_d64_fa2_wg4e, NWG = 1): the Q tile in a
-    buffer of its own, K and V of tile 1 requested in the prologue as a second group, the block's
+    and the warps' rescalings. early (attention_fwd_bf16_d64_fa2_wg3e, NWG = 2; _wg4e, NWG = 1): the
+    Q tile in a buffer of its own (the launch's dynamic shared memory), K and V of tile 1 requested in the prologue as a second group, the block's
     first waits for the first group only; tile 1 processed whatever its mask."""
     BQ, BK, NTH, NW = 64 * NWG, 64, 128 * NWG, 4 * NWG
     TK, TV = BK * D, BK * 72
     TB = TK + TV
     T, C, base, mrow, sl2, ntiles = pre_setup(qkv, mask, b, h, H, scale, BK)
     ones = drop is None
-    assert not early or NWG == 1
     # + 64: a descriptor one past the end reads NaN; early: the Q tile's own buffer after that
     smem = np.full(2 * TB + 64 + (BQ * D if early else 0), np.nan, np.float32)
     kofs = lambda bf: bf * TB
@@ -1050,14 +1049,15 @@ def main():
         if run(f"negative control {neg}", kern, 200, [200, 150], 1e-2, 128, rng, H, scale, True) != 2:
             print(f"negative control {neg}: the emulation did not notice it")
             bad += 1
-    # attention_fwd_bf16_d64_fa2_wg4e: fa2wg4 with K and V of tile 1 requested in the prologue
-    # (tile 1 processed also when all padding: keys 1, 7, (0, 10, 140, 200), 2); and with dropout
-    kern = lambda q, m, b, h, q0: block_wgp(q, m, b, h, q0, H, scale, 1, early=True, stats=stats)
-    for T, rows in pcases + [(512, [512, 448, (0, 256)]), (128, [128, 1, 64, 65])]:
-        bad += run("fa2wgp NWG1 early", kern, T, rows, 1e-2, 64, rng, H, scale, True)
-    kern = lambda q, m, b, h, q0: block_wgp(q, m, b, h, q0, H, scale, 1, drop=drop, early=True)
-    for T, rows in dcases[:2] + [(512, [(70, 512), 512]), (128, [128, 1])]:
-        bad += run("fa2wgp NWG1 early+drop", kern, T, rows, 1e-2, 64, rng, H, scale, True, drop)
+    # attention_fwd_bf16_d64_fa2_wg3e / _wg4e: fa2wg3 / fa2wg4 with K and V of tile 1 requested in
+    # the prologue (tile 1 processed also when all padding: keys 1, 7, 2); and with dropout
+    for NWG in (2, 1):
+        kern = lambda q, m, b, h, q0, NWG=NWG: block_wgp(q, m, b, h, q0, H, scale, NWG, early=True, stats=stats)
+        for T, rows in pcases + [(512, [512, 448, (0, 256)]), (128, [128, 1, 64, 65])]:
+            bad += run(f"fa2wgp NWG{NWG} early", kern, T, rows, 1e-2, 64 * NWG, rng, H, scale, True)
+        kern = lambda q, m, b, h, q0, NWG=NWG: block_wgp(q, m, b, h, q0, H, scale, NWG, drop=drop, early=True)
+        for T, rows in dcases[:2] + [(512, [(70, 512), 512]), (128, [128, 1])]:
+            bad += run(f"fa2wgp NWG{NWG} early+drop", kern, T, rows, 1e-2, 64 * NWG, rng, H, scale, True, drop)
     kern = lambda q, m, b, h, q0: block_wgp(q, m, b, h, q0, H, scale, 1, neg="early_k1_buf0", early=True)
     if run("negative control early_k1_buf0", kern, 200, [200, 150], 1e-2, 64, rng, H, scale, True) != 2:
         print("negative control early_k1_buf0: the emulation did not notice it")

@@ -107,14 +107,15 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("--nproc 1"), 1);
 
     // GPU_CHECK_QUICK=1: the base rows run 5 measured are skipped, the rest runs; NEW_KERNELS
-    // unset: the kernels not yet run on a GPU, fa2w8v4, fa2w8v5, fa2wg3, fa2wg4 and fa2wg4e
+    // unset: the kernels not yet run on a GPU, fa2w8v4, fa2w8v5, fa2wg3, fa2wg3e, fa2wg4 and
+    // fa2wg4e
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
-    assert_eq!(ran("bench --model-config base"), 10, "{quick}");
-    assert_eq!(ran("kernels check"), 8, "{quick}");
-    assert_eq!(ran("kernels bench"), 13, "{quick}");
+    assert_eq!(ran("bench --model-config base"), 11, "{quick}");
+    assert_eq!(ran("kernels check"), 9, "{quick}");
+    assert_eq!(ran("kernels bench"), 15, "{quick}");
     assert_eq!(
-        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg3,fa2wg4,fa2wg4e"),
+        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg3,fa2wg3e,fa2wg4,fa2wg4e"),
         1
     );
     // the main check names every kernel that ran on a GPU before
@@ -123,7 +124,7 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         1
     );
     assert!(quick.contains(
-        "new attention kernels that passed their checks: fa2w8v4 fa2w8v5 fa2wg3 fa2wg4 fa2wg4e"
+        "new attention kernels that passed their checks: fa2w8v4 fa2w8v5 fa2wg3 fa2wg3e fa2wg4 fa2wg4e"
     ));
     // a new kernel that fails its check is neither timed nor benched; its dropout twin is
     // checked alone as a diagnostic
@@ -133,7 +134,7 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     ]);
     let ran = |s: &str| count_ran(&fail, s);
     assert!(fail.contains(
-        "new attention kernels that passed their checks: fa2w8v4 fa2w8v5 fa2wg4 fa2wg4e"
+        "new attention kernels that passed their checks: fa2w8v4 fa2w8v5 fa2wg3e fa2wg4 fa2wg4e"
     ));
     assert_eq!(
         ran("MSLT_ATTENTION=fa2wg3 kernels check --device cuda --large --only dropout"),
@@ -144,7 +145,9 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("MSLT_ATTENTION=fa2wg3 bench"), 0);
     assert_eq!(ran("--only named --attention-kernels fa2wg3 "), 1);
     assert_eq!(
-        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg4"),
+        ran(
+            "--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg3e,fa2wg4,fa2wg4e"
+        ),
         1
     );
     // NEW_KERNELS and ABLATION_KERNELS empty: only the default check and timings

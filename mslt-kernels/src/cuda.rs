@@ -482,7 +482,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             Some(_) => Err(KernelError::Input {
                 kernel: K,
                 what: format!(
-                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg4e, fa2wg3s and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
+                    "dropout on the probabilities runs in the fa2v2, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg3e, fa2wg4, fa2wg4e, fa2wg3s and tf32x3 kernels (64-wide heads, bf16 / f32); the {kind} kernel has none"
                 ),
             }
             .into()),
@@ -498,6 +498,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         AttentionKernel::Fa2Wg
         | AttentionKernel::Fa2Wg2
         | AttentionKernel::Fa2Wg3
+        | AttentionKernel::Fa2Wg3E
         | AttentionKernel::Fa2Wg4
         | AttentionKernel::Fa2Wg4E
         | AttentionKernel::Fa2Wg3S => {
@@ -516,6 +517,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
                 AttentionKernel::Fa2Wg2 => "attention_fwd_bf16_d64_fa2_wg2",
                 AttentionKernel::Fa2Wg3 => "attention_fwd_bf16_d64_fa2_wg3",
                 AttentionKernel::Fa2Wg3S => "attention_fwd_bf16_d64_fa2_wg3s",
+                AttentionKernel::Fa2Wg3E => "attention_fwd_bf16_d64_fa2_wg3e",
                 AttentionKernel::Fa2Wg4E => "attention_fwd_bf16_d64_fa2_wg4e",
                 _ => "attention_fwd_bf16_d64_fa2_wg4",
             })?
@@ -536,6 +538,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         | AttentionKernel::Fa2W8V4
         | AttentionKernel::Fa2W8V5
         | AttentionKernel::Fa2Wg3
+        | AttentionKernel::Fa2Wg3E
         | AttentionKernel::Fa2Wg3S => (8, 16),
         AttentionKernel::Tc
         | AttentionKernel::Fa2
@@ -553,8 +556,10 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(bq) as u32, op.heads as u32, b as u32),
         block_dim: (32 * warps as u32, 1, 1),
-        shared_mem_bytes: 0,
+        // fa2wg3e / fa2wg4e: the Q tile in dynamic shared memory (under 48 KB: no opt-in)
+        shared_mem_bytes: kind.dynamic_shared_bytes() as u32,
     };
+    debug_assert!(kind.dynamic_shared_bytes() == 0 || kind.dynamic_shared_bytes() == bq * 128);
     let (t_i, h_i) = (i32_of(K, "T", t)?, i32_of(K, "heads", op.heads)?);
     if b > 65535 || op.heads > 65535 {
         return Err(KernelError::Input {

@@ -144,6 +144,8 @@ pub const ATTENTION: Source = Source {
         "attention_fwd_bf16_d64_fa2_wg2_dropout",
         "attention_fwd_bf16_d64_fa2_wg3",
         "attention_fwd_bf16_d64_fa2_wg3_dropout",
+        "attention_fwd_bf16_d64_fa2_wg3e",
+        "attention_fwd_bf16_d64_fa2_wg3e_dropout",
         "attention_fwd_bf16_d64_fa2_wg4",
         "attention_fwd_bf16_d64_fa2_wg4_dropout",
         "attention_fwd_bf16_d64_fa2_wg4e",

@@ -155,16 +155,17 @@ impl CustomOp2 for BiasGelu {
 /// size of their shared mask row; a test reads it from the source).
 pub const FA2P_MAX_T: usize = 512;
 
-/// Which CUDA attention kernel runs. bf16 with 64-wide heads has sixteen (fa2v3 / fa2w8v3 /
+/// Which CUDA attention kernel runs. bf16 with 64-wide heads has seventeen (fa2v3 / fa2w8v3 /
 /// fa2w8 the defaults), f32 with 64-wide heads two (tf32x3 the default); every other dtype and
-/// head dim has the CUDA-core kernel only. All but fa2w8v4, fa2w8v5, fa2wg3, fa2wg4, fa2wg4e and
-/// fa2wg3s passed their checks on an H100 (runs 5-8, docs/gpu-results.md); those six have not
-/// run on a GPU yet.
+/// head dim has the CUDA-core kernel only. All but fa2w8v4, fa2w8v5, fa2wg3, fa2wg3e, fa2wg4,
+/// fa2wg4e and fa2wg3s passed their checks on an H100 (runs 5-8, docs/gpu-results.md); those
+/// seven have not run on a GPU yet.
 /// The CPU side ignores it (one reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
     /// `MSLT_ATTENTION` (simt | tc | fa2 | fa2v2 | fa2q128 | fa2w8 | fa2v3 | fa2w8v3 | fa2w8v4 |
-    /// fa2w8v5 | fa2wg | fa2wg2 | fa2wg3 | fa2wg4 | fa2wg4e | fa2wg3s | tf32x3) where it applies,
+    /// fa2w8v5 | fa2wg | fa2wg2 | fa2wg3 | fa2wg3e | fa2wg4 | fa2wg4e | fa2wg3s | tf32x3) where it
+    /// applies,
     /// else the default of [`resolve_attention_kernel`].
     #[default]
     Auto,
@@ -236,12 +237,17 @@ pub enum AttentionKernel {
     /// registers, no spills. Checked on the CPU by emulation only (tools/emulate_fa2.py); not
     /// yet run on a GPU.
     Fa2Wg3,
+    /// `Fa2Wg3` with K and V of key tile 1 requested in the prologue beside the Q tile and tile
+    /// 0 (`attention_fwd_bf16_d64_fa2_wg3e`, sm_90 only, T <= 512): the Q tile lies in 16 KB of
+    /// dynamic shared memory of its own, so at T <= 128 a block waits for global memory once
+    /// instead of twice; tile 1 is processed whatever its mask. Not yet run on a GPU.
+    Fa2Wg3E,
     /// `Fa2Wg3` with one warpgroup (64 query rows) per block
     /// (`attention_fwd_bf16_d64_fa2_wg4`, sm_90 only, T <= 512). Not yet run on a GPU.
     Fa2Wg4,
     /// `Fa2Wg4` with K and V of key tile 1 requested in the prologue beside the Q tile and tile
     /// 0 (`attention_fwd_bf16_d64_fa2_wg4e`, sm_90 only, T <= 512): the Q tile has a buffer of
-    /// its own (45 KB of static shared memory), so at T <= 128 a block waits for global memory
+    /// its own (8 KB of dynamic shared memory), so at T <= 128 a block waits for global memory
     /// once instead of twice; tile 1 is processed whatever its mask. Not yet run on a GPU.
     Fa2Wg4E,
     /// An ablation of `Fa2Wg3`: every `wgmma` group waited for at once, so the softmax no longer
@@ -257,7 +263,7 @@ pub enum AttentionKernel {
 impl AttentionKernel {
     /// Every kernel chosen by name (all but `Auto` and `Simt`): what `--attention-kernels all`
     /// selects.
-    pub const NAMED: [AttentionKernel; 16] = [
+    pub const NAMED: [AttentionKernel; 17] = [
         Self::Tc,
         Self::Fa2,
         Self::Fa2V2,
@@ -270,11 +276,22 @@ impl AttentionKernel {
         Self::Fa2Wg,
         Self::Fa2Wg2,
         Self::Fa2Wg3,
+        Self::Fa2Wg3E,
         Self::Fa2Wg4,
         Self::Fa2Wg4E,
         Self::Fa2Wg3S,
         Self::Tf32x3,
     ];
+
+    /// Bytes of dynamic shared memory the kernel is launched with: the Q tile of fa2wg3e /
+    /// fa2wg4e (64 query rows per warpgroup x 64 bf16), none for the others.
+    pub fn dynamic_shared_bytes(self) -> usize {
+        match self {
+            Self::Fa2Wg3E => 128 * 128,
+            Self::Fa2Wg4E => 64 * 128,
+            _ => 0,
+        }
+    }
 
     /// The kernels that hold the mask row in a fixed shared array (fa2v3, fa2w8v3, fa2w8v4,
     /// fa2w8v5 and the fa2wg kernels; `FA2P_MAXT`).
@@ -288,6 +305,7 @@ impl AttentionKernel {
                 | Self::Fa2Wg
                 | Self::Fa2Wg2
                 | Self::Fa2Wg3
+                | Self::Fa2Wg3E
                 | Self::Fa2Wg4
                 | Self::Fa2Wg4E
                 | Self::Fa2Wg3S
@@ -314,6 +332,7 @@ impl AttentionKernel {
             Self::Fa2Wg
                 | Self::Fa2Wg2
                 | Self::Fa2Wg3
+                | Self::Fa2Wg3E
                 | Self::Fa2Wg4
                 | Self::Fa2Wg4E
                 | Self::Fa2Wg3S
@@ -331,7 +350,7 @@ impl AttentionKernel {
         match self {
             Auto | Simt => true,
             Tc | Fa2 | Fa2V2 | Fa2Q128 | Fa2W8 | Fa2V3 | Fa2W8V3 | Fa2W8V4 | Fa2W8V5 | Fa2Wg
-            | Fa2Wg2 | Fa2Wg3 | Fa2Wg4 | Fa2Wg4E | Fa2Wg3S => {
+            | Fa2Wg2 | Fa2Wg3 | Fa2Wg3E | Fa2Wg4 | Fa2Wg4E | Fa2Wg3S => {
                 dtype == DType::BF16 && d == 64 && t_ok
             }
             Tf32x3 => dtype == DType::F32 && d == 64,
@@ -357,12 +376,13 @@ impl std::str::FromStr for AttentionKernel {
             "fa2wg" => Ok(Self::Fa2Wg),
             "fa2wg2" => Ok(Self::Fa2Wg2),
             "fa2wg3" => Ok(Self::Fa2Wg3),
+            "fa2wg3e" => Ok(Self::Fa2Wg3E),
             "fa2wg4" => Ok(Self::Fa2Wg4),
             "fa2wg4e" => Ok(Self::Fa2Wg4E),
             "fa2wg3s" => Ok(Self::Fa2Wg3S),
             "tf32x3" => Ok(Self::Tf32x3),
             o => Err(format!(
-                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg4e, fa2wg3s or tf32x3"
+                "attention kernel `{o}`: expected auto, simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg3e, fa2wg4, fa2wg4e, fa2wg3s or tf32x3"
             )),
         }
     }
@@ -385,6 +405,7 @@ impl std::fmt::Display for AttentionKernel {
             Self::Fa2Wg => "fa2wg",
             Self::Fa2Wg2 => "fa2wg2",
             Self::Fa2Wg3 => "fa2wg3",
+            Self::Fa2Wg3E => "fa2wg3e",
             Self::Fa2Wg4 => "fa2wg4",
             Self::Fa2Wg4E => "fa2wg4e",
             Self::Fa2Wg3S => "fa2wg3s",
@@ -435,7 +456,7 @@ pub fn resolve_attention_kernel(
         (k, _) => Err(input_err(
             "attention",
             format!(
-                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, the fa2 kernels (fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg4, fa2wg4e, fa2wg3s) take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and fa2wg* take T <= 512",
+                "the {k} kernel does not fit these inputs ({dtype:?}, head dim {d}, T = {t}, rows {}16-byte aligned): tc, the fa2 kernels (fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2, fa2wg3, fa2wg3e, fa2wg4, fa2wg4e, fa2wg3s) take bf16, tf32x3 takes f32, all with 64-wide heads; fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and fa2wg* take T <= 512",
                 if aligned { "" } else { "not " }
             ),
         )),

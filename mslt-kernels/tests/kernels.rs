@@ -145,7 +145,8 @@ fn kernels_switch_parses() {
         .contains("fused or candle"));
     for k in [
         "auto", "simt", "tc", "fa2", "fa2v2", "fa2q128", "fa2w8", "fa2v3", "fa2w8v3", "fa2w8v4",
-        "fa2w8v5", "fa2wg", "fa2wg2", "fa2wg3", "fa2wg4", "fa2wg4e", "fa2wg3s", "tf32x3",
+        "fa2w8v5", "fa2wg", "fa2wg2", "fa2wg3", "fa2wg3e", "fa2wg4", "fa2wg4e", "fa2wg3s",
+        "tf32x3",
     ] {
         assert_eq!(
             k.parse::<AttentionKernel>().map(|v| v.to_string()),
@@ -248,10 +249,11 @@ fn attention_kernel_dispatch() {
     assert_eq!(at(Auto, Some("fa2wg2"), 128).unwrap(), Fa2Wg2);
     assert!(at(Fa2Wg2, None, 600).is_err());
     assert!(Fa2Wg2.has_dropout() && Fa2Wg2.needs_sm90());
-    // fa2wg3 / fa2wg4 / fa2wg4e (not yet run on a GPU, so not defaults): by name up to T = 512,
-    // sm_90
+    // fa2wg3 / fa2wg3e / fa2wg4 / fa2wg4e (not yet run on a GPU, so not defaults): by name up to
+    // T = 512, sm_90
     for (name, k) in [
         ("fa2wg3", Fa2Wg3),
+        ("fa2wg3e", Fa2Wg3E),
         ("fa2wg4", Fa2Wg4),
         ("fa2wg4e", Fa2Wg4E),
         ("fa2wg3s", Fa2Wg3S),
@@ -261,6 +263,15 @@ fn attention_kernel_dispatch() {
         assert!(at(k, None, 513).is_err());
         assert!(ops::resolve_attention_kernel(k, None, DType::F32, 64, 128, true).is_err());
         assert!(k.has_dropout() && k.needs_sm90());
+    }
+    // fa2wg3e / fa2wg4e hold the Q tile (64 rows per warpgroup x 64 bf16) in dynamic shared
+    // memory; no other kernel takes any
+    assert_eq!(Fa2Wg3E.dynamic_shared_bytes(), 128 * 64 * 2);
+    assert_eq!(Fa2Wg4E.dynamic_shared_bytes(), 64 * 64 * 2);
+    for k in AttentionKernel::NAMED {
+        if !matches!(k, Fa2Wg3E | Fa2Wg4E) {
+            assert_eq!(k.dynamic_shared_bytes(), 0, "{k}");
+        }
     }
     // no environment: the defaults stay fa2v3 / fa2w8v3 / fa2w8
     for (t, k) in [(128, Fa2V3), (256, Fa2W8V3), (512, Fa2W8V3), (513, Fa2W8)] {
@@ -283,6 +294,7 @@ fn fa2p_max_t_matches_the_kernel_source() {
         AttentionKernel::Fa2Wg,
         AttentionKernel::Fa2Wg2,
         AttentionKernel::Fa2Wg3,
+        AttentionKernel::Fa2Wg3E,
         AttentionKernel::Fa2Wg4,
         AttentionKernel::Fa2Wg4E,
         AttentionKernel::Fa2Wg3S,
@@ -304,7 +316,7 @@ fn attention_kernel_choice_is_the_reference_on_cpu() -> candle_core::Result<()> 
         .into_iter()
         .filter(|k| k.fits(DType::BF16, 64, 9));
     let kernels: Vec<_> = [AttentionKernel::Simt].into_iter().chain(bf16).collect();
-    assert_eq!(kernels.len(), 16);
+    assert_eq!(kernels.len(), 17);
     for k in kernels {
         let got = ops::attention_with(&qkv, &mask, 2, k)?.to_dtype(DType::F32)?;
         let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;

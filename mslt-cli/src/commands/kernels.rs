@@ -60,7 +60,7 @@ struct SelectArgs {
     only: String,
     /// Attention kernels checked / timed by name on CUDA (part `named`), comma-separated:
     /// simt, tc, fa2, fa2v2, fa2q128, fa2w8, fa2v3, fa2w8v3, fa2w8v4, fa2w8v5, fa2wg, fa2wg2,
-    /// fa2wg3, fa2wg4, fa2wg4e, fa2wg3s, tf32x3, all or none. Each runs where it fits the dtype, head dim and
+    /// fa2wg3, fa2wg3e, fa2wg4, fa2wg4e, fa2wg3s, tf32x3, all or none. Each runs where it fits the dtype, head dim and
     /// sequence length (fa2v3, fa2w8v3, fa2w8v4, fa2w8v5 and fa2wg*: T <= 512; fa2wg* on sm_90
     /// GPUs only). Default: all for `check`; for `bench` fa2v2, fa2w8, fa2v3 and fa2w8v3 (the
     /// `fused` rows take the default: fa2v3 below T = 256, fa2w8v3 to 512, fa2w8 beyond; tc,
