@@ -298,18 +298,8 @@ impl AttentionKernel {
     fn has_shared_mask_row(self) -> bool {
         matches!(
             self,
-            Self::Fa2V3
-                | Self::Fa2W8V3
-                | Self::Fa2W8V4
-                | Self::Fa2W8V5
-                | Self::Fa2Wg
-                | Self::Fa2Wg2
-                | Self::Fa2Wg3
-                | Self::Fa2Wg3E
-                | Self::Fa2Wg4
-                | Self::Fa2Wg4E
-                | Self::Fa2Wg3S
-        )
+            Self::Fa2V3 | Self::Fa2W8V3 | Self::Fa2W8V4 | Self::Fa2W8V5
+        ) || self.needs_sm90()
     }
 
     /// Whether this kernel has a `_dropout` entry point (dropout on the probabilities inside the

@@ -94,21 +94,21 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
     let frozen_dtype = mslt_core::train::frozen_dtype(&a.frozen_dtype).map_err(|_| {
         anyhow::anyhow!("--frozen-dtype {:?}: expected f32 or bf16", a.frozen_dtype)
     })?;
+    let bc = BenchConfig {
+        heap: None,
+        model: &model,
+        stages: &[],
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        warmup: a.warmup,
+        repeats: a.repeats,
+        device: &device,
+        frozen_dropout,
+        kernels,
+        frozen_dtype,
+        matmul_precision: &a.matmul_precision,
+    };
     if a.layer_ops {
-        let bc = BenchConfig {
-            heap: None,
-            model: &model,
-            stages: &[],
-            batch_size: a.batch_size,
-            seq_len: a.seq_len,
-            warmup: a.warmup,
-            repeats: a.repeats,
-            device: &device,
-            frozen_dropout,
-            kernels,
-            frozen_dtype,
-            matmul_precision: &a.matmul_precision,
-        };
         let path = mslt_core::bench::LayerPath::of(&bc);
         let r = mslt_core::bench::layer_ops(&bc, path).context("--layer-ops")?;
         println!("bench --layer-ops: {}", a.model_config);
@@ -134,17 +134,8 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
     })?;
     let report = run(&BenchConfig {
         heap: Some(&crate::heap::Probe),
-        model: &model,
         stages: &stages,
-        batch_size: a.batch_size,
-        seq_len: a.seq_len,
-        warmup: a.warmup,
-        repeats: a.repeats,
-        device: &device,
-        frozen_dropout,
-        kernels,
-        frozen_dtype,
-        matmul_precision: &a.matmul_precision,
+        ..bc
     })?;
     println!(
         "bench: {} ({} layers x {}), schedule {} {:?}",
