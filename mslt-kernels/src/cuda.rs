@@ -530,6 +530,18 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         _ => format!("attention_fwd_{}_d{d}", dtype_suffix(K, qkv.0.dtype())?),
     };
     let f = func(dev, &ATTENTION, &entry)?;
+    let dyn_smem = kind.dynamic_shared_bytes();
+    if dyn_smem > 0 {
+        // fa2wg3e / fa2wg4e: the Q tile in dynamic shared memory. A block may hold 48 KB of
+        // shared memory, static and dynamic together, unless its function opts in to more
+        // (fa2wg3e: 37 KB static + 16 KB). Set before every launch: one cheap driver call.
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            dyn_smem as i32,
+        )
+        .map_err(|e| launch_err(&entry, format!("setting its dynamic shared memory: {e}")))?;
+    }
     // (warps per block, query rows per warp), as each entry point's launch comment says
     let (warps, rows_per_warp) = match kind {
         AttentionKernel::Fa2Q128 => (4, 32),
@@ -556,10 +568,12 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(bq) as u32, op.heads as u32, b as u32),
         block_dim: (32 * warps as u32, 1, 1),
-        // fa2wg3e / fa2wg4e: the Q tile in dynamic shared memory (under 48 KB: no opt-in)
-        shared_mem_bytes: kind.dynamic_shared_bytes() as u32,
+        shared_mem_bytes: dyn_smem as u32,
     };
-    debug_assert!(kind.dynamic_shared_bytes() == 0 || kind.dynamic_shared_bytes() == bq * 128);
+    debug_assert!(
+        dyn_smem == 0 || dyn_smem == bq * 128,
+        "the Q tile: 64-wide bf16 rows"
+    );
     let (t_i, h_i) = (i32_of(K, "T", t)?, i32_of(K, "heads", op.heads)?);
     if b > 65535 || op.heads > 65535 {
         return Err(KernelError::Input {

@@ -388,6 +388,7 @@ fn every_kernel_source_compiles_with_nvrtc() {
     // driver's JIT would and reports registers and spills: no kernel may spill.
     match std::env::var_os("MSLT_PTXAS") {
         Some(ptxas) => {
+            let mut dyn_checked = 0;
             for arch in ["sm_80", "sm_90", "sm_90a"] {
                 let mut n = 0;
                 for src in mslt_kernels::SOURCES {
@@ -406,6 +407,29 @@ fn every_kernel_source_compiles_with_nvrtc() {
                         // fa2wg3 / fa2wg4 overlap the softmax with an in-flight wgmma: ptxas
                         // must not serialise it (nor any other kernel's)
                         assert!(!u.wgmma_serialized, "{arch} {u:?}: wgmma serialised");
+                        // fa2wg3e / fa2wg4e: static + dynamic shared memory (the launch opts in
+                        // beyond 48 KB) keeps 2 / 4 blocks per SM of an H100 (228 KB, 1 KB
+                        // reserved per block)
+                        for (name, k, blocks) in [
+                            (
+                                "attention_fwd_bf16_d64_fa2_wg3e",
+                                AttentionKernel::Fa2Wg3E,
+                                2,
+                            ),
+                            (
+                                "attention_fwd_bf16_d64_fa2_wg4e",
+                                AttentionKernel::Fa2Wg4E,
+                                4,
+                            ),
+                        ] {
+                            if arch == "sm_90a" && u.entry.trim_end_matches("_dropout") == name {
+                                let st = u.shared_bytes as usize;
+                                let block = st + k.dynamic_shared_bytes() + 1024;
+                                assert!(block * blocks <= 228 * 1024, "{u:?}: {block} B per block");
+                                assert!(st <= 48 * 1024, "{u:?}");
+                                dyn_checked += 1;
+                            }
+                        }
                         n += 1;
                     }
                 }
@@ -417,6 +441,7 @@ fn every_kernel_source_compiles_with_nvrtc() {
                         .sum::<usize>()
                 );
             }
+            assert_eq!(dyn_checked, 4, "fa2wg3e, fa2wg4e and their _dropout twins");
         }
         None => {
             assert!(
