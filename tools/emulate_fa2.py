@@ -1053,7 +1053,10 @@ def main():
     # the prologue (tile 1 processed also when all padding: keys 1, 7, 2); and with dropout
     for NWG in (2, 1):
         kern = lambda q, m, b, h, q0, NWG=NWG: block_wgp(q, m, b, h, q0, H, scale, NWG, early=True, stats=stats)
-        for T, rows in pcases + [(512, [512, 448, (0, 256)]), (128, [128, 1, 64, 65])]:
+        # (tiles 0 and 1 both all padding, live tiles after them: (130, 200), (200, 512), (0, 64, 448, 512))
+        ecases = [(512, [512, 448, (0, 256)]), (128, [128, 1, 64, 65]), (200, [(130, 200)]),
+                  (512, [(200, 512), (0, 64, 448, 512)]), (129, [1, 64, 129]), (65, [65, 64])]
+        for T, rows in pcases + ecases:
             bad += run(f"fa2wgp NWG{NWG} early", kern, T, rows, 1e-2, 64 * NWG, rng, H, scale, True)
         kern = lambda q, m, b, h, q0, NWG=NWG: block_wgp(q, m, b, h, q0, H, scale, NWG, drop=drop, early=True)
         for T, rows in dcases[:2] + [(512, [(70, 512), 512]), (128, [128, 1])]:
