@@ -147,17 +147,22 @@ def main():
         p("## add + LayerNorm and bias + GELU\n")
         p("fused: the custom op (output allocated per call, as in the model); into: the kernel into a "
           "buffer allocated once; % = of the copy reference; torch: `layer_norm(x + res)` / `gelu(x + b)`.\n")
-        p("| op | impl | dtype | rows x C | fused us | % copy | into us | % copy | candle us | torch us | fused / candle | fused / torch |")
-        p("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        p("`% same-size copy`: into's bandwidth over that of a copy of as many bytes (`copy-same-bytes`; "
+          "at small shapes launch and tail weigh on the copy too).\n")
+        p("| op | impl | dtype | rows x C | fused us | % copy | into us | % copy | candle us | torch us | fused / candle | fused / torch | % same-size copy |")
+        p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         ln = {"fused": [], "fused-into": []}
         for r in mem:
             k = (r["op"], r["dtype"], r["shape"])
             into = find(ours, k[0], "fused-into", k[1], k[2], r["src"])
             cand = find(ours, k[0], "candle", k[1], k[2], r["src"])
             tr = find(torch, k[0], "torch", k[1], k[2])
+            same = find(ours, "copy-same-bytes", "into", "f32", f"{k[2]} {k[1]}", r["src"])
+            rel = ratio(us(same), us(into))
             p(f"| {k[0]} | {r['impl']} | {k[1]} | {k[2]} | {us(r):.1f} | {fmt(pct(r), '.0f')}% | {fmt(us(into))} | "
               f"{fmt(pct(into), '.0f')}{'%' if into else ''} | {fmt(us(cand))} | {fmt(us(tr))} | "
-              f"{fmt(ratio(us(r), us(cand)), '.2f')} | {fmt(ratio(us(r), us(tr)), '.2f')} |")
+              f"{fmt(ratio(us(r), us(cand)), '.2f')} | {fmt(ratio(us(r), us(tr)), '.2f')} | "
+              f"{fmt(None if rel is None else 100 * rel, '.0f')}{'%' if rel else ''} |")
             rows_n = int(k[2].split("x")[0])
             if k[0] == "add_layer_norm" and rows_n >= BERT_ROWS and r["src"] == "kbench":
                 ln["fused"].append(pct(r))

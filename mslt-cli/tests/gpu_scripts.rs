@@ -258,6 +258,15 @@ fn gpu_report_reproduces_the_committed_h100_run() {
     let diag = r#"[{"kernel": "attention+dropout", "dtype": "bf16", "shape": "B2 T7", "against": "candle reference",
         "max_abs_err": 0.001, "max_abs_ref": 1.0, "rel_err": 0.001, "tol": 0.05, "nonfinite": 0, "pass": true}]"#;
     std::fs::write(tmp.path().join("check-diag-fa2wg3.json"), diag).unwrap();
+    // add + LayerNorm at 4096 rows beside a copy of as many bytes
+    let ln = r#"[
+        {"op": "add_layer_norm", "implementation": "fused", "dtype": "bf16", "shape": "4096x768",
+         "median_us": 12.0, "min_us": 11.0, "max_us": 13.0, "gb_per_s": 1572.9, "tflop_per_s": null},
+        {"op": "add_layer_norm", "implementation": "fused-into", "dtype": "bf16", "shape": "4096x768",
+         "median_us": 10.0, "min_us": 9.0, "max_us": 11.0, "gb_per_s": 1887.4, "tflop_per_s": null},
+        {"op": "copy-same-bytes", "implementation": "into", "dtype": "f32", "shape": "4096x768 bf16",
+         "median_us": 8.0, "min_us": 7.5, "max_us": 9.0, "gb_per_s": 2359.3, "tflop_per_s": null}]"#;
+    std::fs::write(tmp.path().join("kbench.json"), ln).unwrap();
     // one frozen layer op by op, as the binary writes it
     let lops = tmp
         .path()
@@ -308,6 +317,12 @@ fn gpu_report_reproduces_the_committed_h100_run() {
         "{r}"
     );
     assert!(r.contains("| FFN down (matmul + bias) | "), "{r}");
+    // fused-into at 10 us against the same bytes copied in 8 us: 80%
+    assert!(
+        r.contains("| add_layer_norm | fused | bf16 | 4096x768 | 12.0 |")
+            && r.contains(" | 80% |\n"),
+        "{r}"
+    );
     assert!(r.contains("| attention[fa2] | bf16 | 1 | 1 | inf |"), "{r}");
     // a failed row is listed with where its wrong elements lie
     assert!(

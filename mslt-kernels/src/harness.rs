@@ -649,6 +649,40 @@ pub fn check(
     Ok(rows.rows)
 }
 
+/// The card's copy (`cuMemcpyDtoDAsync` into a buffer allocated once) of as many bytes as an op
+/// reads and writes at `shape` (`bytes`): row `copy-same-bytes` / `into`, shape "`shape` `dtype`".
+/// What a copy reaches at that size, to read a small shape's share of the copy bandwidth against
+/// (at 4096 rows launch and tail weigh on any kernel).
+#[cfg(feature = "cuda")]
+fn same_bytes_copy(
+    dev: &Device,
+    trials: usize,
+    shape: &str,
+    dtype: DType,
+    bytes: Option<f64>,
+    out: &mut Rows<'_, TimeRow>,
+) -> Result<()> {
+    let (Device::Cuda(cd), Some(total)) = (dev, bytes) else {
+        return Ok(());
+    };
+    let n = (total / 8.0) as usize; // f32 elements: a copy reads and writes 4 bytes each
+    let src = randn(&[n], 1.0, 0.0, dev)?;
+    // SAFETY: the buffer is only written by the copy, never read.
+    let mut dst = unsafe { cd.alloc::<f32>(n)? };
+    let t = time(dev, trials, || crate::cuda::copy_into(&src, &mut dst))?;
+    let label = format!("{shape} {}", dname(dtype));
+    out.push(row(
+        "copy-same-bytes",
+        "into",
+        DType::F32,
+        label,
+        t,
+        Some(8.0 * n as f64),
+        None,
+    ));
+    Ok(())
+}
+
 /// Median and spread of one timed operation.
 #[derive(Clone, Debug, Serialize)]
 pub struct TimeRow {
@@ -912,6 +946,7 @@ pub fn bench(
                         |o| crate::cuda::add_layer_norm_into(&x, &res, &wb, 1e-12, o),
                     )?;
                     out.push(row(op, "fused-into", dtype, shape.clone(), t, bytes, None));
+                    same_bytes_copy(dev, s.trials, &shape, dtype, bytes, &mut out)?;
                 }
                 let t = time(dev, s.trials, || {
                     candle_nn::ops::layer_norm(&(&x + &res)?, &w, &b, 1e-12)
@@ -938,6 +973,7 @@ pub fn bench(
                         |o| crate::cuda::bias_gelu_into(&x, &b, o),
                     )?;
                     out.push(row(op, "fused-into", dtype, shape.clone(), t, bytes, None));
+                    same_bytes_copy(dev, s.trials, &shape, dtype, bytes, &mut out)?;
                 }
                 let t = time(dev, s.trials, || x.broadcast_add(&b)?.gelu_erf())?;
                 out.push(row(op, "candle", dtype, shape, t, bytes, None));
