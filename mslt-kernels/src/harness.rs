@@ -476,6 +476,11 @@ impl CheckShapes {
             (16, 384, 16, 64),
             (4, 512, 8, 128),
             (8, 256, 16, 32),
+            // 64-wide heads at one whole key tile, a partial second and a partial fifth (the
+            // second tile requested early by fa2wg3e / fa2wg4e, rows beyond T zero-filled)
+            (2, 64, 4, 64),
+            (3, 100, 4, 64),
+            (2, 300, 4, 64),
         ]);
         s
     }
