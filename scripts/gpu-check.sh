@@ -71,15 +71,20 @@ for k in ${NEW_KERNELS-fa2w8v4 fa2w8v5 fa2wg3 fa2wg3e fa2wg4 fa2wg4e}; do
     --json "$OUT/json/check-diag-$k.json"
 done
 # Dropout on the attention probabilities inside the kernels (the `_dropout` entry points of the
-# defaults fa2v3, fa2w8v3, fa2w8 and tf32x3, and of the new kernels that passed): kernel rows
-# against the same Philox draws through Candle ops, and the frozen encoder with
-# MSLT_ATTENTION_DROPOUT=kernel against its reference, in a process of their own
-DROP_KERNELS=fa2v3,fa2w8v3,fa2w8,tf32x3
-for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do DROP_KERNELS="$DROP_KERNELS,$k"; done
+# defaults fa2v3, fa2w8v3, fa2w8 and tf32x3): kernel rows against the same Philox draws through
+# Candle ops, and the frozen encoder with MSLT_ATTENTION_DROPOUT=kernel against its reference, in
+# a process of their own; then the `_dropout` twin of each new kernel that passed, each in its own
+# process (one that faults costs its own rows and timings only)
 step "kernel check: attention dropout inside the kernels"
 DROP_OK=0
-if run 90 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels "$DROP_KERNELS" \
+if run 90 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3 \
   --json "$OUT/json/check-dropout.json"; then DROP_OK=1; fi
+DROP_NEW_OK=()
+for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do
+  step "kernel check: attention dropout inside attention[$k]"
+  if run 45 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels "$k" \
+    --json "$OUT/json/check-dropout-$k.json"; then DROP_NEW_OK+=("$k"); fi
+done
 step "kernel timings: fused (output allocated per call), fused-into (preallocated output), candle"
 run 150 "$BIN" kernels bench --device cuda --only copy,ln,gelu,attention,named --json "$OUT/json/kbench.json"
 if [ "$DROP_OK" = 1 ]; then
@@ -103,12 +108,11 @@ for k in ${ABLATION_KERNELS-fa2wg3s}; do
     run 60 "$BIN" kernels bench --device cuda --only named --attention-kernels "$k" --json "$OUT/json/kbench-$k.json"
   fi
 done
-if [ "$DROP_OK" = 1 ]; then
-  for k in ${BENCH_OK[@]+"${BENCH_OK[@]}"}; do
-    step "kernel timings: attention with dropout inside the kernels, attention[$k] (MSLT_ATTENTION=$k)"
-    MSLT_ATTENTION=$k run 60 "$BIN" kernels bench --device cuda --only dropout --json "$OUT/json/kbench-dropout-$k.json"
-  done
-fi
+for k in ${BENCH_OK[@]+"${BENCH_OK[@]}"}; do
+  case " ${DROP_NEW_OK[*]-} " in *" $k "*) ;; *) continue ;; esac
+  step "kernel timings: attention with dropout inside the kernels, attention[$k] (MSLT_ATTENTION=$k)"
+  MSLT_ATTENTION=$k run 60 "$BIN" kernels bench --device cuda --only dropout --json "$OUT/json/kbench-dropout-$k.json"
+done
 step "torch timings"
 run 120 "$PY" tools/torch_kernels.py --json "$OUT/json/torch.json" > /dev/null
 # base benches, most informative first: the default bf16 frozen layers, then each new kernel

@@ -64,18 +64,25 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     let ran = |s: &str| count_ran(&all, s);
     // gpu-check: the default check, one check and one timing per new attention kernel (all
     // "pass" here), the base benches (incl. one per new kernel)
-    // ... and the attention dropout inside the kernels: one check (the new kernels included),
-    // one timing for the default kernel and one per new kernel, and the base benches with frozen
-    // dropout on, with it inside the kernels and on Candle ops (f32, bf16); the ablation
-    // (ABLATION_KERNELS unset: fa2wg3s) checked and timed once each
-    assert_eq!(ran("kernels check"), 5, "{all}");
+    // ... and the attention dropout inside the kernels: one check of the defaults and one per
+    // new kernel (each in its own process), one timing for the default kernel and one per new
+    // kernel, and the base benches with frozen dropout on, with it inside the kernels and on
+    // Candle ops (f32, bf16); the ablation (ABLATION_KERNELS unset: fa2wg3s) checked and timed
+    // once each
+    assert_eq!(ran("kernels check"), 7, "{all}");
     assert_eq!(ran("kernels bench"), 7, "{all}");
     assert_eq!(ran("--only named --attention-kernels fa2wg3s "), 2, "{all}");
     assert_eq!(ran("MSLT_ATTENTION=fa2wg3s"), 0, "{all}");
     assert_eq!(
-        ran("--only named,dropout --attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2v2,fa2w8"),
+        ran("--only named,dropout --attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3 "),
         1
     );
+    for k in ["fa2v2", "fa2w8"] {
+        assert_eq!(
+            ran(&format!("--only named,dropout --attention-kernels {k} ")),
+            1
+        );
+    }
     assert_eq!(ran("MSLT_ATTENTION_DROPOUT=kernel bench"), 2, "{all}");
     // the kernel is the default on a GPU: the Candle rows name theirs
     assert_eq!(ran("MSLT_ATTENTION_DROPOUT=candle bench"), 2, "{all}");
@@ -112,12 +119,16 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
     assert_eq!(ran("bench --model-config base"), 11, "{quick}");
-    assert_eq!(ran("kernels check"), 9, "{quick}");
+    assert_eq!(ran("kernels check"), 15, "{quick}");
     assert_eq!(ran("kernels bench"), 15, "{quick}");
-    assert_eq!(
-        ran("--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg3,fa2wg3e,fa2wg4,fa2wg4e"),
-        1
-    );
+    for k in [
+        "fa2w8v4", "fa2w8v5", "fa2wg3", "fa2wg3e", "fa2wg4", "fa2wg4e",
+    ] {
+        assert_eq!(
+            ran(&format!("--only named,dropout --attention-kernels {k} ")),
+            1
+        );
+    }
     // the main check names every kernel that ran on a GPU before
     assert_eq!(
         ran("--attention-kernels tc,fa2,fa2v2,fa2q128,fa2w8,fa2v3,fa2w8v3,fa2wg,fa2wg2 "),
@@ -144,12 +155,26 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     assert_eq!(ran("kernels check --device cuda --large --only dropout"), 1);
     assert_eq!(ran("MSLT_ATTENTION=fa2wg3 bench"), 0);
     assert_eq!(ran("--only named --attention-kernels fa2wg3 "), 1);
-    assert_eq!(
-        ran(
-            "--attention-kernels fa2v3,fa2w8v3,fa2w8,tf32x3,fa2w8v4,fa2w8v5,fa2wg3e,fa2wg4,fa2wg4e"
+    assert_eq!(ran("--only named,dropout --attention-kernels fa2wg3 "), 0);
+    assert_eq!(ran("--only named,dropout --attention-kernels fa2wg4 "), 1);
+    // a new kernel whose dropout twin fails: no dropout timing for it, the others unaffected
+    let dfail = run_gpu_all(&[
+        ("GPU_CHECK_QUICK", "1"),
+        (
+            "STANDIN_FAIL",
+            "--only named,dropout --attention-kernels fa2wg4e ",
         ),
+    ]);
+    let ran = |s: &str| count_ran(&dfail, s);
+    assert_eq!(
+        ran("MSLT_ATTENTION=fa2wg4e kernels bench --device cuda --only dropout"),
+        0
+    );
+    assert_eq!(
+        ran("MSLT_ATTENTION=fa2wg4 kernels bench --device cuda --only dropout"),
         1
     );
+    assert_eq!(ran("MSLT_ATTENTION_DROPOUT=kernel bench"), 2, "{dfail}");
     // NEW_KERNELS and ABLATION_KERNELS empty: only the default check and timings
     let none = run_gpu_all(&[
         ("GPU_CHECK_QUICK", "1"),
@@ -369,7 +394,7 @@ fn gpu_check_skips_steps_past_its_budget() {
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
     // 1 check + 2 new attention kernel checks + their 2 diagnostics (neither passed) + the
     // ablation's check + the dropout check + kbench + torch + 5 base benches (nothing new passed,
-    // so nothing new is timed) + 4 layer-ops benches
+    // so nothing new is checked with dropout or timed) + 4 layer-ops benches
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
     assert_eq!(log.matches("skipped: ").count(), 18, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
