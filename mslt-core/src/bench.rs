@@ -231,6 +231,29 @@ fn sync(d: &Device) -> Result<()> {
     Ok(d.synchronize()?)
 }
 
+/// Runs `pass(it)` `bc.warmup` times untimed, then `bc.repeats` times timed, the device
+/// synchronised before each pass and after it: (the passes' times, the host's times until each
+/// pass returned, i.e. until every op was issued; on the CPU the two are one).
+fn time_passes<R>(
+    bc: &BenchConfig,
+    mut pass: impl FnMut(usize) -> Result<R>,
+) -> Result<(Timing, Timing)> {
+    let (mut ts, mut issue) = (Vec::new(), Vec::new());
+    for it in 0..bc.warmup + bc.repeats {
+        sync(bc.device)?;
+        let t0 = Instant::now();
+        let y = pass(it)?;
+        let t_issue = t0.elapsed().as_secs_f64();
+        sync(bc.device)?;
+        if it >= bc.warmup {
+            ts.push(t0.elapsed().as_secs_f64());
+            issue.push(t_issue);
+        }
+        drop(y);
+    }
+    Ok((Timing::from(ts), Timing::from(issue)))
+}
+
 /// Measured f32 matmul rate (GFLOP/s) on `device`: median of 5 products of 1024^3.
 pub fn matmul_gflops(device: &Device) -> Result<f64> {
     let n = 1024;
@@ -399,18 +422,10 @@ fn bench_forward(bc: &BenchConfig) -> Result<BenchRow> {
         0
     };
     let (input, mlm, nsp) = batch(&cfg, bc.batch_size, bc.seq_len, bc.device)?;
-    let mut st = Vec::new();
-    for it in 0..bc.warmup + bc.repeats {
-        sync(bc.device)?;
-        let t0 = Instant::now();
+    let (step, _) = time_passes(bc, |_| {
         let l = model.pretraining_loss(&input, &mlm, Some(&nsp), &mut Mode::Eval)?;
-        let _ = l.loss.to_scalar::<f32>()?;
-        sync(bc.device)?;
-        if it >= bc.warmup {
-            st.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let step = Timing::from(st);
+        Ok(l.loss.to_scalar::<f32>()?)
+    })?;
     let zero = Timing::from(vec![0.0]);
     Ok(BenchRow {
         name: "forward-only".into(),
@@ -814,32 +829,15 @@ pub fn layer_ops(bc: &BenchConfig, path: LayerPath) -> Result<LayerOpsReport> {
         }
     }
     // the whole layer, one synchronisation at its end
-    // (the layer, the host's time until its forward returned: every op issued)
-    let whole = |pass: &dyn Fn(usize) -> Result<Tensor>| -> Result<(Timing, Timing)> {
-        let (mut ts, mut issue) = (Vec::new(), Vec::new());
-        for it in 0..bc.warmup + bc.repeats {
-            sync(bc.device)?;
-            let t0 = Instant::now();
-            let y = pass(it)?;
-            let t_issue = t0.elapsed().as_secs_f64();
-            sync(bc.device)?;
-            if it >= bc.warmup {
-                ts.push(t0.elapsed().as_secs_f64());
-                issue.push(t_issue);
-            }
-            drop(y);
-        }
-        Ok((Timing::from(ts), Timing::from(issue)))
-    };
     let (fused_layer, fused_layer_issue) = match path {
         LayerPath::Fused => {
-            let (t, i) = whole(&|it| fused_pass(it, &mut crate::model::NoProbe))?;
+            let (t, i) = time_passes(bc, |it| fused_pass(it, &mut crate::model::NoProbe))?;
             (Some(t), Some(i))
         }
         LayerPath::Candle => (None, None),
     };
     let (candle_layer, candle_layer_issue) =
-        whole(&|it| candle_pass(it, &mut crate::model::NoProbe))?;
+        time_passes(bc, |it| candle_pass(it, &mut crate::model::NoProbe))?;
     let timings: Vec<(&str, OpCost, Timing)> = per_op
         .into_iter()
         .map(|(o, c, s)| (o, c, Timing::from(s)))

@@ -47,6 +47,33 @@ pub fn compare(
     got: &Tensor,
     want: &Tensor,
 ) -> Result<CheckRow> {
+    compare_with(kernel, dtype, shape, against, got, want, None)
+}
+
+/// [`compare`] for an attention output (B, T, H * D) of `dims` = (B, T, H, D): a failed row
+/// also says where its wrong elements lie ([`bad_spread`]).
+pub fn compare_attention(
+    kernel: &str,
+    dtype: DType,
+    shape: String,
+    against: &str,
+    got: &Tensor,
+    want: &Tensor,
+    dims: (usize, usize, usize, usize),
+) -> Result<CheckRow> {
+    compare_with(kernel, dtype, shape, against, got, want, Some(dims))
+}
+
+/// [`compare`], and with `attn` = (B, T, H, D) [`compare_attention`]'s spread of a failed row.
+fn compare_with(
+    kernel: &str,
+    dtype: DType,
+    shape: String,
+    against: &str,
+    got: &Tensor,
+    want: &Tensor,
+    attn: Option<(usize, usize, usize, usize)>,
+) -> Result<CheckRow> {
     let g = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let w = want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     if g.len() != w.len() {
@@ -66,6 +93,13 @@ pub fn compare(
     // f32: accumulation-order differences only. bf16: the kernel rounds its output to bf16
     // (2^-9 relative) and the comparison is with the f32 result on the same bf16 inputs.
     let tol = if dtype == DType::BF16 { 1e-2 } else { 1e-5 };
+    let pass = nonfinite == 0 && rel_err <= tol;
+    let spread = match attn {
+        Some(dims @ (b, t, h, d)) if !pass && g.len() == b * t * h * d => {
+            Some(bad_spread(&g, &w, tol * max_abs_ref, dims))
+        }
+        _ => None,
+    };
     Ok(CheckRow {
         kernel: kernel.into(),
         dtype: dname(dtype).into(),
@@ -76,30 +110,9 @@ pub fn compare(
         rel_err,
         tol,
         nonfinite,
-        pass: nonfinite == 0 && rel_err <= tol,
-        spread: None,
+        pass,
+        spread,
     })
-}
-
-/// [`compare`] for an attention output (B, T, H * D) of `dims` = (B, T, H, D): a failed row
-/// also says where its wrong elements lie ([`bad_spread`]).
-pub fn compare_attention(
-    kernel: &str,
-    dtype: DType,
-    shape: String,
-    against: &str,
-    got: &Tensor,
-    want: &Tensor,
-    dims: (usize, usize, usize, usize),
-) -> Result<CheckRow> {
-    let mut row = compare(kernel, dtype, shape, against, got, want)?;
-    let (b, t, h, d) = dims;
-    if !row.pass && got.elem_count() == b * t * h * d {
-        let g = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let w = want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        row.spread = Some(bad_spread(&g, &w, row.tol * row.max_abs_ref, dims));
-    }
-    Ok(row)
 }
 
 /// Counts by one coordinate as `n of m {i: count, ..}` (the first 8 non-zero entries).
