@@ -416,6 +416,17 @@ fn bad_input_gives_clear_errors() {
         &env.s("r5"),
     ]);
     assert!(e.contains("run.toml") && e.contains("batchsize"), "{e}");
+    // an unknown optimizer, and a LAMB switch without LAMB
+    let e = train_err(&data, &bert, &env.s("r6"), "2", &["--optimizer", "sgd"]);
+    assert!(
+        e.contains("--optimizer `sgd`: expected adamw or lamb"),
+        "{e}"
+    );
+    let e = train_err(&data, &bert, &env.s("r7"), "2", &["--lamb-adapt-all"]);
+    assert!(
+        e.contains("lamb_adapt_all") && e.contains("the optimizer is adamw (expected lamb)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -661,6 +672,58 @@ fn keep_optimizer_state_across_stages_resumes_exactly_too() {
     let c = env.s("C");
     assert!(run_train(&mslt_args(&env, &c, &[]), &[]).status.success());
     assert_ne!(losses(Path::new(&a)), losses(Path::new(&c)));
+}
+
+/// LAMB through the whole MSLT path: staged growth, moments kept across stages, a crash while
+/// checkpointing and an exact resume; the run records its optimizer and is not AdamW's run.
+#[test]
+fn lamb_runs_the_mslt_schedule_and_resumes_exactly() {
+    let env = setup();
+    let lamb = ["--optimizer", "lamb", "--keep-optimizer-state"];
+    let a = env.s("A");
+    let o = run_train(&mslt_args(&env, &a, &lamb), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.p("A/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["run"]["optimizer"], "lamb", "{cfg}");
+    let b = env.s("B");
+    let o = run_train(
+        &mslt_args(&env, &b, &lamb),
+        &[("MSLT_TEST_CRASH_DURING_SAVE", "4")],
+    );
+    assert!(!o.status.success());
+    let mut resume = lamb.to_vec();
+    resume.push("--resume");
+    let o = run_train(&mslt_args(&env, &b, &resume), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let la = losses(Path::new(&a));
+    assert_eq!(la, losses(Path::new(&b)));
+    assert!(
+        la.iter()
+            .all(|(_, l)| l.parse::<f64>().unwrap().is_finite()),
+        "{la:?}"
+    );
+    // Resuming with the other optimizer is allowed (the moments are the same) but said.
+    let d = env.s("D");
+    let o = run_train(
+        &mslt_args(&env, &d, &lamb),
+        &[("MSLT_TEST_CRASH_DURING_SAVE", "4")],
+    );
+    assert!(!o.status.success());
+    let o = run_train(
+        &mslt_args(&env, &d, &["--keep-optimizer-state", "--resume"]),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("the optimizer changed since the checkpoint (lamb -> adamw)"),
+        "{err}"
+    );
+    let c = env.s("C");
+    let o = run_train(&mslt_args(&env, &c, &["--keep-optimizer-state"]), &[]);
+    assert!(o.status.success());
+    assert_ne!(la, losses(Path::new(&c)), "LAMB gave AdamW's losses");
 }
 
 #[test]

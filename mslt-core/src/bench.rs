@@ -16,7 +16,7 @@ use crate::config::BertConfig;
 use crate::error::Result;
 use crate::loss::MlmTargets;
 use crate::nn::Mode;
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
 use crate::train::stage_model;
 use crate::train::stages::Stage;
@@ -95,6 +95,8 @@ pub struct BenchReport {
     pub matmul_gflops: f64,
     /// f32 matrix products: f32 or tf32 (CUDA tensor cores; no effect on the CPU)
     pub matmul_precision: String,
+    /// adamw or lamb: the update the `opt ms` column times
+    pub optimizer: String,
     pub rows: Vec<BenchRow>,
     /// sum over stages of steps x step time, vs the same steps at the full model's step time
     pub schedule_speedup: f64,
@@ -134,6 +136,8 @@ pub struct BenchConfig<'a> {
     pub frozen_dtype: candle_core::DType,
     /// f32 matrix products: f32 or tf32 (see [`crate::set_matmul_precision`]).
     pub matmul_precision: &'a str,
+    /// The optimizer the step rows time.
+    pub optimizer: crate::optim::Algorithm,
 }
 
 fn layer_flops(c: f64, i: f64, b: f64, t: f64) -> f64 {
@@ -327,7 +331,13 @@ fn bench_stage(bc: &BenchConfig, stage: &Stage, name: &str) -> Result<(BenchRow,
     } else {
         0
     };
-    let mut opt = AdamW::new(named.clone(), AdamWConfig::default())?;
+    let mut opt = Optimizer::new(
+        named.clone(),
+        OptimizerConfig {
+            algorithm: bc.optimizer,
+            ..Default::default()
+        },
+    )?;
     let (input, mlm, nsp) = batch(&cfg, bc.batch_size, bc.seq_len, bc.device)?;
     let (mut f, mut bw, mut o, mut st) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let heap = bc.heap.filter(|_| bc.device.is_cpu());
@@ -506,6 +516,7 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
         masked_rows: m,
         matmul_gflops: rate,
         matmul_precision: bc.matmul_precision.to_string(),
+        optimizer: bc.optimizer.to_string(),
         schedule_speedup: total as f64 * fstep / sched_time.max(1e-12),
         schedule_ideal_speedup: total as f64 * fflops / sched_flops.max(1e-12),
         rows: all,
@@ -555,14 +566,15 @@ fn cuda_pool_policy(dev: &Device) -> Result<Option<String>> {
 /// The report as a text table.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "device {} | threads {} | batch {} x seq {} | {} masked rows | matmul {:.1} GFLOP/s ({})\n",
+        "device {} | threads {} | batch {} x seq {} | {} masked rows | matmul {:.1} GFLOP/s ({}) | optimizer {}\n",
         r.device,
         r.threads,
         r.batch_size,
         r.seq_len,
         r.masked_rows,
         r.matmul_gflops,
-        r.matmul_precision
+        r.matmul_precision,
+        r.optimizer
     );
     if let Some(p) = &r.cuda_pool {
         s.push_str(&format!(

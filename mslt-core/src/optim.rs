@@ -1,21 +1,67 @@
-//! AdamW that we own: decoupled weight decay (PyTorch `torch.optim.AdamW` semantics), no decay on
-//! biases and LayerNorm weights, f32 state that can be saved and restored.
+//! The optimizers we own, AdamW and LAMB, with f32 state that can be saved and restored. No
+//! weight decay on biases and LayerNorm parameters (HF/BERT convention).
+//!
+//! - **AdamW**: decoupled weight decay, `torch.optim.AdamW` semantics (checked against three
+//!   PyTorch steps, tests/hf_reference.rs).
+//! - **LAMB** (You et al. 2020, "Large Batch Optimization for Deep Learning"): the Adam direction
+//!   with bias correction plus `weight_decay * p`, scaled per tensor by the trust ratio
+//!   `||p|| / ||u||` (1 where either norm is 0), times the learning rate. By default only the
+//!   weight-decayed tensors take the trust ratio (google-research BERT's
+//!   `exclude_from_layer_adaptation`, apex `FusedLAMB`, timm `Lamb`); `lamb_adapt_all` applies it
+//!   to every tensor (optax `lamb`, NVLAMB). Both are checked against optax
+//!   (tests/lamb_reference.rs). The moments and their checkpoint names are Adam's, so a LAMB
+//!   state loads wherever an AdamW state does.
 
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 
+/// The update rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    #[default]
+    AdamW,
+    Lamb,
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "adamw" => Ok(Self::AdamW),
+            "lamb" => Ok(Self::Lamb),
+            _ => Err(format!("`{s}`: expected adamw or lamb")),
+        }
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AdamW => "adamw",
+            Self::Lamb => "lamb",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AdamWConfig {
+pub struct OptimizerConfig {
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// LAMB: the trust ratio on every tensor, biases and LayerNorm included (default: only on the
+    /// weight-decayed tensors).
+    #[serde(default)]
+    pub lamb_adapt_all: bool,
 }
 
-impl Default for AdamWConfig {
+impl Default for OptimizerConfig {
     fn default() -> Self {
         Self {
             lr: 1e-4,
@@ -23,6 +69,8 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-6,
             weight_decay: 0.01,
+            algorithm: Algorithm::AdamW,
+            lamb_adapt_all: false,
         }
     }
 }
@@ -96,7 +144,79 @@ fn cpu_update(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: CpuStep) ->
     po
 }
 
-/// AdamW moments: host vectors updated in place (CPU f32 parameters), or tensors (elsewhere).
+/// The scalars of one LAMB update, in f32.
+#[derive(Clone, Copy)]
+struct LambStep {
+    /// `weight_decay` for decayed parameters
+    decay: Option<f32>,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    inv_bc1: f32,
+    inv_bc2_sqrt: f32,
+    eps: f32,
+}
+
+/// The first pass of a LAMB update on the CPU: the moments in place, and the update direction
+/// `u = (m / bc1) / (sqrt(v / bc2) + eps) + wd * p` returned with `sum(p^2)` and `sum(u^2)` (f64)
+/// for the trust ratio.
+fn cpu_lamb_direction(
+    p: &[f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    k: LambStep,
+) -> (Vec<f32>, f64, f64) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    let mut u = vec![0f32; p.len()];
+    let (pp, uu) = u
+        .par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .enumerate()
+        .map(|(i, ((u, m), v))| {
+            let r = i * CHUNK..(i * CHUNK + u.len());
+            let (p, g) = (&p[r.clone()], &g[r]);
+            let (mut pp, mut uu) = (0f64, 0f64);
+            for j in 0..u.len() {
+                let mj = m[j] + (g[j] - m[j]) * k.one_minus_beta1;
+                let vj = v[j] * k.beta2 + g[j] * g[j] * k.one_minus_beta2;
+                m[j] = mj;
+                v[j] = vj;
+                let mut uj = mj * k.inv_bc1 / (vj.sqrt() * k.inv_bc2_sqrt + k.eps);
+                if let Some(wd) = k.decay {
+                    uj += wd * p[j];
+                }
+                u[j] = uj;
+                pp += (p[j] as f64) * (p[j] as f64);
+                uu += (uj as f64) * (uj as f64);
+            }
+            (pp, uu)
+        })
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    (u, pp, uu)
+}
+
+/// LAMB's trust ratio `||p|| / ||u||`, 1 where either norm is 0 (optax, apex, timm alike).
+fn trust_ratio(p_sq: f64, u_sq: f64) -> f64 {
+    if p_sq > 0.0 && u_sq > 0.0 {
+        (p_sq / u_sq).sqrt()
+    } else {
+        1.0
+    }
+}
+
+/// The same on the device, as a scalar f32 tensor (no synchronisation).
+fn trust_ratio_tensor(p: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let pn = p.sqr()?.sum_all()?.sqrt()?; // ()
+    let un = u.sqr()?.sum_all()?.sqrt()?; // ()
+    let both = (pn.gt(0.0)? * un.gt(0.0)?)?;
+    let one = Tensor::ones((), DType::F32, p.device())?;
+    Ok(both.where_cond(&(pn / un)?, &one)?)
+}
+
+/// Adam moments: host vectors updated in place (CPU f32 parameters), or tensors (elsewhere).
 enum Moments {
     Host { m: Vec<f32>, v: Vec<f32> },
     Tensors { m: Tensor, v: Tensor },
@@ -117,20 +237,22 @@ struct Slot {
     t: u64,
 }
 
-pub struct AdamW {
-    pub config: AdamWConfig,
+/// AdamW or LAMB ([`OptimizerConfig::algorithm`]) over named parameters.
+pub struct Optimizer {
+    pub config: OptimizerConfig,
     slots: Vec<Slot>,
 }
 
-impl AdamW {
+impl Optimizer {
     /// `params`: (HF name, variable) for every trainable parameter.
-    pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+    pub fn new(params: Vec<(String, Var)>, config: OptimizerConfig) -> Result<Self> {
         Self::build(params, config, true)
     }
 
     /// `fused_cpu`: CPU f32 parameters keep host moments and take the one-pass update
-    /// (`cpu_update`); false forces the composed tensor ops everywhere (the tests compare them).
-    fn build(params: Vec<(String, Var)>, config: AdamWConfig, fused_cpu: bool) -> Result<Self> {
+    /// (`cpu_update`, `cpu_lamb_direction`); false forces the composed tensor ops everywhere
+    /// (the tests compare them).
+    fn build(params: Vec<(String, Var)>, config: OptimizerConfig, fused_cpu: bool) -> Result<Self> {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
@@ -183,7 +305,7 @@ impl AdamW {
         self.step_grads(&g)
     }
 
-    /// One update with one gradient per parameter, in the order given to [`AdamW::new`].
+    /// One update with one gradient per parameter, in the order given to [`Optimizer::new`].
     pub fn step_grads(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
         if grads.len() != self.slots.len() {
             return Err(Error::Optimizer(format!(
@@ -198,52 +320,9 @@ impl AdamW {
                 continue;
             };
             s.t += 1;
-            let t = s.t as i32;
-            let bc1 = 1.0 - c.beta1.powi(t);
-            let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-            let step_size = c.lr / bc1;
-            let k = CpuStep {
-                decay: if s.decay && c.weight_decay != 0.0 {
-                    Some((1.0 - c.lr * c.weight_decay) as f32)
-                } else {
-                    None
-                },
-                one_minus_beta1: (1.0 - c.beta1) as f32,
-                beta2: c.beta2 as f32,
-                one_minus_beta2: (1.0 - c.beta2) as f32,
-                inv_bc2_sqrt: (1.0 / bc2_sqrt) as f32,
-                eps: c.eps as f32,
-                step_size: step_size as f32,
-            };
-            match &mut s.mom {
-                Moments::Host { m, v } => {
-                    let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
-                    let p = crate::ops::with_cpu_slices([s.var.as_tensor(), &g], |[p, g]| {
-                        cpu_update(p, g, m, v, k)
-                    })
-                    .ok_or_else(|| {
-                        Error::Optimizer(format!(
-                            "{}: expected contiguous f32 CPU parameter and gradient",
-                            s.name
-                        ))
-                    })?;
-                    let p = Tensor::from_vec(p, s.var.shape().clone(), s.var.device())?;
-                    s.var.set(&p)?;
-                }
-                Moments::Tensors { m, v } => {
-                    // Detached: the optimizer state must never hold an autograd graph.
-                    let g = g.detach().to_dtype(DType::F32)?;
-                    let mut p = s.var.as_tensor().detach().to_dtype(DType::F32)?;
-                    if s.decay && c.weight_decay != 0.0 {
-                        p = (p * (1.0 - c.lr * c.weight_decay))?;
-                    }
-                    // torch: exp_avg.lerp_(grad, 1 - beta1)
-                    *m = (&*m + ((&g - &*m)? * (1.0 - c.beta1))?)?;
-                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
-                    let p = (p - (m.div(&denom)? * step_size)?)?;
-                    s.var.set(&p.to_dtype(s.var.dtype())?)?;
-                }
+            match c.algorithm {
+                Algorithm::AdamW => adamw_update(s, g, c)?,
+                Algorithm::Lamb => lamb_update(s, g, c)?,
             }
         }
         Ok(())
@@ -275,7 +354,7 @@ impl AdamW {
         map
     }
 
-    /// Restores a state saved by [`AdamW::state`]. With `require_all`, every parameter must be
+    /// Restores a state saved by [`Optimizer::state`]. With `require_all`, every parameter must be
     /// there; otherwise parameters absent from `map` keep fresh (zero) moments — how moments
     /// are carried over a stage change. Returns how many parameters were restored.
     pub fn load_state(
@@ -325,6 +404,115 @@ impl AdamW {
     }
 }
 
+/// One AdamW update of one parameter (its step count already advanced).
+fn adamw_update(s: &mut Slot, g: &Tensor, c: &OptimizerConfig) -> Result<()> {
+    let t = s.t as i32;
+    let bc1 = 1.0 - c.beta1.powi(t);
+    let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+    let step_size = c.lr / bc1;
+    let k = CpuStep {
+        decay: if s.decay && c.weight_decay != 0.0 {
+            Some((1.0 - c.lr * c.weight_decay) as f32)
+        } else {
+            None
+        },
+        one_minus_beta1: (1.0 - c.beta1) as f32,
+        beta2: c.beta2 as f32,
+        one_minus_beta2: (1.0 - c.beta2) as f32,
+        inv_bc2_sqrt: (1.0 / bc2_sqrt) as f32,
+        eps: c.eps as f32,
+        step_size: step_size as f32,
+    };
+    match &mut s.mom {
+        Moments::Host { m, v } => {
+            let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
+            let p = crate::ops::with_cpu_slices([s.var.as_tensor(), &g], |[p, g]| {
+                cpu_update(p, g, m, v, k)
+            })
+            .ok_or_else(|| host_slices_error(&s.name))?;
+            let p = Tensor::from_vec(p, s.var.shape().clone(), s.var.device())?;
+            s.var.set(&p)?;
+        }
+        Moments::Tensors { m, v } => {
+            // Detached: the optimizer state must never hold an autograd graph.
+            let g = g.detach().to_dtype(DType::F32)?;
+            let mut p = s.var.as_tensor().detach().to_dtype(DType::F32)?;
+            if s.decay && c.weight_decay != 0.0 {
+                p = (p * (1.0 - c.lr * c.weight_decay))?;
+            }
+            // torch: exp_avg.lerp_(grad, 1 - beta1)
+            *m = (&*m + ((&g - &*m)? * (1.0 - c.beta1))?)?;
+            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+            let p = (p - (m.div(&denom)? * step_size)?)?;
+            s.var.set(&p.to_dtype(s.var.dtype())?)?;
+        }
+    }
+    Ok(())
+}
+
+/// One LAMB update of one parameter (its step count already advanced):
+/// `u = m_hat / (sqrt(v_hat) + eps) + wd * p`, `p -= lr * trust_ratio * u`.
+fn lamb_update(s: &mut Slot, g: &Tensor, c: &OptimizerConfig) -> Result<()> {
+    let t = s.t as i32;
+    let bc1 = 1.0 - c.beta1.powi(t);
+    let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+    let wd = (s.decay && c.weight_decay != 0.0).then_some(c.weight_decay);
+    let adapt = s.decay || c.lamb_adapt_all;
+    match &mut s.mom {
+        Moments::Host { m, v } => {
+            let k = LambStep {
+                decay: wd.map(|w| w as f32),
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                inv_bc1: (1.0 / bc1) as f32,
+                inv_bc2_sqrt: (1.0 / bc2_sqrt) as f32,
+                eps: c.eps as f32,
+            };
+            let g = g.detach().to_dtype(DType::F32)?.contiguous()?;
+            let p = crate::ops::with_cpu_slices([s.var.as_tensor(), &g], |[p, g]| {
+                let (u, p_sq, u_sq) = cpu_lamb_direction(p, g, m, v, k);
+                let ratio = if adapt { trust_ratio(p_sq, u_sq) } else { 1.0 };
+                let step = (c.lr * ratio) as f32;
+                use rayon::prelude::*;
+                p.par_iter()
+                    .zip(u.par_iter())
+                    .map(|(p, u)| p - step * u)
+                    .collect::<Vec<f32>>()
+            })
+            .ok_or_else(|| host_slices_error(&s.name))?;
+            let p = Tensor::from_vec(p, s.var.shape().clone(), s.var.device())?;
+            s.var.set(&p)?;
+        }
+        Moments::Tensors { m, v } => {
+            let g = g.detach().to_dtype(DType::F32)?;
+            let p = s.var.as_tensor().detach().to_dtype(DType::F32)?;
+            *m = (&*m + ((&g - &*m)? * (1.0 - c.beta1))?)?;
+            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+            let mut u = ((&*m / bc1)?.div(&denom))?;
+            if let Some(wd) = wd {
+                u = (u + (&p * wd)?)?;
+            }
+            let step = if adapt {
+                (trust_ratio_tensor(&p, &u)? * c.lr)?
+            } else {
+                Tensor::new(c.lr as f32, p.device())?
+            }; // ()
+            let p = (&p - u.broadcast_mul(&step)?)?;
+            s.var.set(&p.to_dtype(s.var.dtype())?)?;
+        }
+    }
+    Ok(())
+}
+
+fn host_slices_error(name: &str) -> Error {
+    Error::Optimizer(format!(
+        "{name}: expected contiguous f32 CPU parameter and gradient"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,13 +541,13 @@ mod tests {
         for ((_, a), (_, b)) in pa.iter().zip(&pb) {
             b.set(a.as_tensor())?;
         }
-        let cfg = AdamWConfig {
+        let cfg = OptimizerConfig {
             lr: 1e-2,
             weight_decay: 0.1,
             ..Default::default()
         };
-        let mut fused = AdamW::new(pa.clone(), cfg.clone())?;
-        let mut composed = AdamW::build(pb.clone(), cfg, false)?;
+        let mut fused = Optimizer::new(pa.clone(), cfg.clone())?;
+        let mut composed = Optimizer::build(pb.clone(), cfg, false)?;
         for step in 0..4 {
             let grads: Vec<Option<Tensor>> = pa
                 .iter()
@@ -389,6 +577,88 @@ mod tests {
             if v.dtype() == DType::F32 {
                 assert_eq!(bits(v)?, bits(&sb[k])?, "{k}");
             }
+        }
+        Ok(())
+    }
+
+    /// LAMB: the one-pass CPU update and the composed tensor ops agree (to f32 rounding: the
+    /// norms are summed in another order) over several steps, in both trust-ratio variants,
+    /// with a zero parameter (zero norm: ratio 1) and a parameter whose gradients are zero.
+    #[test]
+    fn lamb_cpu_update_matches_the_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        for adapt_all in [false, true] {
+            let mut rng = Rng::new(5);
+            let shapes = [
+                ("layer.dense.weight", 40_000usize, 0.5f32),
+                ("layer.dense.bias", 300, 0.0),
+                ("layer.LayerNorm.weight", 300, 1.0),
+                ("layer.zero_grad.weight", 200, 0.5),
+            ];
+            let mut make = || -> Result<Vec<(String, Var)>> {
+                shapes
+                    .iter()
+                    .map(|&(n, len, std)| {
+                        let t = Tensor::from_vec(rng.normal_vec(len, 0.0, std), len, &dev)?;
+                        Ok((n.to_string(), Var::from_tensor(&t)?))
+                    })
+                    .collect()
+            };
+            let (pa, pb) = (make()?, make()?);
+            for ((_, a), (_, b)) in pa.iter().zip(&pb) {
+                b.set(a.as_tensor())?;
+            }
+            let cfg = OptimizerConfig {
+                lr: 1e-2,
+                weight_decay: 0.1,
+                algorithm: Algorithm::Lamb,
+                lamb_adapt_all: adapt_all,
+                ..Default::default()
+            };
+            let mut fused = Optimizer::new(pa.clone(), cfg.clone())?;
+            let mut composed = Optimizer::build(pb.clone(), cfg, false)?;
+            let before = pa[0].1.as_tensor().copy()?;
+            for step in 0..4 {
+                let grads: Vec<Option<Tensor>> = pa
+                    .iter()
+                    .map(|(n, v)| {
+                        let std = if n.contains("zero_grad") {
+                            0.0
+                        } else {
+                            1.0 + step as f32
+                        };
+                        Ok(Some(Tensor::from_vec(
+                            rng.normal_vec(v.elem_count(), 0.0, std),
+                            v.shape(),
+                            &dev,
+                        )?))
+                    })
+                    .collect::<Result<_>>()?;
+                fused.step_grads(&grads)?;
+                composed.step_grads(&grads)?;
+            }
+            for ((n, a), (_, b)) in pa.iter().zip(&pb) {
+                let (a, b) = (a.as_tensor(), b.as_tensor());
+                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+                assert!(
+                    diff / scale < 1e-6,
+                    "{n} (adapt_all {adapt_all}): {diff} / {scale}"
+                );
+                assert!(a
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .all(|x| x.is_finite()));
+            }
+            // The update moved the weight: LAMB's step is lr * ||p|| per step at most.
+            let moved = (pa[0].1.as_tensor() - &before)?.sqr()?.sum_all()?.sqrt()?;
+            let norm = before.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+            let moved = moved.to_scalar::<f32>()?;
+            assert!(
+                moved > 0.0 && moved <= 4.0 * 1e-2 * norm * 1.01,
+                "{moved} vs {norm}"
+            );
         }
         Ok(())
     }

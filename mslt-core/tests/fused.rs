@@ -423,6 +423,7 @@ fn layer_ops_probes_cover_the_layer_and_match_the_cost_model() {
                 kernels: mslt_core::Kernels::Fused,
                 frozen_dtype: DType::F32,
                 matmul_precision: "f32",
+                optimizer: Default::default(),
             };
             assert_eq!(
                 LayerPath::of(&bc),

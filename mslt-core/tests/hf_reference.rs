@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 use mslt_core::loss::MlmTargets;
-use mslt_core::optim::{AdamW, AdamWConfig};
+use mslt_core::optim::{Optimizer, OptimizerConfig};
 use mslt_core::weights::{load_safetensors, ModelFiles, Params};
 use mslt_core::{BertConfig, BertForPreTraining, BertInput, Mode, Rng};
 use std::collections::HashMap;
@@ -232,14 +232,15 @@ fn three_adamw_steps_match_transformers() {
     let f = load();
     let params = Params::from_tensors(&f.weights).unwrap();
     let model = BertForPreTraining::from_tensors(&f.cfg, &params.tensors(), "fixture").unwrap();
-    let cfg = AdamWConfig {
+    let cfg = OptimizerConfig {
         lr: 1e-3,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-6,
         weight_decay: 0.01,
+        ..Default::default()
     };
-    let mut opt = AdamW::new(params.named_vars(), cfg).unwrap();
+    let mut opt = Optimizer::new(params.named_vars(), cfg).unwrap();
     let (mlm, nsp) = f.targets();
     let input = f.input();
     let mut losses = Vec::new();
@@ -281,7 +282,7 @@ fn three_adamw_steps_match_transformers() {
     // The optimizer state round-trips.
     let state = opt.state();
     assert_eq!(opt.step_count(), 3);
-    let mut opt2 = AdamW::new(params.named_vars(), AdamWConfig::default()).unwrap();
+    let mut opt2 = Optimizer::new(params.named_vars(), OptimizerConfig::default()).unwrap();
     assert_eq!(opt2.load_state(&state, true).unwrap(), params.vars.len());
     assert_eq!(opt2.step_count(), 3);
 }

@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// mantissa inputs, f32 accumulation; PyTorch's allow_tf32). No effect on the CPU.
     #[arg(long, default_value = "f32")]
     matmul_precision: String,
+    /// The optimizer the step rows time: adamw or lamb.
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -107,6 +110,10 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         kernels,
         frozen_dtype,
         matmul_precision: &a.matmul_precision,
+        optimizer: a
+            .optimizer
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--optimizer {e}"))?,
     };
     if a.layer_ops {
         let path = mslt_core::bench::LayerPath::of(&bc);

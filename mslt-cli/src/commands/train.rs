@@ -43,6 +43,13 @@ pub struct TrainArgs {
     decay: Option<String>,
     #[arg(long)]
     min_lr_ratio: Option<f64>,
+    /// adamw or lamb (LAMB: Adam moments, per-tensor trust ratio ||p|| / ||update||).
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// LAMB: apply the trust ratio to every tensor (optax, NVLAMB), not only to the
+    /// weight-decayed ones (google-research BERT, apex FusedLAMB, timm).
+    #[arg(long)]
+    lamb_adapt_all: bool,
     #[arg(long)]
     weight_decay: Option<f64>,
     /// Global gradient-norm clip (0 = off).
@@ -216,6 +223,10 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(d) = &a.decay {
         cfg.decay = d.parse().map_err(|e| anyhow::anyhow!("--decay {e}"))?;
     }
+    if let Some(o) = &a.optimizer {
+        cfg.optimizer = o.parse().map_err(|e| anyhow::anyhow!("--optimizer {e}"))?;
+    }
+    cfg.lamb_adapt_all |= a.lamb_adapt_all;
     if a.whole_word_masking {
         cfg.whole_word_masking = true;
     }

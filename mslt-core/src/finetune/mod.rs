@@ -11,7 +11,7 @@ pub mod task;
 use crate::error::{Error, Result};
 use crate::model::{names, BertForPreTraining, Heads};
 use crate::nn::{dropout, Linear, Mode};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
 use crate::tokenizer::BertTokenizer as Tokenizer;
 use crate::weights::{init_tensor, load_safetensors, ModelFiles, Params};
@@ -331,9 +331,9 @@ pub fn finetune(cfg: &FinetuneConfig, task: &Task, progress: Progress) -> Result
         dropout: mcfg.hidden_dropout_prob,
     };
     let named = params.named_vars();
-    let mut opt = AdamW::new(
+    let mut opt = Optimizer::new(
         named.clone(),
-        AdamWConfig {
+        OptimizerConfig {
             lr: cfg.lr,
             weight_decay: cfg.weight_decay,
             ..Default::default()

@@ -1,7 +1,7 @@
 //! Checkpoints: `RUN_DIR/checkpoints/step-NNNNNNNN/` holding
 //! - `config.json` + `model.safetensors` — a Hugging Face `BertForPreTraining` directory
 //!   (loadable by `mslt-cli encode` and by transformers), plus the tokenizer file of the data;
-//! - `optimizer.safetensors` — AdamW moments (`{param}.exp_avg`, `{param}.exp_avg_sq`);
+//! - `optimizer.safetensors` — Adam moments (AdamW or LAMB) (`{param}.exp_avg`, `{param}.exp_avg_sq`);
 //! - `state.json` — step, data position, counters, the resolved run and model config.
 //!
 //! A checkpoint is written into `checkpoints/.tmp-step-N/` and renamed into place, so a
@@ -174,7 +174,7 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
     crate::error::read_versioned_json(&dir.join("state.json"), FORMAT, |s: &TrainState| &s.format)
 }
 
-/// Reads `optimizer.safetensors` (AdamW moments and per-parameter step counts).
+/// Reads `optimizer.safetensors` (Adam moments and per-parameter step counts).
 pub fn load_optimizer(dir: &Path, device: &candle_core::Device) -> Result<HashMap<String, Tensor>> {
     let p = dir.join("optimizer.safetensors");
     candle_core::safetensors::load(&p, device).map_err(|e| Error::Safetensors {

@@ -1,4 +1,4 @@
-//! The pre-training loop: MLM (+ NSP) on prepared data, our AdamW with warm-up and decay,
+//! The pre-training loop: MLM (+ NSP) on prepared data, our AdamW or LAMB with warm-up and decay,
 //! global-norm clipping, gradient accumulation, evaluation, atomic checkpoints, exact resume.
 //!
 //! Determinism: the data position, the masking RNG and the dropout RNG of a step are functions
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::loss::MlmTargets;
 use crate::model::BertForPreTraining;
 use crate::nn::Mode;
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
 use crate::weights::{init_all, init_missing_heads, load_safetensors, ModelFiles, Params};
 use crate::BertInput;
@@ -59,6 +59,11 @@ pub struct TrainConfig {
     pub decay: Decay,
     /// Final LR as a share of the peak.
     pub min_lr_ratio: f64,
+    /// adamw or lamb (layer-wise trust ratio, for large batches; see [`crate::optim`]).
+    pub optimizer: crate::optim::Algorithm,
+    /// LAMB: the trust ratio on every tensor (optax, NVLAMB) instead of only on the weight-decayed
+    /// ones (google-research BERT, apex FusedLAMB, timm).
+    pub lamb_adapt_all: bool,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -95,7 +100,7 @@ pub struct TrainConfig {
     /// mslt: the embeddings keep training after the first stage (then the frozen layers are
     /// on the backward path: forward-only no longer holds).
     pub train_embeddings: bool,
-    /// At a stage change keep the AdamW moments of parameters that train in both stages
+    /// At a stage change keep the Adam moments of parameters that train in both stages
     /// (default: a fresh optimizer per stage).
     pub keep_optimizer_state: bool,
     /// One warm-up + decay over the whole run instead of one per stage.
@@ -130,6 +135,8 @@ impl Default for TrainConfig {
             warmup_steps: None,
             decay: Decay::Linear,
             min_lr_ratio: 0.0,
+            optimizer: crate::optim::Algorithm::AdamW,
+            lamb_adapt_all: false,
             weight_decay: 0.01,
             beta1: 0.9,
             beta2: 0.999,
@@ -194,6 +201,15 @@ impl TrainConfig {
             return bad(
                 "min_lr_ratio",
                 format!("{} is outside [0, 1]", self.min_lr_ratio),
+            );
+        }
+        if self.lamb_adapt_all && self.optimizer != crate::optim::Algorithm::Lamb {
+            return bad(
+                "lamb_adapt_all",
+                format!(
+                    "is set, but the optimizer is {} (expected lamb)",
+                    self.optimizer
+                ),
             );
         }
         if !(self.mask_prob > 0.0 && self.mask_prob < 1.0) {
@@ -287,8 +303,10 @@ impl TrainConfig {
         }
     }
 
-    fn adamw(&self) -> AdamWConfig {
-        AdamWConfig {
+    fn optimizer(&self) -> OptimizerConfig {
+        OptimizerConfig {
+            algorithm: self.optimizer,
+            lamb_adapt_all: self.lamb_adapt_all,
             lr: self.lr,
             beta1: self.beta1,
             beta2: self.beta2,
@@ -505,6 +523,15 @@ fn setup(
                 prev.schedule_fingerprint(),
                 cfg.schedule_fingerprint()
             )));
+        }
+        if (prev.optimizer, prev.lamb_adapt_all) != (cfg.optimizer, cfg.lamb_adapt_all) {
+            notes.push(format!(
+                "warning: the optimizer changed since the checkpoint ({}{} -> {}{}); its Adam moments carry over, the update rule does not",
+                prev.optimizer,
+                if prev.lamb_adapt_all { " adapt-all" } else { "" },
+                cfg.optimizer,
+                if cfg.lamb_adapt_all { " adapt-all" } else { "" },
+            ));
         }
         if (prev.batch_size, prev.grad_accum, prev.seed)
             != (cfg.batch_size, cfg.grad_accum, cfg.seed)
@@ -946,7 +973,7 @@ pub fn train_on(
                 cfg.frozen_dtype
             );
         }
-        let mut opt = AdamW::new(named.clone(), cfg.adamw())?;
+        let mut opt = Optimizer::new(named.clone(), cfg.optimizer())?;
         if let Some((map, require_all)) = carried.take() {
             opt.load_state(&map, require_all)?;
         }
@@ -980,7 +1007,7 @@ pub fn train_on(
         metrics.append(&rec)?;
         on_event(Event::Stage(&rec));
 
-        let save = |state: &TrainState, opt: &AdamW| -> Result<PathBuf> {
+        let save = |state: &TrainState, opt: &Optimizer| -> Result<PathBuf> {
             let model_tensors: BTreeMap<String, Tensor> = params
                 .vars
                 .iter()
