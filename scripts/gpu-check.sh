@@ -133,6 +133,11 @@ for k in ${BENCH_OK[@]+"${BENCH_OK[@]}"}; do
   MSLT_ATTENTION=$k run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 \
     --json "$OUT/json/bench-base-fused-bf16-$k.json"
 done
+# LAMB's update on the GPU (its tensor-op path; never run on one before): the same bench as the
+# first base row with --optimizer lamb, so the two `opt ms` columns compare within one call
+step "bench base, frozen dropout off, kernels fused, frozen layers bf16, optimizer LAMB"
+run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 --optimizer lamb \
+  --json "$OUT/json/bench-base-fused-bf16-lamb.json"
 if [ "$DROP_OK" = 1 ]; then
   # the training default (frozen dropout on) with the attention dropout inside the kernels, and
   # the same rows with it on Candle ops, in the same call

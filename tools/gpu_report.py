@@ -274,6 +274,17 @@ def main():
               f"{r.get('matmul_precision', 'f32')} {r['matmul_gflops'] / 1e3:.1f} TFLOP/s | " + " | ".join(cells)
               + f" | {r['schedule_speedup']:.2f} |")
         p("")
+        # the optimizer's update per bench (LAMB adds two norms per tensor to AdamW's work)
+        p("| file | optimizer | opt ms, full model (median) | opt ms, each MSLT stage |")
+        p("|---|---|---|---|")
+        for f, r in benches:
+            rows = [x for x in r["rows"] if "optimizer" in x]
+            full = [x for x in rows if x["name"] == "full"]
+            stages = ", ".join(f"{x['optimizer']['median_ms']:.2f}" for x in rows
+                               if x["name"] not in ("full",) and x.get("trainable_layers", 0) > 0)
+            p(f"| {f.removeprefix('bench-base-').removesuffix('.json')} | {r.get('optimizer', 'adamw')} | "
+              + (f"{full[0]['optimizer']['median_ms']:.2f}" if full else "") + f" | {stages} |")
+        p("")
 
     # ---- one frozen layer op by op (bench --layer-ops)
     lops = load(sorted(glob.glob(os.path.join(a.dir, "layer-ops-*.json"))), skipped)

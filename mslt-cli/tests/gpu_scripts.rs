@@ -102,7 +102,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         );
     }
     assert_eq!(ran("--matmul-precision tf32"), 1);
-    assert_eq!(ran("bench --model-config base"), 11);
+    assert_eq!(ran("bench --model-config base"), 12);
+    assert_eq!(ran("--optimizer lamb"), 1);
     assert_eq!(ran("--frozen-dropout on"), 6);
     // one frozen layer op by op: fused bf16 at T = 128 (dropout off and on) and 512, Candle f32
     assert_eq!(ran("bench --layer-ops --model-config base"), 4, "{all}");
@@ -118,7 +119,7 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     // fa2wg4e
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
-    assert_eq!(ran("bench --model-config base"), 11, "{quick}");
+    assert_eq!(ran("bench --model-config base"), 12, "{quick}");
     assert_eq!(ran("kernels check"), 15, "{quick}");
     assert_eq!(ran("kernels bench"), 15, "{quick}");
     for k in [
@@ -183,7 +184,7 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     ]);
     assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");
     assert_eq!(count_ran(&none, "kernels bench"), 2, "{none}");
-    assert_eq!(count_ran(&none, "bench --model-config base"), 5, "{none}");
+    assert_eq!(count_ran(&none, "bench --model-config base"), 6, "{none}");
     assert!(none.contains("new attention kernels that passed their checks: none"));
 }
 
@@ -393,10 +394,10 @@ fn gpu_check_skips_steps_past_its_budget() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
     // 1 check + 2 new attention kernel checks + their 2 diagnostics (neither passed) + the
-    // ablation's check + the dropout check + kbench + torch + 5 base benches (nothing new passed,
-    // so nothing new is checked with dropout or timed) + 4 layer-ops benches
+    // ablation's check + the dropout check + kbench + torch + 6 base benches (LAMB's included;
+    // nothing new passed, so nothing new is checked with dropout or timed) + 4 layer-ops benches
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 18, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 19, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
 

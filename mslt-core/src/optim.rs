@@ -207,13 +207,13 @@ fn trust_ratio(p_sq: f64, u_sq: f64) -> f64 {
     }
 }
 
-/// The same on the device, as a scalar f32 tensor (no synchronisation).
+/// The same on the device, as a one-element f32 tensor (no synchronisation).
 fn trust_ratio_tensor(p: &Tensor, u: &Tensor) -> Result<Tensor> {
-    let pn = p.sqr()?.sum_all()?.sqrt()?; // ()
-    let un = u.sqr()?.sum_all()?.sqrt()?; // ()
-    let both = (pn.gt(0.0)? * un.gt(0.0)?)?;
-    let one = Tensor::ones((), DType::F32, p.device())?;
-    Ok(both.where_cond(&(pn / un)?, &one)?)
+    let pn = p.sqr()?.sum_all()?.sqrt()?.reshape(1)?; // (1,)
+    let un = u.sqr()?.sum_all()?.sqrt()?.reshape(1)?; // (1,)
+    let zero = pn.zeros_like()?;
+    let both = (pn.gt(&zero)? * un.gt(&zero)?)?; // (1,) u8
+    Ok(both.where_cond(&(pn / un)?, &zero.ones_like()?)?)
 }
 
 /// Adam moments: host vectors updated in place (CPU f32 parameters), or tensors (elsewhere).
@@ -496,11 +496,11 @@ fn lamb_update(s: &mut Slot, g: &Tensor, c: &OptimizerConfig) -> Result<()> {
                 u = (u + (&p * wd)?)?;
             }
             let step = if adapt {
-                (trust_ratio_tensor(&p, &u)? * c.lr)?
+                u.broadcast_mul(&(trust_ratio_tensor(&p, &u)? * c.lr)?)?
             } else {
-                Tensor::new(c.lr as f32, p.device())?
-            }; // ()
-            let p = (&p - u.broadcast_mul(&step)?)?;
+                (u * c.lr)?
+            };
+            let p = (&p - step)?;
             s.var.set(&p.to_dtype(s.var.dtype())?)?;
         }
     }
@@ -519,28 +519,44 @@ mod tests {
     use crate::rng::Rng;
     use candle_core::Device;
 
+    /// Two equal, separate sets of named parameters with normal values (name, length, std).
+    type Named = Vec<(String, Var)>;
+    fn twin_params(rng: &mut Rng, spec: &[(&str, usize, f32)]) -> Result<(Named, Named)> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for &(n, len, std) in spec {
+            let t = Tensor::from_vec(rng.normal_vec(len, 0.0, std), len, &Device::Cpu)?;
+            a.push((n.to_string(), Var::from_tensor(&t)?));
+            b.push((n.to_string(), Var::from_tensor(&t)?)); // a copy
+        }
+        Ok((a, b))
+    }
+
+    /// Normal gradients of std `1 + step`; zeros for parameters named `*zero_grad*`.
+    fn random_grads(rng: &mut Rng, params: &Named, step: usize) -> Result<Vec<Option<Tensor>>> {
+        params
+            .iter()
+            .map(|(n, v)| {
+                let std = if n.contains("zero_grad") {
+                    0.0
+                } else {
+                    1.0 + step as f32
+                };
+                let g = rng.normal_vec(v.elem_count(), 0.0, std);
+                Ok(Some(Tensor::from_vec(g, v.shape(), &Device::Cpu)?))
+            })
+            .collect()
+    }
+
     /// The one-pass CPU update gives bit-identical parameters and moments to the composed
     /// tensor ops, over several steps, with and without weight decay.
     #[test]
     fn one_pass_cpu_update_is_bit_identical_to_the_composed_ops() -> Result<()> {
-        let dev = Device::Cpu;
         let mut rng = Rng::new(3);
-        let mut make = || -> Result<Vec<(String, Var)>> {
-            [
-                ("layer.dense.weight", 50_000usize),
-                ("layer.dense.bias", 300),
-            ]
-            .iter()
-            .map(|&(n, len)| {
-                let t = Tensor::from_vec(rng.normal_vec(len, 0.0, 0.5), len, &dev)?;
-                Ok((n.to_string(), Var::from_tensor(&t)?))
-            })
-            .collect()
-        };
-        let (pa, pb) = (make()?, make()?);
-        for ((_, a), (_, b)) in pa.iter().zip(&pb) {
-            b.set(a.as_tensor())?;
-        }
+        let spec = [
+            ("layer.dense.weight", 50_000, 0.5),
+            ("layer.dense.bias", 300, 0.5),
+        ];
+        let (pa, pb) = twin_params(&mut rng, &spec)?;
         let cfg = OptimizerConfig {
             lr: 1e-2,
             weight_decay: 0.1,
@@ -549,16 +565,7 @@ mod tests {
         let mut fused = Optimizer::new(pa.clone(), cfg.clone())?;
         let mut composed = Optimizer::build(pb.clone(), cfg, false)?;
         for step in 0..4 {
-            let grads: Vec<Option<Tensor>> = pa
-                .iter()
-                .map(|(_, v)| {
-                    Ok(Some(Tensor::from_vec(
-                        rng.normal_vec(v.elem_count(), 0.0, 1.0 + step as f32),
-                        v.shape(),
-                        &dev,
-                    )?))
-                })
-                .collect::<Result<_>>()?;
+            let grads = random_grads(&mut rng, &pa, step)?;
             fused.step_grads(&grads)?;
             composed.step_grads(&grads)?;
         }
@@ -586,28 +593,15 @@ mod tests {
     /// with a zero parameter (zero norm: ratio 1) and a parameter whose gradients are zero.
     #[test]
     fn lamb_cpu_update_matches_the_composed_ops() -> Result<()> {
-        let dev = Device::Cpu;
         for adapt_all in [false, true] {
             let mut rng = Rng::new(5);
-            let shapes = [
-                ("layer.dense.weight", 40_000usize, 0.5f32),
+            let spec = [
+                ("layer.dense.weight", 40_000, 0.5),
                 ("layer.dense.bias", 300, 0.0),
                 ("layer.LayerNorm.weight", 300, 1.0),
                 ("layer.zero_grad.weight", 200, 0.5),
             ];
-            let mut make = || -> Result<Vec<(String, Var)>> {
-                shapes
-                    .iter()
-                    .map(|&(n, len, std)| {
-                        let t = Tensor::from_vec(rng.normal_vec(len, 0.0, std), len, &dev)?;
-                        Ok((n.to_string(), Var::from_tensor(&t)?))
-                    })
-                    .collect()
-            };
-            let (pa, pb) = (make()?, make()?);
-            for ((_, a), (_, b)) in pa.iter().zip(&pb) {
-                b.set(a.as_tensor())?;
-            }
+            let (pa, pb) = twin_params(&mut rng, &spec)?;
             let cfg = OptimizerConfig {
                 lr: 1e-2,
                 weight_decay: 0.1,
@@ -619,21 +613,7 @@ mod tests {
             let mut composed = Optimizer::build(pb.clone(), cfg, false)?;
             let before = pa[0].1.as_tensor().copy()?;
             for step in 0..4 {
-                let grads: Vec<Option<Tensor>> = pa
-                    .iter()
-                    .map(|(n, v)| {
-                        let std = if n.contains("zero_grad") {
-                            0.0
-                        } else {
-                            1.0 + step as f32
-                        };
-                        Ok(Some(Tensor::from_vec(
-                            rng.normal_vec(v.elem_count(), 0.0, std),
-                            v.shape(),
-                            &dev,
-                        )?))
-                    })
-                    .collect::<Result<_>>()?;
+                let grads = random_grads(&mut rng, &pa, step)?;
                 fused.step_grads(&grads)?;
                 composed.step_grads(&grads)?;
             }

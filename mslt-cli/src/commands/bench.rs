@@ -115,6 +115,10 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
             .parse()
             .map_err(|e| anyhow::anyhow!("--optimizer {e}"))?,
     };
+    anyhow::ensure!(
+        a.compare.is_none() || bc.optimizer == mslt_core::optim::Algorithm::AdamW,
+        "--compare: tools/torch_baseline.py times torch.optim.AdamW; bench with --optimizer adamw to compare"
+    );
     if a.layer_ops {
         let path = mslt_core::bench::LayerPath::of(&bc);
         let r = mslt_core::bench::layer_ops(&bc, path).context("--layer-ops")?;

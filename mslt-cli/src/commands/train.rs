@@ -89,7 +89,8 @@ pub struct TrainArgs {
     /// mslt: keep training the embeddings after the first stage.
     #[arg(long)]
     train_embeddings: bool,
-    /// Keep AdamW moments of parameters that train across a stage change (default: reset).
+    /// Keep the Adam moments (AdamW or LAMB) of parameters that train across a stage change
+    /// (default: reset).
     #[arg(long)]
     keep_optimizer_state: bool,
     /// One LR warm-up + decay over the whole run instead of one per stage.

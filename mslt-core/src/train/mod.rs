@@ -525,13 +525,15 @@ fn setup(
             )));
         }
         if (prev.optimizer, prev.lamb_adapt_all) != (cfg.optimizer, cfg.lamb_adapt_all) {
-            notes.push(format!(
-                "warning: the optimizer changed since the checkpoint ({}{} -> {}{}); its Adam moments carry over, the update rule does not",
-                prev.optimizer,
-                if prev.lamb_adapt_all { " adapt-all" } else { "" },
-                cfg.optimizer,
-                if cfg.lamb_adapt_all { " adapt-all" } else { "" },
-            ));
+            let name = |o: crate::optim::Algorithm, all: bool| {
+                format!("{o}{}", if all { " with lamb_adapt_all" } else { "" })
+            };
+            return Err(Error::Input(format!(
+                "--resume: {} was trained with the optimizer {}, this run asks for {} (pass the checkpoint's optimizer settings, or start a new run with --init-from)",
+                dir.display(),
+                name(prev.optimizer, prev.lamb_adapt_all),
+                name(cfg.optimizer, cfg.lamb_adapt_all),
+            )));
         }
         if (prev.batch_size, prev.grad_accum, prev.seed)
             != (cfg.batch_size, cfg.grad_accum, cfg.seed)
