@@ -85,6 +85,12 @@ for k in ${NEW_OK[@]+"${NEW_OK[@]}"}; do
   if run 45 "$BIN" kernels check --device cuda --large --only named,dropout --attention-kernels "$k" \
     --json "$OUT/json/check-dropout-$k.json"; then DROP_NEW_OK+=("$k"); fi
 done
+# The fused AdamW update (kernels-cu/optim.cu, never run on a GPU before): against composed
+# Candle ops and bit for bit against the CPU op, in its own process; if it passes, one base
+# bench with it (MSLT_OPTIMIZER_KERNEL=fused) beside the default
+step "kernel check: the fused AdamW update (not yet run on a GPU before this script)"
+OPTIM_OK=0
+if run 30 "$BIN" kernels check --device cuda --only optim --json "$OUT/json/check-optim.json"; then OPTIM_OK=1; fi
 step "kernel timings: fused (output allocated per call), fused-into (preallocated output), candle"
 run 150 "$BIN" kernels bench --device cuda --only copy,ln,gelu,attention,named --json "$OUT/json/kbench.json"
 if [ "$DROP_OK" = 1 ]; then
@@ -138,6 +144,11 @@ done
 step "bench base, frozen dropout off, kernels fused, frozen layers bf16, optimizer LAMB"
 run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 --optimizer lamb \
   --json "$OUT/json/bench-base-fused-bf16-lamb.json"
+if [ "$OPTIM_OK" = 1 ]; then
+  step "bench base, frozen dropout off, kernels fused, frozen layers bf16, AdamW on its fused kernel"
+  MSLT_OPTIMIZER_KERNEL=fused run 60 "$BIN" "${BASE[@]}" --frozen-dropout off --kernels fused --frozen-dtype bf16 \
+    --json "$OUT/json/bench-base-fused-bf16-adamw-kernel.json"
+fi
 if [ "$DROP_OK" = 1 ]; then
   # the training default (frozen dropout on) with the attention dropout inside the kernels, and
   # the same rows with it on Candle ops, in the same call

@@ -13,7 +13,7 @@ const STANDIN: &str = r#"#!/usr/bin/env bash
 rc=$?
 if [ "$rc" -eq 2 ]; then echo "REJECTED: $*"; cat "$STANDIN_ERR"; exit 2; fi
 if [ -n "${STANDIN_FAIL:-}" ] && [[ "$* " == *"$STANDIN_FAIL"* ]]; then echo "RAN (failing) $*"; exit 1; fi
-echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_ATTENTION_DROPOUT:+MSLT_ATTENTION_DROPOUT=$MSLT_ATTENTION_DROPOUT }${MSLT_GELU:+MSLT_GELU=$MSLT_GELU }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }$*"
+echo "RAN ${MSLT_ATTENTION:+MSLT_ATTENTION=$MSLT_ATTENTION }${MSLT_ATTENTION_DROPOUT:+MSLT_ATTENTION_DROPOUT=$MSLT_ATTENTION_DROPOUT }${MSLT_GELU:+MSLT_GELU=$MSLT_GELU }${MSLT_CUDA_POOL:+MSLT_CUDA_POOL=$MSLT_CUDA_POOL }${MSLT_OPTIMIZER_KERNEL:+MSLT_OPTIMIZER_KERNEL=$MSLT_OPTIMIZER_KERNEL }$*"
 exit 0
 "#;
 
@@ -69,7 +69,13 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     // kernel, and the base benches with frozen dropout on, with it inside the kernels and on
     // Candle ops (f32, bf16); the ablation (ABLATION_KERNELS unset: fa2wg3s) checked and timed
     // once each
-    assert_eq!(ran("kernels check"), 7, "{all}");
+    assert_eq!(ran("kernels check"), 8, "{all}");
+    assert_eq!(ran("kernels check --device cuda --only optim"), 1, "{all}");
+    assert_eq!(
+        ran("MSLT_OPTIMIZER_KERNEL=fused bench --model-config base"),
+        1,
+        "{all}"
+    );
     assert_eq!(ran("kernels bench"), 7, "{all}");
     assert_eq!(ran("--only named --attention-kernels fa2wg3s "), 2, "{all}");
     assert_eq!(ran("MSLT_ATTENTION=fa2wg3s"), 0, "{all}");
@@ -102,7 +108,7 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         );
     }
     assert_eq!(ran("--matmul-precision tf32"), 1);
-    assert_eq!(ran("bench --model-config base"), 12);
+    assert_eq!(ran("bench --model-config base"), 13);
     assert_eq!(ran("--optimizer lamb"), 1);
     assert_eq!(ran("--frozen-dropout on"), 6);
     // one frozen layer op by op: fused bf16 at T = 128 (dropout off and on) and 512, Candle f32
@@ -119,8 +125,8 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
     // fa2wg4e
     let quick = run_gpu_all(&[("GPU_CHECK_QUICK", "1")]);
     let ran = |s: &str| count_ran(&quick, s);
-    assert_eq!(ran("bench --model-config base"), 12, "{quick}");
-    assert_eq!(ran("kernels check"), 15, "{quick}");
+    assert_eq!(ran("bench --model-config base"), 13, "{quick}");
+    assert_eq!(ran("kernels check"), 16, "{quick}");
     assert_eq!(ran("kernels bench"), 15, "{quick}");
     for k in [
         "fa2w8v4", "fa2w8v5", "fa2wg3", "fa2wg3e", "fa2wg4", "fa2wg4e",
@@ -182,9 +188,9 @@ fn gpu_scripts_pass_only_command_lines_the_cli_accepts() {
         ("NEW_KERNELS", ""),
         ("ABLATION_KERNELS", ""),
     ]);
-    assert_eq!(count_ran(&none, "kernels check"), 2, "{none}");
+    assert_eq!(count_ran(&none, "kernels check"), 3, "{none}");
     assert_eq!(count_ran(&none, "kernels bench"), 2, "{none}");
-    assert_eq!(count_ran(&none, "bench --model-config base"), 6, "{none}");
+    assert_eq!(count_ran(&none, "bench --model-config base"), 7, "{none}");
     assert!(none.contains("new attention kernels that passed their checks: none"));
 }
 
@@ -394,10 +400,11 @@ fn gpu_check_skips_steps_past_its_budget() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.lines().any(|l| l.starts_with("RAN ")), "{out}");
     // 1 check + 2 new attention kernel checks + their 2 diagnostics (neither passed) + the
-    // ablation's check + the dropout check + kbench + torch + 6 base benches (LAMB's included;
+    // ablation's check + the dropout check + the AdamW kernel's check + kbench + torch + 6 base
+    // benches (LAMB's included; the fused AdamW one needs its check to pass;
     // nothing new passed, so nothing new is checked with dropout or timed) + 4 layer-ops benches
     let log = std::fs::read_to_string(tmp.path().join("out/gpu-check.log")).unwrap();
-    assert_eq!(log.matches("skipped: ").count(), 19, "{log}");
+    assert_eq!(log.matches("skipped: ").count(), 20, "{log}");
     assert!(out.contains("new attention kernels that passed their checks: none"));
 }
 

@@ -15,6 +15,7 @@
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
+use mslt_kernels::cpu::{adamw_elem, AdamWScalars};
 use std::collections::HashMap;
 
 /// The update rule.
@@ -100,24 +101,11 @@ pub fn clip_grads(grads: &mut [Option<Tensor>], norm: f64, max_norm: f64) -> Res
     Ok(())
 }
 
-/// The scalars of one AdamW update, in f32.
-#[derive(Clone, Copy)]
-struct CpuStep {
-    /// `1 - lr * weight_decay` for decayed parameters
-    decay: Option<f32>,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    inv_bc2_sqrt: f32,
-    eps: f32,
-    step_size: f32,
-}
-
 /// One AdamW update on the CPU in a single parallel pass: the moments `m`, `v` in place, the new
 /// parameter values returned. The arithmetic is the composed Candle path's, op for op in f32
 /// (Candle's `x * s` and `x / s` with a scalar are `x * f32(s)` and `x * f32(1 / s)`), so both
 /// give bit-identical results (tested).
-fn cpu_update(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: CpuStep) -> Vec<f32> {
+fn cpu_update(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamWScalars) -> Vec<f32> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
     let mut po = vec![0f32; p.len()];
@@ -129,16 +117,7 @@ fn cpu_update(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: CpuStep) ->
             let r = i * CHUNK..(i * CHUNK + po.len());
             let (p, g) = (&p[r.clone()], &g[r]);
             for j in 0..po.len() {
-                let pj = match k.decay {
-                    Some(d) => p[j] * d,
-                    None => p[j],
-                };
-                let mj = m[j] + (g[j] - m[j]) * k.one_minus_beta1;
-                let vj = v[j] * k.beta2 + g[j] * g[j] * k.one_minus_beta2;
-                let denom = vj.sqrt() * k.inv_bc2_sqrt + k.eps;
-                m[j] = mj;
-                v[j] = vj;
-                po[j] = pj - mj / denom * k.step_size;
+                (po[j], m[j], v[j]) = adamw_elem(p[j], g[j], m[j], v[j], &k);
             }
         });
     po
@@ -216,10 +195,38 @@ fn trust_ratio_tensor(p: &Tensor, u: &Tensor) -> Result<Tensor> {
     Ok(both.where_cond(&(pn / un)?, &zero.ones_like()?)?)
 }
 
-/// Adam moments: host vectors updated in place (CPU f32 parameters), or tensors (elsewhere).
+/// Adam moments: host vectors updated in place (CPU f32 parameters), one (2, n) f32 tensor
+/// `[m; v]` for the fused AdamW kernel (`MSLT_OPTIMIZER_KERNEL=fused`, CUDA f32 parameters), or
+/// tensors (elsewhere, and LAMB).
 enum Moments {
     Host { m: Vec<f32>, v: Vec<f32> },
+    Packed { mv: Tensor },
     Tensors { m: Tensor, v: Tensor },
+}
+
+/// How a non-CPU f32 parameter takes its AdamW update, from `MSLT_OPTIMIZER_KERNEL`: `candle`
+/// (the default: composed Candle ops, about fifteen launches per tensor) or `fused` (one launch
+/// of kernels-cu/optim.cu; not yet run on a GPU, so not the default).
+pub fn fused_optimizer_kernel(env: Option<&str>) -> Result<bool> {
+    match env {
+        None | Some("candle") => Ok(false),
+        Some("fused") => Ok(true),
+        Some(o) => Err(Error::Optimizer(format!(
+            "MSLT_OPTIMIZER_KERNEL=`{o}`: expected candle (the default) or fused"
+        ))),
+    }
+}
+
+/// Where a new parameter's moments live.
+#[derive(Clone, Copy, PartialEq)]
+#[cfg_attr(not(test), allow(dead_code))] // the tests force each kind
+enum Placement {
+    /// CPU f32 parameters on the host, fused AdamW on CUDA when asked for, tensors otherwise
+    Auto { fused_kernel: bool },
+    /// composed tensor ops everywhere (tests)
+    Tensors,
+    /// the fused AdamW op everywhere, the CPU included (tests)
+    Packed,
 }
 
 pub fn no_decay(name: &str) -> bool {
@@ -246,21 +253,37 @@ pub struct Optimizer {
 impl Optimizer {
     /// `params`: (HF name, variable) for every trainable parameter.
     pub fn new(params: Vec<(String, Var)>, config: OptimizerConfig) -> Result<Self> {
-        Self::build(params, config, true)
+        let env = std::env::var("MSLT_OPTIMIZER_KERNEL").ok();
+        let fused_kernel = fused_optimizer_kernel(env.as_deref())?;
+        Self::build(params, config, Placement::Auto { fused_kernel })
     }
 
-    /// `fused_cpu`: CPU f32 parameters keep host moments and take the one-pass update
-    /// (`cpu_update`, `cpu_lamb_direction`); false forces the composed tensor ops everywhere
-    /// (the tests compare them).
-    fn build(params: Vec<(String, Var)>, config: OptimizerConfig, fused_cpu: bool) -> Result<Self> {
+    /// `place`: where the moments live (the tests force each kind and compare them).
+    fn build(
+        params: Vec<(String, Var)>,
+        config: OptimizerConfig,
+        place: Placement,
+    ) -> Result<Self> {
+        let adamw = config.algorithm == Algorithm::AdamW;
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let mom = if fused_cpu && var.device().is_cpu() && var.dtype() == DType::F32 {
+                let (f32, cpu) = (var.dtype() == DType::F32, var.device().is_cpu());
+                let packed = adamw
+                    && f32
+                    && match place {
+                        Placement::Auto { fused_kernel } => fused_kernel && !cpu,
+                        Placement::Packed => true,
+                        Placement::Tensors => false,
+                    };
+                let mom = if matches!(place, Placement::Auto { .. }) && f32 && cpu {
                     Moments::Host {
                         m: vec![0f32; var.elem_count()],
                         v: vec![0f32; var.elem_count()],
                     }
+                } else if packed {
+                    let mv = Tensor::zeros((2, var.elem_count()), DType::F32, var.device())?;
+                    Moments::Packed { mv }
                 } else {
                     let m = Tensor::zeros(var.shape(), DType::F32, var.device())?;
                     Moments::Tensors { v: m.clone(), m }
@@ -343,6 +366,14 @@ impl Optimizer {
                         _ => continue,
                     }
                 }
+                // views of the (2, n) tensor, which a step replaces and never writes into
+                Moments::Packed { mv } => {
+                    let half = |i: usize| mv.get(i).and_then(|x| x.reshape(s.var.shape()));
+                    match (half(0), half(1)) {
+                        (Ok(m), Ok(v)) => (m, v),
+                        _ => continue,
+                    }
+                }
                 Moments::Tensors { m, v } => (m.clone(), v.clone()),
             };
             map.insert(format!("{}.exp_avg", s.name), m);
@@ -395,6 +426,9 @@ impl Optimizer {
                     m: m.flatten_all()?.to_vec1::<f32>()?,
                     v: v.flatten_all()?.to_vec1::<f32>()?,
                 },
+                Moments::Packed { .. } => Moments::Packed {
+                    mv: Tensor::stack(&[m.flatten_all()?, v.flatten_all()?], 0)?, // (2, n)
+                },
                 Moments::Tensors { .. } => Moments::Tensors { m, v },
             };
             s.t = t.to_dtype(DType::I64)?.to_scalar::<i64>()?.max(0) as u64;
@@ -410,7 +444,7 @@ fn adamw_update(s: &mut Slot, g: &Tensor, c: &OptimizerConfig) -> Result<()> {
     let bc1 = 1.0 - c.beta1.powi(t);
     let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
     let step_size = c.lr / bc1;
-    let k = CpuStep {
+    let k = AdamWScalars {
         decay: if s.decay && c.weight_decay != 0.0 {
             Some((1.0 - c.lr * c.weight_decay) as f32)
         } else {
@@ -432,6 +466,13 @@ fn adamw_update(s: &mut Slot, g: &Tensor, c: &OptimizerConfig) -> Result<()> {
             .ok_or_else(|| host_slices_error(&s.name))?;
             let p = Tensor::from_vec(p, s.var.shape().clone(), s.var.device())?;
             s.var.set(&p)?;
+        }
+        Moments::Packed { mv } => {
+            // one launch (kernels-cu/optim.cu) and the copy into the variable
+            let g = g.detach().to_dtype(DType::F32)?;
+            let out = mslt_kernels::ops::adamw_step(&s.var.as_tensor().detach(), &g, mv, k)?; // (3, n)
+            s.var.set(&out.get(0)?.reshape(s.var.shape())?)?;
+            *mv = out.narrow(0, 1, 2)?; // (2, n): the new [m; v]
         }
         Moments::Tensors { m, v } => {
             // Detached: the optimizer state must never hold an autograd graph.
@@ -460,6 +501,12 @@ fn lamb_update(s: &mut Slot, g: &Tensor, c: &OptimizerConfig) -> Result<()> {
     let wd = (s.decay && c.weight_decay != 0.0).then_some(c.weight_decay);
     let adapt = s.decay || c.lamb_adapt_all;
     match &mut s.mom {
+        Moments::Packed { .. } => {
+            return Err(Error::Optimizer(format!(
+                "{}: packed moments are the fused AdamW kernel's, not LAMB's",
+                s.name
+            )))
+        }
         Moments::Host { m, v } => {
             let k = LambStep {
                 decay: wd.map(|w| w as f32),
@@ -563,7 +610,7 @@ mod tests {
             ..Default::default()
         };
         let mut fused = Optimizer::new(pa.clone(), cfg.clone())?;
-        let mut composed = Optimizer::build(pb.clone(), cfg, false)?;
+        let mut composed = Optimizer::build(pb.clone(), cfg, Placement::Tensors)?;
         for step in 0..4 {
             let grads = random_grads(&mut rng, &pa, step)?;
             fused.step_grads(&grads)?;
@@ -610,7 +657,7 @@ mod tests {
                 ..Default::default()
             };
             let mut fused = Optimizer::new(pa.clone(), cfg.clone())?;
-            let mut composed = Optimizer::build(pb.clone(), cfg, false)?;
+            let mut composed = Optimizer::build(pb.clone(), cfg, Placement::Tensors)?;
             let before = pa[0].1.as_tensor().copy()?;
             for step in 0..4 {
                 let grads = random_grads(&mut rng, &pa, step)?;
@@ -640,6 +687,75 @@ mod tests {
                 "{moved} vs {norm}"
             );
         }
+        Ok(())
+    }
+
+    /// The fused AdamW op (kernels-cu/optim.cu's CPU side here; the same on CUDA by
+    /// `kernels check`) with its packed moments gives the host update's bits, and its state
+    /// saves and restores: two steps, a checkpoint, two more in a fresh optimizer of each kind.
+    #[test]
+    fn fused_adamw_op_is_bit_identical_to_the_host_update_across_a_restore() -> Result<()> {
+        let mut rng = Rng::new(11);
+        let spec = [
+            ("layer.dense.weight", 3000, 0.5),
+            ("layer.dense.bias", 70, 0.5),
+        ];
+        let (pa, pb) = twin_params(&mut rng, &spec)?;
+        let cfg = OptimizerConfig {
+            lr: 1e-2,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let auto = Placement::Auto {
+            fused_kernel: false,
+        };
+        let mut host = Optimizer::build(pa.clone(), cfg.clone(), auto)?;
+        let mut packed = Optimizer::build(pb.clone(), cfg.clone(), Placement::Packed)?;
+        assert!(matches!(packed.slots[0].mom, Moments::Packed { .. }));
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            Ok(v.iter().map(|x| x.to_bits()).collect())
+        };
+        let same = |a: &Named, b: &Named, when: &str| -> Result<()> {
+            for ((n, x), (_, y)) in a.iter().zip(b) {
+                assert_eq!(bits(x.as_tensor())?, bits(y.as_tensor())?, "{n} {when}");
+            }
+            Ok(())
+        };
+        for step in 0..2 {
+            let grads = random_grads(&mut rng, &pa, step)?;
+            host.step_grads(&grads)?;
+            packed.step_grads(&grads)?;
+        }
+        same(&pa, &pb, "after 2 steps")?;
+        let (sa, sb) = (host.state(), packed.state());
+        for (k, v) in &sa {
+            if v.dtype() == DType::F32 {
+                assert_eq!(bits(v)?, bits(&sb[k])?, "{k}");
+            } else {
+                assert_eq!(v.to_vec0::<i64>()?, sb[k].to_vec0::<i64>()?, "{k}");
+            }
+        }
+        let mut host = Optimizer::build(pa.clone(), cfg.clone(), auto)?;
+        let mut packed = Optimizer::build(pb.clone(), cfg, Placement::Packed)?;
+        assert_eq!(host.load_state(&sa, true)?, 2);
+        assert_eq!(packed.load_state(&sb, true)?, 2);
+        for step in 2..4 {
+            let grads = random_grads(&mut rng, &pa, step)?;
+            host.step_grads(&grads)?;
+            packed.step_grads(&grads)?;
+        }
+        same(&pa, &pb, "after a restore and 2 more steps")?;
+        // the switch
+        assert!(!fused_optimizer_kernel(None)?);
+        assert!(fused_optimizer_kernel(Some("fused"))?);
+        let e = fused_optimizer_kernel(Some("fast"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MSLT_OPTIMIZER_KERNEL=`fast`: expected candle"),
+            "{e}"
+        );
         Ok(())
     }
 }

@@ -147,3 +147,46 @@ mod tests {
         }
     }
 }
+
+/// The scalars of one AdamW update of one tensor, in f32 (see kernels-cu/optim.cu).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWScalars {
+    /// `1 - lr * weight_decay` for a decayed parameter; None: no decay
+    pub decay: Option<f32>,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    /// `1 / sqrt(1 - beta2^t)`
+    pub inv_bc2_sqrt: f32,
+    pub eps: f32,
+    /// `lr / (1 - beta1^t)`
+    pub step_size: f32,
+}
+
+/// One AdamW update of one element: (p, m, v) after the step. The order of operations is
+/// kernels-cu/optim.cu's and the composed Candle ops' (whose `x / s` with a scalar is
+/// `x * f32(1 / s)`), each rounded on its own, so all three give the same bits.
+#[inline(always)]
+pub fn adamw_elem(p: f32, g: f32, m: f32, v: f32, k: &AdamWScalars) -> (f32, f32, f32) {
+    let p = match k.decay {
+        Some(d) => p * d,
+        None => p,
+    };
+    let m = m + (g - m) * k.one_minus_beta1;
+    let v = v * k.beta2 + g * g * k.one_minus_beta2;
+    let denom = v.sqrt() * k.inv_bc2_sqrt + k.eps;
+    (p - m / denom * k.step_size, m, v)
+}
+
+/// `adamw_step_f32` on the CPU: p, g (n), mv (2n: m then v) -> (3n: p, m, v after the step).
+pub fn adamw_step(p: &[f32], g: &[f32], mv: &[f32], k: &AdamWScalars) -> Vec<f32> {
+    let n = p.len();
+    let mut out = vec![0f32; 3 * n];
+    for i in 0..n {
+        let (pi, mi, vi) = adamw_elem(p[i], g[i], mv[i], mv[n + i], k);
+        out[i] = pi;
+        out[n + i] = mi;
+        out[2 * n + i] = vi;
+    }
+    out
+}

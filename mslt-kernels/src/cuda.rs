@@ -301,6 +301,68 @@ fn launch_bias_gelu<T: CudaDType + DeviceRepr>(
     Ok(())
 }
 
+/// `adamw_step_f32` (kernels-cu/optim.cu): p, g (n), mv (2n) -> a fresh (3, n) output, every
+/// element written by the grid-stride loop.
+pub fn adamw_step(
+    k: &crate::cpu::AdamWScalars,
+    p: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+    mv: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    const K: &str = "adamw_step";
+    let entry = "adamw_step_f32";
+    let dev = p.0.device().clone();
+    let n = p.1.shape().elem_count();
+    let (pv, gv, mvv) = (
+        view::<f32>(K, p.0, p.1)?,
+        view::<f32>(K, g.0, g.1)?,
+        view::<f32>(K, mv.0, mv.1)?,
+    );
+    if gv.len() != n || mvv.len() != 2 * n {
+        return Err(KernelError::Input {
+            kernel: K,
+            what: format!(
+                "p {n}, g {}, mv {} elements: expected n, n, 2n",
+                gv.len(),
+                mvv.len()
+            ),
+        }
+        .into());
+    }
+    let f = func(&dev, &crate::OPTIM, entry)?;
+    // SAFETY: the kernel writes all 3n elements (grid-stride loop over i < n, three stores each).
+    let mut out = unsafe { dev.alloc::<f32>(3 * n)? };
+    if n > 0 {
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256).min(132 * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n64 = n as u64;
+        let decay_on = k.decay.is_some() as i32;
+        let decay = k.decay.unwrap_or(1.0);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&pv);
+        b.arg(&gv);
+        b.arg(&mvv);
+        b.arg(&mut out);
+        b.arg(&n64);
+        b.arg(&decay_on);
+        b.arg(&decay);
+        b.arg(&k.one_minus_beta1);
+        b.arg(&k.beta2);
+        b.arg(&k.one_minus_beta2);
+        b.arg(&k.inv_bc2_sqrt);
+        b.arg(&k.eps);
+        b.arg(&k.step_size);
+        // SAFETY: argument types and order match `adamw_step_f32` in optim.cu; the views hold
+        // n, n and 2n elements and `out` 3n (checked above).
+        unsafe { b.launch(cfg) }.map_err(|e| launch_err(entry, e))?;
+    }
+    Ok((wrap(out, &dev), Shape::from((3, n))))
+}
+
 /// The CUDA storage and layout behind a tensor (a read guard), or an error naming `kernel`.
 fn cuda_storage<'a>(
     kernel: &'static str,

@@ -311,10 +311,13 @@ pub enum Part {
     /// check: against the same Philox draws through Candle ops, kernel and model level; bench:
     /// against Candle's attention with a dropout mask).
     Dropout,
+    /// The fused AdamW update (kernels-cu/optim.cu; check only: against composed Candle ops and
+    /// the CPU op, f32).
+    Optim,
 }
 
 impl Part {
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::Copy,
         Part::Ln,
         Part::Gelu,
@@ -322,6 +325,7 @@ impl Part {
         Part::Named,
         Part::Model,
         Part::Dropout,
+        Part::Optim,
     ];
 }
 
@@ -336,9 +340,10 @@ impl std::str::FromStr for Part {
             "named" => Part::Named,
             "model" => Part::Model,
             "dropout" => Part::Dropout,
+            "optim" => Part::Optim,
             o => {
                 return Err(format!(
-                    "part `{o}`: expected copy, ln, gelu, attention, named, model or dropout"
+                    "part `{o}`: expected copy, ln, gelu, attention, named, model, dropout or optim"
                 ))
             }
         })
@@ -446,6 +451,52 @@ impl Rows<'_, CheckRow> {
     }
 }
 
+/// The fused AdamW update against composed Candle ops (on `dev`) and, off the CPU, against the
+/// CPU op on the same inputs (which it should equal bit for bit: the same roundings, no FMA),
+/// at tensor sizes from 1 element to BERT-base's word embeddings, with and without decay.
+fn check_adamw(dev: &Device, rows: &mut Rows<'_, CheckRow>) -> Result<()> {
+    for n in [1usize, 1000, 70_001, 768 * 3072, 30522 * 768] {
+        if dev.is_cpu() && n > 1 << 20 {
+            continue;
+        }
+        for decay in [Some(0.999_f32), None] {
+            let k = crate::cpu::AdamWScalars {
+                decay,
+                one_minus_beta1: 0.1,
+                beta2: 0.999,
+                one_minus_beta2: 1e-3,
+                inv_bc2_sqrt: 1.0 / (1.0f32 - 0.999f32.powi(3)).sqrt(),
+                eps: 1e-6,
+                step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
+            };
+            let p = randn(&[n], 0.05, 0.0, dev)?;
+            let g = randn(&[n], 0.01, 0.0, dev)?;
+            let mv = Tensor::stack(
+                &[
+                    randn(&[n], 0.01, 0.0, dev)?,
+                    randn(&[n], 1e-4, 0.0, dev)?.abs()?,
+                ],
+                0,
+            )?; // (2, n)
+            let got = ops::adamw_step(&p, &g, &mv, k)?; // (3, n)
+            let want = reference::adamw_step(&p, &g, &mv, &k)?;
+            let on_cpu = if !dev.is_cpu() && n <= 1 << 20 {
+                let c = |t: &Tensor| t.to_device(&Device::Cpu);
+                Some(ops::adamw_step(&c(&p)?, &c(&g)?, &c(&mv)?, k)?)
+            } else {
+                None
+            };
+            let name = if decay.is_some() {
+                "adamw_step"
+            } else {
+                "adamw_step (no decay)"
+            };
+            rows.push_checks(name, DType::F32, &format!("{n}"), &got, &want, on_cpu, None)?;
+        }
+    }
+    Ok(())
+}
+
 /// Shapes for the checks. `large` adds BERT-base-sized cases (for a GPU).
 pub struct CheckShapes {
     pub ln: Vec<(usize, usize)>,
@@ -514,6 +565,9 @@ pub fn check(
     };
     let cpu = Device::Cpu;
     let small = |n: usize| !dev.is_cpu() && n <= 1 << 20;
+    if sel.has(Part::Optim) {
+        check_adamw(dev, &mut rows)?;
+    }
     for dtype in [DType::F32, DType::BF16] {
         for &(r, c) in shapes.ln.iter().filter(|_| sel.has(Part::Ln)) {
             for has_res in [true, false] {

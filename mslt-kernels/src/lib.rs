@@ -158,5 +158,13 @@ pub const ATTENTION: Source = Source {
     sm90a: true,
 };
 
+pub const OPTIM: Source = Source {
+    module: "mslt_optim",
+    file: "optim.cu",
+    code: include_str!("../../kernels-cu/optim.cu"),
+    entries: &["adamw_step_f32"],
+    sm90a: false,
+};
+
 /// Every kernel source.
-pub const SOURCES: [&Source; 3] = [&LAYER_NORM, &BIAS_GELU, &ATTENTION];
+pub const SOURCES: [&Source; 4] = [&LAYER_NORM, &BIAS_GELU, &ATTENTION, &OPTIM];

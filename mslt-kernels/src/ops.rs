@@ -738,3 +738,75 @@ fn attention_op(
         },
     )
 }
+
+/// Fused AdamW update of one f32 tensor: (p, g, mv) -> (3, n) = [p, m, v after the step], where
+/// mv is (2, n) = [m; v]. One launch on CUDA (kernels-cu/optim.cu); the CPU side is
+/// [`cpu::adamw_step`], bit for bit the same arithmetic.
+pub struct AdamWStep(pub cpu::AdamWScalars);
+
+impl CustomOp3 for AdamWStep {
+    fn name(&self) -> &'static str {
+        "mslt-adamw-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let k = "adamw_step";
+        let (p, g, mv) = (
+            cpu_slice::<f32>(k, s1, l1)?,
+            cpu_slice::<f32>(k, s2, l2)?,
+            cpu_slice::<f32>(k, s3, l3)?,
+        );
+        let out = cpu::adamw_step(p, g, mv, &self.0);
+        Ok((CpuStorage::F32(out), Shape::from((3, p.len()))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::adamw_step(&self.0, (s1, l1), (s2, l2), (s3, l3))
+    }
+}
+
+/// One AdamW update: p, g (any shape, n elements, f32), mv (2, n) f32 = [m; v] -> (3, n) f32 =
+/// [p; m; v] after the step. Forward only, untracked inputs (an optimizer step).
+pub fn adamw_step(p: &Tensor, g: &Tensor, mv: &Tensor, k: cpu::AdamWScalars) -> Result<Tensor> {
+    let name = "adamw_step";
+    let n = p.elem_count();
+    for (what, t, want) in [("p", p, vec![n]), ("g", g, vec![n]), ("mv", mv, vec![2, n])] {
+        if t.dtype() != DType::F32 {
+            return Err(input_err(
+                name,
+                format!("{what} has dtype {:?}, expected f32", t.dtype()),
+            ));
+        }
+        if t.elem_count() != want.iter().product::<usize>() {
+            return Err(input_err(
+                name,
+                format!("{what} has shape {:?}, expected {want:?}", t.dims()),
+            ));
+        }
+        if t.track_op() {
+            return Err(input_err(
+                name,
+                format!("{what} is tracked by autograd; an optimizer step takes plain tensors"),
+            ));
+        }
+    }
+    let flat = |t: &Tensor| t.flatten_all()?.contiguous();
+    flat(p)?.apply_op3_no_bwd(&flat(g)?, &flat(mv)?, &AdamWStep(k))
+}

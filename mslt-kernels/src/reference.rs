@@ -86,3 +86,25 @@ pub fn attention_dropout(
     let m = Tensor::from_vec(m, (b, heads, t, t), qkv.device())?; // (B, H, T, T)
     merge_heads(&(probs * m)?.matmul(&v)?)
 }
+
+/// One AdamW update of one f32 tensor from composed Candle ops (mslt-core's optimizer on a
+/// non-CPU device without the fused kernel): p, g (n), mv (2, n) = [m; v] -> (3, n) = [p; m; v]
+/// after the step. `decay` is `1 - lr * weight_decay` (None: no decay).
+pub fn adamw_step(
+    p: &Tensor,
+    g: &Tensor,
+    mv: &Tensor,
+    k: &crate::cpu::AdamWScalars,
+) -> Result<Tensor> {
+    let (p, g) = (p.flatten_all()?, g.flatten_all()?); // (n)
+    let (m, v) = (mv.get(0)?, mv.get(1)?); // (n)
+    let p = match k.decay {
+        Some(d) => (p * d as f64)?,
+        None => p,
+    };
+    let m = (&m + ((&g - &m)? * k.one_minus_beta1 as f64)?)?;
+    let v = ((v * k.beta2 as f64)? + (g.sqr()? * k.one_minus_beta2 as f64)?)?;
+    let denom = ((v.sqrt()? * k.inv_bc2_sqrt as f64)? + k.eps as f64)?;
+    let p = (p - (m.div(&denom)? * k.step_size as f64)?)?;
+    Tensor::stack(&[p, m, v], 0) // (3, n)
+}

@@ -54,8 +54,8 @@ enum KernelsCmd {
 struct SelectArgs {
     /// Parts to run, comma-separated: copy (bench), ln, gelu, attention (the default kernel
     /// choice and the Candle path), named (the kernels of --attention-kernels), model (check:
-    /// the whole frozen encoder), dropout (attention-probability dropout inside the kernels), or
-    /// all.
+    /// the whole frozen encoder), dropout (attention-probability dropout inside the kernels),
+    /// optim (check: the fused AdamW update), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Attention kernels checked / timed by name on CUDA (part `named`), comma-separated:
