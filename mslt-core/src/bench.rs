@@ -516,7 +516,17 @@ pub fn run(bc: &BenchConfig) -> Result<BenchReport> {
         masked_rows: m,
         matmul_gflops: rate,
         matmul_precision: bc.matmul_precision.to_string(),
-        optimizer: bc.optimizer.to_string(),
+        optimizer: {
+            let env = std::env::var("MSLT_OPTIMIZER_KERNEL").ok();
+            let fused = crate::optim::fused_optimizer_kernel(env.as_deref())?
+                && bc.optimizer == crate::optim::Algorithm::AdamW
+                && bc.device.is_cuda();
+            format!(
+                "{}{}",
+                bc.optimizer,
+                if fused { " (fused kernel)" } else { "" }
+            )
+        },
         schedule_speedup: total as f64 * fstep / sched_time.max(1e-12),
         schedule_ideal_speedup: total as f64 * fflops / sched_flops.max(1e-12),
         rows: all,

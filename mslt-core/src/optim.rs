@@ -272,7 +272,7 @@ impl Optimizer {
                 let packed = adamw
                     && f32
                     && match place {
-                        Placement::Auto { fused_kernel } => fused_kernel && !cpu,
+                        Placement::Auto { fused_kernel } => fused_kernel && var.device().is_cuda(),
                         Placement::Packed => true,
                         Placement::Tensors => false,
                     };

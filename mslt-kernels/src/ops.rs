@@ -807,6 +807,9 @@ pub fn adamw_step(p: &Tensor, g: &Tensor, mv: &Tensor, k: cpu::AdamWScalars) -> 
             ));
         }
     }
+    if n == 0 {
+        return Tensor::zeros((3, 0), DType::F32, p.device());
+    }
     let flat = |t: &Tensor| t.flatten_all()?.contiguous();
     flat(p)?.apply_op3_no_bwd(&flat(g)?, &flat(mv)?, &AdamWStep(k))
 }
