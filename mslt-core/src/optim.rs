@@ -578,6 +578,12 @@ mod tests {
         Ok((a, b))
     }
 
+    /// The bits of an f32 tensor's values (the tests compare updates bit for bit).
+    fn bits(t: &Tensor) -> Result<Vec<u32>> {
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        Ok(v.iter().map(|x| x.to_bits()).collect())
+    }
+
     /// Normal gradients of std `1 + step`; zeros for parameters named `*zero_grad*`.
     fn random_grads(rng: &mut Rng, params: &Named, step: usize) -> Result<Vec<Option<Tensor>>> {
         params
@@ -616,13 +622,6 @@ mod tests {
             fused.step_grads(&grads)?;
             composed.step_grads(&grads)?;
         }
-        let bits = |t: &Tensor| -> Result<Vec<u32>> {
-            Ok(t.flatten_all()?
-                .to_vec1::<f32>()?
-                .iter()
-                .map(|x| x.to_bits())
-                .collect())
-        };
         for ((n, a), (_, b)) in pa.iter().zip(&pb) {
             assert_eq!(bits(a.as_tensor())?, bits(b.as_tensor())?, "{n}");
         }
@@ -712,10 +711,6 @@ mod tests {
         let mut host = Optimizer::build(pa.clone(), cfg.clone(), auto)?;
         let mut packed = Optimizer::build(pb.clone(), cfg.clone(), Placement::Packed)?;
         assert!(matches!(packed.slots[0].mom, Moments::Packed { .. }));
-        let bits = |t: &Tensor| -> Result<Vec<u32>> {
-            let v = t.flatten_all()?.to_vec1::<f32>()?;
-            Ok(v.iter().map(|x| x.to_bits()).collect())
-        };
         let same = |a: &Named, b: &Named, when: &str| -> Result<()> {
             for ((n, x), (_, y)) in a.iter().zip(b) {
                 assert_eq!(bits(x.as_tensor())?, bits(y.as_tensor())?, "{n} {when}");

@@ -382,6 +382,14 @@ fn every_kernel_source_compiles_with_nvrtc() {
             .expect("attention.cu")
     };
     assert!(wg(&att("sm_90a")) && !wg(&att("sm_90")) && !wg(&att("sm_80")));
+    // optim.cu rounds every operation on its own (the CPU update's bits): no fused multiply-add
+    let optim = nv
+        .compile_ptx(&mslt_kernels::OPTIM, "sm_90")
+        .expect("optim.cu");
+    assert!(
+        optim.contains("mul.rn.f32") && !optim.contains("fma."),
+        "{optim}"
+    );
     for arch in ["sm_80", "sm_90", "sm_90a"] {
         let out = nvrtc::check_all(&nv, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         for (file, entries, bytes) in &out {
