@@ -71,7 +71,7 @@ fn main() -> Result<()> {
         batch.push(sep as i64);
     }
     let dev = Device::Cpu;
-    let w = load_safetensors(&files.weights, &dev)?;
+    let w = load_safetensors(&files.weights, &cfg, &dev)?;
     let model = BertForPreTraining::from_tensors(&cfg, &w.tensors, &w.origin)?;
     let input = BertInput::from_host(&cfg, (seqs, t), &batch, None, None, &dev)?;
     let out = model.encode(&input, &mut Mode::Eval, true)?;

@@ -105,7 +105,7 @@ enum Command {
     /// Run a plan of named runs (full / stack / mslt ...) and summarise them with plots.
     Ablate(commands::ablate::AblateArgs),
     /// Time the training step of every stage of a schedule against the full model.
-    Bench(commands::bench::BenchArgs),
+    Bench(Box<commands::bench::BenchArgs>),
     /// Fine-tune for sequence classification on a GLUE-TSV or CSV task (dev metrics per epoch).
     Finetune(commands::finetune::FinetuneArgs),
     /// Write a checkpoint as a Hugging Face model directory (loads in transformers unchanged).
@@ -151,7 +151,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Kernels(a) => commands::kernels::run(a),
         Command::Finetune(a) => commands::finetune::run(a),
         Command::Export(a) => commands::export::run(a),
-        Command::Bench(a) => commands::bench::run_cmd(a),
+        Command::Bench(a) => commands::bench::run_cmd(*a),
         Command::Ablate(a) => commands::ablate::run(a),
     }
 }

@@ -651,6 +651,98 @@ fn mslt_stages_grow_freeze_and_resume_exactly_mid_stage_and_at_boundaries() {
 }
 
 #[test]
+fn train_old_layers_and_stage_fracs_reach_the_run() {
+    // 1 -> 2 with --train-old-layers 1: stage 1 trains layer 0 (the old top) with layer 1, the
+    // embeddings stay frozen; --stage-fracs 0.25,0.75 splits the 6 stage steps 2 + 4 (rounded
+    // by largest remainder: 1.5 + 4.5 -> 2 + 4).
+    let env = setup();
+    let a = env.s("A");
+    let o = run_train(
+        &mslt_args(
+            &env,
+            &a,
+            &["--train-old-layers", "1", "--stage-fracs", "0.25,0.75"],
+        ),
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = stage_events(Path::new(&a));
+    let starts: Vec<(u64, u64, u64, bool)> = ev
+        .iter()
+        .filter(|v| v["event"] == "stage_start")
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["depth"].as_u64().unwrap(),
+                v["frozen_layers"].as_u64().unwrap(),
+                v["train_embeddings"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        starts,
+        vec![(0, 1, 0, true), (2, 2, 0, false), (6, 2, 0, true)]
+    );
+    let ck = env.p("A/checkpoints");
+    let s2 = load(&ck.join("step-00000002/model.safetensors"));
+    let s6 = load(&ck.join("step-00000006/model.safetensors"));
+    for (k, t) in &s2 {
+        let d = max_abs(t, &s6[k]);
+        if k.starts_with("bert.embeddings.") {
+            assert_eq!(d, 0.0, "{k} changed while frozen");
+        } else if k.starts_with("bert.encoder.layer.0.") && k.ends_with(".weight") {
+            assert!(d > 0.0, "{k} (the old top layer) did not train");
+        }
+    }
+    // the knob is part of the schedule: a resume without it is refused
+    let args = mslt_args(&env, &a, &["--resume", "--stage-fracs", "0.25,0.75"]);
+    let e = run_err(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(
+        e.contains("the schedule differs") && e.contains("train_old_layers 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_untied_decoder_trains_while_the_embeddings_are_frozen() {
+    let env = setup();
+    let a = env.s("A");
+    let o = run_train(&mslt_args(&env, &a, &["--untie-decoder"]), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ck = env.p("A/checkpoints");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ck.join("step-00000006/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["tie_word_embeddings"], false);
+    // stage 1 (steps 3-6): embeddings frozen, the decoder's own weight trains
+    let s3 = load(&ck.join("step-00000003/model.safetensors"));
+    let s6 = load(&ck.join("step-00000006/model.safetensors"));
+    let (dec, word) = (
+        "cls.predictions.decoder.weight",
+        "bert.embeddings.word_embeddings.weight",
+    );
+    assert!(
+        max_abs(&s6[dec], &s3[dec]) > 0.0,
+        "the decoder did not train"
+    );
+    assert_eq!(max_abs(&s6[word], &s3[word]), 0.0, "the embeddings trained");
+    // eval reads the untied checkpoint
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
+        .args(["eval", "--checkpoint", &a, "--data", &env.s("data")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // a resume must keep the decoder as it was
+    let args = mslt_args(&env, &a, &["--resume"]);
+    let e = run_err(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(
+        e.contains("untied MLM decoder, this run asks for a tied one"),
+        "{e}"
+    );
+}
+
+#[test]
 fn keep_optimizer_state_across_stages_resumes_exactly_too() {
     let env = setup();
     let a = env.s("A");
@@ -749,6 +841,28 @@ fn bad_schedules_give_clear_errors() {
         (
             vec!["--schedule", "mslt", "--stages", "1,2", "--init", "magic"],
             "growth init `magic`",
+        ),
+        (
+            vec![
+                "--schedule",
+                "stack",
+                "--stages",
+                "1,2",
+                "--train-old-layers",
+                "1",
+            ],
+            "field `train_old_layers`: is an mslt knob",
+        ),
+        (
+            vec![
+                "--schedule",
+                "mslt",
+                "--stages",
+                "1,2",
+                "--stage-fracs",
+                "0.5,0.6",
+            ],
+            "field `stage_fracs`: [0.5, 0.6] add up to 1.1",
         ),
     ] {
         let mut args = train_args(&env, &r, "8", &[]);

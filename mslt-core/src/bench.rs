@@ -7,9 +7,10 @@
 //! layers run forward only):
 //! - one encoder layer on B x T tokens: `2 B T (4 C^2 + 2 C I) + 4 B T^2 C` (projections, FFN,
 //!   QK^T and PV);
-//! - the MLM head on M masked rows: `2 M C^2 + 2 M C V` (transform + tied decoder), NSP/pooler
-//!   `2 B C^2` (negligible); the heads always train (3x), except that the tied decoder's weight
-//!   gradient (`2 M C V`) is needed only when the word embeddings train;
+//! - the MLM head on M masked rows: `2 M C^2 + 2 M C V` (transform + decoder), NSP/pooler
+//!   `2 B C^2` (negligible); the heads always train (3x), except that a tied decoder's weight
+//!   gradient (`2 M C V`) is needed only when the word embeddings train (an untied one always
+//!   trains);
 //! - embeddings, LayerNorm, softmax, GELU and the optimizer are not counted (memory-bound).
 
 use crate::config::BertConfig;
@@ -157,7 +158,11 @@ pub fn step_flops(cfg: &BertConfig, stage: &Stage, b: usize, t: usize, m: usize)
     let (m, b) = (m as f64, b as f64);
     let transform = 2.0 * m * c * c + 2.0 * b * c * c;
     let decoder = 2.0 * m * c * v;
-    let decoder_passes = if stage.train_embeddings { 3.0 } else { 2.0 };
+    let decoder_passes = if stage.train_embeddings || !cfg.tie_word_embeddings {
+        3.0
+    } else {
+        2.0
+    };
     frozen * l + 3.0 * (trained * l + transform) + decoder_passes * decoder
 }
 
@@ -640,6 +645,38 @@ pub fn table(r: &BenchReport) -> String {
 #[cfg(test)]
 mod projection_tests {
     use super::*;
+
+    #[test]
+    fn an_untied_decoder_adds_its_weight_gradient_to_every_stage() {
+        let tied = BertConfig::preset("mini").unwrap();
+        let mut untied = tied.clone();
+        untied.tie_word_embeddings = false;
+        let (b, t, m) = (16, 128, 300);
+        let stage = |from, emb| Stage {
+            index: 0,
+            depth: 4,
+            start: 0,
+            steps: 0,
+            train_from_layer: from,
+            train_embeddings: emb,
+            joint: false,
+        };
+        let dec = 2.0 * m as f64 * 256.0 * 30522.0; // 2 M C V
+                                                    // frozen embeddings: a tied decoder skips its weight gradient, an untied one does not
+        let d = step_flops(&untied, &stage(3, false), b, t, m)
+            - step_flops(&tied, &stage(3, false), b, t, m);
+        assert!((d - dec).abs() < 1e-6 * dec, "{d} vs {dec}");
+        // trainable embeddings: both compute it
+        assert_eq!(
+            step_flops(&untied, &stage(0, true), b, t, m),
+            step_flops(&tied, &stage(0, true), b, t, m)
+        );
+        // and the all-reduce carries the decoder's V x C weight
+        assert_eq!(
+            allreduce_bytes(&untied, &stage(3, false)) - allreduce_bytes(&tied, &stage(3, false)),
+            4 * 30522 * 256
+        );
+    }
 
     #[test]
     fn allreduce_counts_only_trainable_parameters() {

@@ -46,6 +46,9 @@ pub struct BertConfig {
     pub initializer_range: f64,
     pub layer_norm_eps: f64,
     pub pad_token_id: u32,
+    /// The MLM decoder weight is the word-embedding matrix (HF's default). `false`: the
+    /// decoder has its own (V, C) weight, `cls.predictions.decoder.weight`.
+    pub tie_word_embeddings: bool,
 }
 
 /// The named presets: Google's BERT miniatures (Turc et al. 2019) plus base/large.
@@ -77,6 +80,7 @@ impl BertConfig {
             initializer_range: 0.02,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
+            tie_word_embeddings: true,
         }
     }
 
@@ -130,13 +134,6 @@ impl BertConfig {
                 "cross-attention is not supported".into(),
             ));
         }
-        if f.opt_bool("tie_word_embeddings")? == Some(false) {
-            return Err(f.err(
-                "tie_word_embeddings",
-                "an untied MLM decoder is not supported (the decoder is tied to the word embeddings)"
-                    .into(),
-            ));
-        }
         if let Some(mt) = f.opt_str("model_type")? {
             if mt != "bert" {
                 return Err(f.err(
@@ -176,6 +173,7 @@ impl BertConfig {
                 .unwrap_or(d.initializer_range),
             layer_norm_eps: f.opt_f64("layer_norm_eps")?.unwrap_or(d.layer_norm_eps),
             pad_token_id: f.opt_usize("pad_token_id")?.unwrap_or(0) as u32,
+            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         };
         cfg.validate(origin)?;
         Ok(cfg)
@@ -248,17 +246,17 @@ impl BertConfig {
             serde_json::json!(["BertForPreTraining"]),
         );
         o.insert("position_embedding_type".into(), "absolute".into());
-        o.insert("tie_word_embeddings".into(), true.into());
         v
     }
 
-    /// Number of parameters (tied decoder counted once; pooler, MLM and NSP heads included).
+    /// Number of parameters (a tied decoder counted once; pooler, MLM and NSP heads included).
     pub fn num_parameters(&self) -> usize {
         let (c, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let emb = (v + self.max_position_embeddings + self.type_vocab_size) * c + 2 * c;
         let layer = 4 * (c * c + c) + (c * i + i) + (i * c + c) + 4 * c;
         let pooler = c * c + c;
-        let mlm = c * c + c + 2 * c + v;
+        let decoder = if self.tie_word_embeddings { 0 } else { v * c };
+        let mlm = c * c + c + 2 * c + v + decoder;
         let nsp = 2 * c + 2;
         emb + self.num_hidden_layers * layer + pooler + mlm + nsp
     }

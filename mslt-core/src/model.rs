@@ -39,6 +39,8 @@ pub mod names {
     pub const MLM_DENSE: &str = "cls.predictions.transform.dense";
     pub const MLM_LN: &str = "cls.predictions.transform.LayerNorm";
     pub const MLM_BIAS: &str = "cls.predictions.bias";
+    /// The MLM decoder's own weight, (V, C): only in models with `tie_word_embeddings: false`.
+    pub const MLM_DECODER: &str = "cls.predictions.decoder.weight";
     pub const NSP: &str = "cls.seq_relationship";
 
     /// `bert.encoder.layer.{i}`
@@ -72,8 +74,8 @@ pub mod names {
     }
 }
 
-/// Every parameter of a model with `heads`, with its shape (the tied decoder is not listed: it is
-/// the word-embedding matrix).
+/// Every parameter of a model with `heads`, with its shape (a tied decoder is not listed: it is
+/// the word-embedding matrix; an untied one is, as `cls.predictions.decoder.weight`).
 pub fn parameter_shapes(cfg: &BertConfig, heads: Heads) -> Vec<(String, Vec<usize>)> {
     let (c, v) = (cfg.hidden_size, cfg.vocab_size);
     let mut out = vec![
@@ -107,6 +109,9 @@ pub fn head_parameter_shapes(cfg: &BertConfig, heads: Heads) -> Vec<(String, Vec
         out.push((format!("{}.weight", names::MLM_LN), vec![c]));
         out.push((format!("{}.bias", names::MLM_LN), vec![c]));
         out.push((names::MLM_BIAS.to_string(), vec![v]));
+        if !cfg.tie_word_embeddings {
+            out.push((names::MLM_DECODER.to_string(), vec![v, c]));
+        }
     }
     if heads.nsp {
         out.push((format!("{}.weight", names::NSP), vec![2, c]));
@@ -714,8 +719,8 @@ pub struct FusedOptions {
     pub allow_cpu: bool,
 }
 
-/// MLM head (BertLMPredictionHead): transform (dense, act, LN), decoder tied to the word
-/// embeddings, output bias. (N, C) -> (N, V).
+/// MLM head (BertLMPredictionHead): transform (dense, act, LN), decoder (tied to the word
+/// embeddings unless the config unties it), output bias. (N, C) -> (N, V).
 #[derive(Clone, Debug)]
 pub struct MlmHead {
     pub transform: Linear,
@@ -723,6 +728,8 @@ pub struct MlmHead {
     pub activation: Activation,
     /// (V,)
     pub bias: Tensor,
+    /// (V, C): the untied decoder's own weight; None when tied to the word embeddings.
+    pub decoder: Option<Tensor>,
 }
 
 /// Outputs of the encoder.
@@ -781,6 +788,11 @@ impl BertForPreTraining {
                 layer_norm: src.layer_norm(names::MLM_LN, c, eps)?,
                 activation: cfg.hidden_act,
                 bias: src.get(names::MLM_BIAS, &[cfg.vocab_size])?,
+                decoder: if cfg.tie_word_embeddings {
+                    None
+                } else {
+                    Some(src.get(names::MLM_DECODER, &[cfg.vocab_size, c])?)
+                },
             })
         } else {
             None
@@ -955,10 +967,14 @@ impl BertForPreTraining {
         let dims = t.dims().to_vec();
         let c = *dims.last().expect("rank >= 1");
         let t2 = t.reshape(((), c))?; // (N, C)
-                                      // Decoder tied to the word embeddings: (N, C) x (C, V) + bias. Frozen embeddings (an
-                                      // MSLT stage): no decoder weight gradient is computed; the bias gradient is a parallel
-                                      // column sum (see `ops::linear`).
-        let logits = crate::ops::linear(&t2, &self.embeddings.word_embeddings, &head.bias)?;
+                                      // Decoder: (N, C) x (C, V) + bias, its weight tied to the word embeddings or its own.
+                                      // A frozen weight (tied, in an MSLT stage): no weight gradient is computed; the bias
+                                      // gradient is a parallel column sum (see `ops::linear`).
+        let w = head
+            .decoder
+            .as_ref()
+            .unwrap_or(&self.embeddings.word_embeddings); // (V, C)
+        let logits = crate::ops::linear(&t2, w, &head.bias)?;
         let mut out = dims;
         *out.last_mut().expect("rank >= 1") = self.config.vocab_size;
         Ok(logits.reshape(out)?)

@@ -190,7 +190,8 @@ fn shards_from_index(
 }
 
 /// Maps a checkpoint tensor name to our canonical HF `BertForPreTraining` name, or `None` for
-/// tensors we do not use (buffers such as `position_ids`, the tied decoder weight, other heads).
+/// tensors we do not use (buffers such as `position_ids`, other heads). The decoder weight keeps
+/// its name; [`load_safetensors`] drops it when the config ties it to the word embeddings.
 pub fn canonical_name(name: &str) -> Option<String> {
     let mut n = name.to_string();
     // Old TF-converted checkpoints call LayerNorm parameters gamma/beta.
@@ -203,9 +204,6 @@ pub fn canonical_name(name: &str) -> Option<String> {
     }
     if n.ends_with("position_ids") || n.ends_with("token_type_ids") {
         return None; // buffers
-    }
-    if n == "cls.predictions.decoder.weight" {
-        return None; // tied to the word embeddings
     }
     if n == "cls.predictions.decoder.bias" {
         return Some("cls.predictions.bias".into());
@@ -232,8 +230,14 @@ pub struct LoadedWeights {
     pub origin: String,
 }
 
-/// Reads safetensors files (one or several shards).
-pub fn load_safetensors(paths: &[PathBuf], device: &Device) -> Result<LoadedWeights> {
+/// Reads safetensors files (one or several shards) of a model with config `cfg`. A decoder
+/// weight (`cls.predictions.decoder.weight`, which HF checkpoints may carry even when it is tied)
+/// is kept only when `cfg` unties it, and is listed in `ignored` otherwise.
+pub fn load_safetensors(
+    paths: &[PathBuf],
+    cfg: &BertConfig,
+    device: &Device,
+) -> Result<LoadedWeights> {
     let mut tensors = HashMap::new();
     let mut ignored = Vec::new();
     for path in paths {
@@ -248,7 +252,9 @@ pub fn load_safetensors(paths: &[PathBuf], device: &Device) -> Result<LoadedWeig
             msg: first_line(&e.to_string()),
         })?;
         for (name, t) in raw {
-            match canonical_name(&name) {
+            match canonical_name(&name)
+                .filter(|c| !(cfg.tie_word_embeddings && c == crate::model::names::MLM_DECODER))
+            {
                 Some(c) => {
                     let t = if t.dtype() == DType::F32 {
                         t
@@ -359,13 +365,33 @@ pub fn init_missing_heads(
     if missing.pooler {
         report.push("bert.pooler.*");
     }
-    if missing.mlm {
+    if missing.mlm && cfg.tie_word_embeddings {
         report.push("cls.predictions.* (MLM head; decoder tied to the word embeddings)");
+    } else if missing.mlm {
+        report.push("cls.predictions.* (MLM head, with its own decoder weight)");
     }
     if missing.nsp {
         report.push("cls.seq_relationship.* (NSP head)");
     }
     Ok(report)
+}
+
+/// Unties the MLM decoder of a model that has an MLM head but no decoder weight of its own (a
+/// tied checkpoint, now under a config with `tie_word_embeddings: false`): the decoder weight
+/// starts as a copy of the word embeddings, so the model still computes what the checkpoint did.
+/// Returns whether it did so.
+pub fn untie_decoder(cfg: &BertConfig, tensors: &mut HashMap<String, Tensor>) -> Result<bool> {
+    let decoder = crate::model::names::MLM_DECODER;
+    if cfg.tie_word_embeddings || !heads_present(tensors).mlm || tensors.contains_key(decoder) {
+        return Ok(false);
+    }
+    let word = crate::model::names::WORD;
+    let w = tensors
+        .get(word)
+        .ok_or_else(|| Error::Input(format!("cannot untie the decoder: no `{word}`")))?
+        .copy()?;
+    tensors.insert(decoder.to_string(), w);
+    Ok(true)
 }
 
 /// Trainable parameters: one `Var` per HF name.
@@ -472,7 +498,10 @@ mod tests {
             Some("bert.encoder.layer.3.output.LayerNorm.weight")
         );
         assert_eq!(canonical_name("embeddings.position_ids"), None);
-        assert_eq!(canonical_name("cls.predictions.decoder.weight"), None);
+        assert_eq!(
+            canonical_name("cls.predictions.decoder.weight").as_deref(),
+            Some("cls.predictions.decoder.weight")
+        );
         assert_eq!(
             canonical_name("cls.predictions.decoder.bias").as_deref(),
             Some("cls.predictions.bias")

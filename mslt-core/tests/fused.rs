@@ -33,9 +33,9 @@ fn two_stage_spec(train_embeddings: bool) -> ScheduleSpec<'static> {
         target_depth: 3,
         steps: 10,
         stages: &[2, 3],
-        stage_steps: &[],
         final_joint_frac: 0.0,
         train_embeddings,
+        ..Default::default()
     }
 }
 

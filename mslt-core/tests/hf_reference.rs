@@ -28,7 +28,7 @@ struct Fixture {
 fn load() -> Fixture {
     let files = ModelFiles::from_dir(&fixture("tiny/model")).unwrap();
     let cfg = files.load_config().unwrap();
-    let weights = load_safetensors(&files.weights, &Device::Cpu)
+    let weights = load_safetensors(&files.weights, &cfg, &Device::Cpu)
         .unwrap()
         .tensors;
     let r = candle_core::safetensors::load(fixture("tiny/reference.safetensors"), &Device::Cpu)

@@ -14,7 +14,7 @@ fn fixture() -> (BertConfig, HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
     let files = ModelFiles::from_dir(&dir.join("model")).unwrap();
     let cfg = files.load_config().unwrap();
-    let w = load_safetensors(&files.weights, &Device::Cpu)
+    let w = load_safetensors(&files.weights, &cfg, &Device::Cpu)
         .unwrap()
         .tensors;
     let r =
@@ -143,9 +143,9 @@ fn two_stage_plan(train_embeddings: bool) -> Vec<mslt_core::train::stages::Stage
         target_depth: 2,
         steps: 10,
         stages: &[1, 2],
-        stage_steps: &[],
         final_joint_frac: 0.0,
         train_embeddings,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -227,4 +227,221 @@ fn an_mslt_stage_trains_only_its_set_and_builds_no_graph_through_frozen_layers()
     assert!(!tr
         .iter()
         .any(|(k, _)| k.starts_with("bert.encoder.layer.0.")));
+}
+
+#[test]
+fn train_old_layers_unfreezes_the_top_old_layer_and_nothing_below_it() {
+    // 1 -> 2 layers with --train-old-layers 1: in stage 1 layer 0 (the old top) trains with the
+    // new layer 1; the embeddings stay frozen and forward-only.
+    let (cfg, w, r) = fixture();
+    let params = Params::from_tensors(&w).unwrap();
+    let stage = plan(&ScheduleSpec {
+        kind: ScheduleKind::Mslt,
+        target_depth: 2,
+        steps: 10,
+        stages: &[1, 2],
+        final_joint_frac: 0.0,
+        train_old_layers: 1,
+        ..Default::default()
+    })
+    .unwrap()[1]
+        .clone();
+    assert_eq!((stage.train_from_layer, stage.train_embeddings), (0, false));
+    let (model, trainable) = stage_model(&cfg, &params, &stage).unwrap();
+    let x = input(&cfg, &r);
+    let emb = model.embeddings.forward(&x, &mut Mode::Eval).unwrap();
+    assert!(!emb.track_op(), "the frozen embeddings' output is tracked");
+    assert!(trainable
+        .iter()
+        .any(|(k, _)| k.starts_with("bert.encoder.layer.0.")));
+    assert!(!trainable
+        .iter()
+        .any(|(k, _)| k.starts_with("bert.embeddings.")));
+    let mlm =
+        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
+    let mut rng = Rng::new(1);
+    let l = model
+        .pretraining_loss(&x, &mlm, None, &mut Mode::Train(&mut rng))
+        .unwrap();
+    let grads = l.loss.backward().unwrap();
+    for (name, var) in &params.vars {
+        let g = grads.get(var.as_tensor());
+        if name.starts_with("bert.embeddings.") {
+            assert!(g.is_none(), "{name} is frozen but got a gradient");
+        } else if name.starts_with("bert.encoder.layer.") {
+            let s = g
+                .unwrap_or_else(|| panic!("{name}: no gradient"))
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(s > 0.0, "{name}: zero gradient");
+        }
+    }
+}
+
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let m = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / m.max(1e-30)
+}
+
+#[test]
+fn an_untied_decoder_equal_to_the_embeddings_matches_the_tied_model() {
+    // The tied model is checked against PyTorch (tests/hf_reference.rs). Untying the decoder
+    // with a copy of the word embeddings must give the same loss, the same gradient for every
+    // other parameter, and split the tied weight's gradient into the two copies:
+    // d(word) + d(decoder) = d(tied word).
+    let (cfg, w, r) = fixture();
+    let x = input(&cfg, &r);
+    let mlm =
+        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
+    let nsp = Tensor::from_vec(
+        i64s(&r["nsp_labels"])
+            .iter()
+            .map(|&v| v as u32)
+            .collect::<Vec<_>>(),
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss_and_grads = |cfg: &BertConfig, w: &HashMap<String, Tensor>| {
+        let params = Params::from_tensors(w).unwrap();
+        let m = BertForPreTraining::from_tensors(cfg, &params.tensors(), "t").unwrap();
+        let l = m
+            .pretraining_loss(&x, &mlm, Some(&nsp), &mut Mode::Eval)
+            .unwrap();
+        let g = l.loss.backward().unwrap();
+        let grads: HashMap<String, Tensor> = params
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), g.get(v.as_tensor()).unwrap().clone()))
+            .collect();
+        (l.loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (tied_loss, tied) = loss_and_grads(&cfg, &w);
+
+    let mut ucfg = cfg.clone();
+    ucfg.tie_word_embeddings = false;
+    assert_eq!(
+        ucfg.num_parameters() - cfg.num_parameters(),
+        cfg.vocab_size * cfg.hidden_size
+    );
+    let mut uw = w.clone();
+    assert!(mslt_core::weights::untie_decoder(&ucfg, &mut uw).unwrap());
+    let dec = "cls.predictions.decoder.weight";
+    let word = "bert.embeddings.word_embeddings.weight";
+    assert_eq!(bits(&uw[dec]), bits(&w[word]));
+    assert!(!mslt_core::weights::untie_decoder(&ucfg, &mut uw).unwrap()); // already untied
+    let (untied_loss, untied) = loss_and_grads(&ucfg, &uw);
+    assert_eq!(tied_loss.to_bits(), untied_loss.to_bits());
+    assert_eq!(untied.len(), tied.len() + 1);
+    for (k, g) in &tied {
+        if k == word {
+            let sum = (&untied[word] + &untied[dec]).unwrap();
+            let e = rel_diff(&sum, g);
+            assert!(e < 1e-6, "{k}: d(word) + d(decoder) off by {e}");
+            // both copies get a real share: the decoder's from the MLM logits, the embedding's
+            // from the input lookup
+            assert!(rel_diff(&untied[dec], g) > 1e-3 && rel_diff(&untied[word], g) > 1e-3);
+        } else {
+            assert_eq!(bits(&untied[k]), bits(g), "{k}: gradient changed");
+        }
+    }
+}
+
+#[test]
+fn an_untied_decoder_trains_in_an_mslt_stage_with_frozen_embeddings() {
+    let (cfg, w, r) = fixture();
+    let mut ucfg = cfg.clone();
+    ucfg.tie_word_embeddings = false;
+    let mut uw = w.clone();
+    mslt_core::weights::untie_decoder(&ucfg, &mut uw).unwrap();
+    let params = Params::from_tensors(&uw).unwrap();
+    let stage = &two_stage_plan(false)[1]; // layer 0 and the embeddings frozen
+    let (model, trainable) = stage_model(&ucfg, &params, stage).unwrap();
+    let dec = "cls.predictions.decoder.weight";
+    assert!(trainable.iter().any(|(k, _)| k == dec));
+    let x = input(&cfg, &r);
+    let mlm =
+        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
+    let l = model
+        .pretraining_loss(&x, &mlm, None, &mut Mode::Eval)
+        .unwrap();
+    let g = l.loss.backward().unwrap();
+    let gd = g
+        .get(params.vars[dec].as_tensor())
+        .expect("decoder gradient");
+    let s = gd
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(s > 0.0);
+    assert!(g
+        .get(params.vars["bert.embeddings.word_embeddings.weight"].as_tensor())
+        .is_none());
+}
+
+#[test]
+fn untied_checkpoints_load_and_tied_ones_drop_a_stray_decoder_weight() {
+    let (cfg, w, _) = fixture();
+    let dir = std::env::temp_dir().join(format!("mslt-untied-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dec = "cls.predictions.decoder.weight";
+    let word = "bert.embeddings.word_embeddings.weight";
+    let scaled = (&w[word] * 0.5).unwrap();
+    let mut uw = w.clone();
+    uw.insert(dec.into(), scaled.clone());
+    candle_core::safetensors::save(&uw, dir.join("model.safetensors")).unwrap();
+
+    // config.json says untied: the decoder weight is loaded and used
+    let mut ucfg = cfg.clone();
+    ucfg.tie_word_embeddings = false;
+    let json = ucfg.to_hf_json();
+    assert_eq!(json["tie_word_embeddings"], false);
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    let files = ModelFiles::from_dir(&dir).unwrap();
+    let c = files.load_config().unwrap();
+    assert!(!c.tie_word_embeddings);
+    let l = load_safetensors(&files.weights, &c, &Device::Cpu).unwrap();
+    assert_eq!(bits(&l.tensors[dec]), bits(&scaled));
+    let m = BertForPreTraining::from_tensors(&c, &l.tensors, &l.origin).unwrap();
+    assert_eq!(
+        bits(m.mlm.as_ref().unwrap().decoder.as_ref().unwrap()),
+        bits(&scaled)
+    );
+
+    // the same file under a tied config: the decoder weight is ignored, the embeddings decode
+    let t = load_safetensors(&files.weights, &cfg, &Device::Cpu).unwrap();
+    assert!(!t.tensors.contains_key(dec));
+    assert!(t.ignored.iter().any(|n| n == dec));
+    let m = BertForPreTraining::from_tensors(&cfg, &t.tensors, &t.origin).unwrap();
+    assert!(m.mlm.as_ref().unwrap().decoder.is_none());
+
+    // untied config, no decoder weight in the file: an error that names it
+    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    let l = load_safetensors(&files.weights, &c, &Device::Cpu).unwrap();
+    let e = BertForPreTraining::from_tensors(&c, &l.tensors, &l.origin)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(dec), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

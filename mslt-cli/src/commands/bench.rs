@@ -25,6 +25,15 @@ pub struct BenchArgs {
     /// Steps per stage, to weight the schedule's speedup (default: equal shares of --steps).
     #[arg(long, value_delimiter = ',')]
     stage_steps: Option<Vec<u64>>,
+    /// Fraction of the stages' steps for each stage (instead of --stage-steps).
+    #[arg(long, value_delimiter = ',')]
+    stage_fracs: Option<Vec<f64>>,
+    /// mslt: the top J layers of the previous stage keep training with the new ones.
+    #[arg(long, value_name = "J", default_value_t = 0)]
+    train_old_layers: usize,
+    /// The MLM decoder has its own weight (it trains in every stage).
+    #[arg(long)]
+    untie_decoder: bool,
     #[arg(long, default_value_t = 1000)]
     steps: u64,
     #[arg(long, default_value_t = 0.1)]
@@ -78,7 +87,10 @@ pub struct BenchArgs {
 pub fn run_cmd(a: BenchArgs) -> Result<()> {
     mslt_core::matmul_tf32(&a.matmul_precision).context("--matmul-precision")?;
     let device = mslt_core::device(&a.device)?;
-    let model = resolve_model_config(&a.model_config)?;
+    let mut model = resolve_model_config(&a.model_config)?;
+    if a.untie_decoder {
+        model.tie_word_embeddings = false;
+    }
     anyhow::ensure!(
         a.seq_len <= model.max_position_embeddings,
         "--seq-len {} is beyond the model's max_position_embeddings {}",
@@ -119,6 +131,10 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         a.compare.is_none() || bc.optimizer == mslt_core::optim::Algorithm::AdamW,
         "--compare: tools/torch_baseline.py times torch.optim.AdamW; bench with --optimizer adamw to compare"
     );
+    anyhow::ensure!(
+        a.compare.is_none() || !a.untie_decoder,
+        "--compare: tools/torch_baseline.py builds a tied MLM decoder; drop --untie-decoder to compare"
+    );
     if a.layer_ops {
         let path = mslt_core::bench::LayerPath::of(&bc);
         let r = mslt_core::bench::layer_ops(&bc, path).context("--layer-ops")?;
@@ -140,8 +156,10 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         steps: a.steps,
         stages: a.stages.as_deref().unwrap_or(&[]),
         stage_steps: a.stage_steps.as_deref().unwrap_or(&[]),
+        stage_fracs: a.stage_fracs.as_deref().unwrap_or(&[]),
         final_joint_frac: a.final_joint_frac,
         train_embeddings: a.train_embeddings,
+        train_old_layers: a.train_old_layers,
     })?;
     let report = run(&BenchConfig {
         heap: Some(&crate::heap::Probe),

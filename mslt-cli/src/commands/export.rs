@@ -27,7 +27,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let files = resolve_model(&a.checkpoint)?;
     let cfg = files.load_config()?;
     let dev = candle_core::Device::Cpu;
-    let w = load_safetensors(&files.weights, &dev)?;
+    let w = load_safetensors(&files.weights, &cfg, &dev)?;
     // Validates every tensor's name and shape against the config.
     let model = BertForPreTraining::from_tensors(&cfg, &w.tensors, &w.origin)?;
     let heads = model.heads();

@@ -83,6 +83,10 @@ pub struct TrainArgs {
     /// Steps of each stage, e.g. 300,300,300,300 (default: equal shares).
     #[arg(long, value_delimiter = ',')]
     stage_steps: Option<Vec<u64>>,
+    /// Fraction of the stages' steps for each stage, e.g. 0.1,0.2,0.3,0.4 (adding up to 1;
+    /// instead of --stage-steps).
+    #[arg(long, value_delimiter = ',')]
+    stage_fracs: Option<Vec<f64>>,
     /// Growth operator for new layers: copy-top, copy-stack or random.
     #[arg(long)]
     init: Option<String>,
@@ -99,6 +103,13 @@ pub struct TrainArgs {
     /// mslt: share of the steps for a final stage where all layers train (0 disables it).
     #[arg(long)]
     final_joint_frac: Option<f64>,
+    /// mslt: the top J layers of the previous stage keep training with the new ones (default 0).
+    #[arg(long, value_name = "J")]
+    train_old_layers: Option<usize>,
+    /// Give the MLM decoder its own weight instead of the word embeddings (it then trains in MSLT
+    /// stages where the embeddings are frozen; from a tied --init-from it starts as their copy).
+    #[arg(long)]
+    untie_decoder: bool,
     /// Dropout in the frozen layers: on (default) or off (deterministic; fused kernels on GPU).
     #[arg(long)]
     frozen_dropout: Option<String>,
@@ -194,13 +205,16 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         mask_prob,
         stages,
         stage_steps,
+        stage_fracs,
         init,
-        final_joint_frac
+        final_joint_frac,
+        train_old_layers
     );
     if let Some(s) = &a.schedule {
         cfg.schedule = s.parse().map_err(|e| anyhow::anyhow!("--schedule {e}"))?;
     }
     cfg.train_embeddings |= a.train_embeddings;
+    cfg.untie_decoder |= a.untie_decoder;
     if let Some(v) = &a.frozen_dropout {
         cfg.frozen_dropout = super::on_off("--frozen-dropout", v)?;
     }

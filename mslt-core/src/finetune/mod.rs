@@ -281,7 +281,7 @@ pub fn finetune(cfg: &FinetuneConfig, task: &Task, progress: Progress) -> Result
             cfg.max_seq_len, mcfg.max_position_embeddings
         )));
     }
-    let loaded = load_safetensors(&files.weights, &device)?;
+    let loaded = load_safetensors(&files.weights, &mcfg, &device)?;
     let mut rng = Rng::new(cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(17));
     // The encoder (and pooler) of the checkpoint; pre-training heads are dropped.
     let mut map: HashMap<String, Tensor> = loaded

@@ -94,6 +94,8 @@ pub struct TrainConfig {
     pub stages: Vec<usize>,
     /// Steps of each stage (empty: equal shares of the budget left after the joint stage).
     pub stage_steps: Vec<u64>,
+    /// Fraction of that budget for each stage, adding up to 1 (instead of `stage_steps`).
+    pub stage_fracs: Vec<f64>,
     /// Growth operator for new layers: copy-top, copy-stack or random (empty: copy-top for
     /// mslt, copy-stack for stack).
     pub init: String,
@@ -107,6 +109,13 @@ pub struct TrainConfig {
     pub global_lr_schedule: bool,
     /// mslt: share of the steps for a final stage where every layer trains (0 disables it).
     pub final_joint_frac: f64,
+    /// mslt: the top j layers of the previous stage keep training with the new ones in every
+    /// stage after the first (0: only the new layers train).
+    pub train_old_layers: usize,
+    /// The MLM decoder gets its own weight (`tie_word_embeddings: false`), so it can train in
+    /// MSLT stages where the embeddings are frozen. From scratch it is BERT-initialised; from a
+    /// tied `init_from` checkpoint it starts as a copy of the word embeddings.
+    pub untie_decoder: bool,
     /// Dropout in the frozen layers (default on). Off: a deterministic frozen forward that can
     /// run the fused kernels.
     pub frozen_dropout: bool,
@@ -155,11 +164,14 @@ impl Default for TrainConfig {
             schedule: ScheduleKind::Full,
             stages: Vec::new(),
             stage_steps: Vec::new(),
+            stage_fracs: Vec::new(),
             init: String::new(),
             train_embeddings: false,
             keep_optimizer_state: false,
             global_lr_schedule: false,
             final_joint_frac: 0.1,
+            train_old_layers: 0,
+            untie_decoder: false,
             frozen_dropout: true,
             kernels: mslt_kernels::Kernels::Fused,
             frozen_dtype: "f32".into(),
@@ -259,8 +271,10 @@ impl TrainConfig {
             steps: self.steps,
             stages: &self.stages,
             stage_steps: &self.stage_steps,
+            stage_fracs: &self.stage_fracs,
             final_joint_frac: self.final_joint_frac,
             train_embeddings: self.train_embeddings,
+            train_old_layers: self.train_old_layers,
         })
     }
 
@@ -274,15 +288,23 @@ impl TrainConfig {
     }
 
     /// The fields that define the schedule: a resumed run must not change them (`steps` may
-    /// change for the single-stage `full` schedule: extending a run is allowed there).
+    /// change for the single-stage `full` schedule: extending a run is allowed there). Knobs
+    /// added later appear only when set, so runs saved before them still resume.
     fn schedule_fingerprint(&self) -> String {
         let steps = if self.schedule == ScheduleKind::Full {
             0
         } else {
             self.steps
         };
+        let mut later = String::new();
+        if !self.stage_fracs.is_empty() {
+            later += &format!(", stage_fracs {:?}", self.stage_fracs);
+        }
+        if self.train_old_layers > 0 {
+            later += &format!(", train_old_layers {}", self.train_old_layers);
+        }
         format!(
-            "schedule {:?}, stages {:?}, stage_steps {:?}, steps {}, init {}, train_embeddings {}, final_joint_frac {}, keep_optimizer_state {}, global_lr_schedule {}",
+            "schedule {:?}, stages {:?}, stage_steps {:?}, steps {}, init {}, train_embeddings {}, final_joint_frac {}, keep_optimizer_state {}, global_lr_schedule {}{later}",
             self.schedule,
             self.stages,
             self.stage_steps,
@@ -474,16 +496,20 @@ fn check_data_fits(cfg: &BertConfig, data: &DataSet) -> Result<()> {
 /// The target model config of a run: `init_from`'s config (deepened to the last stage), or the
 /// preset / config.json named by `model_config`.
 fn target_config(cfg: &TrainConfig, init_from: Option<&BertConfig>) -> Result<BertConfig> {
-    match init_from {
+    let mut t = match init_from {
         Some(c) => {
             let mut t = c.clone();
             if let Some(&d) = cfg.stages.last() {
                 t.num_hidden_layers = d;
             }
-            Ok(t)
+            t
         }
-        None => resolve_model_config(&cfg.model_config),
+        None => resolve_model_config(&cfg.model_config)?,
+    };
+    if cfg.untie_decoder {
+        t.tie_word_embeddings = false;
     }
+    Ok(t)
 }
 
 fn setup(
@@ -554,8 +580,19 @@ fn setup(
                 .unwrap_or(model_cfg.num_hidden_layers);
             t
         } else {
-            resolve_model_config(&cfg.model_config)?
+            target_config(cfg, None)?
         };
+        if prev.untie_decoder != cfg.untie_decoder {
+            let tied = |u: bool| if u { "an untied" } else { "a tied" };
+            return Err(Error::Input(format!(
+                "--resume: {} was trained with {} MLM decoder, this run asks for {} one (untie_decoder {} vs {})",
+                dir.display(),
+                tied(prev.untie_decoder),
+                tied(cfg.untie_decoder),
+                prev.untie_decoder,
+                cfg.untie_decoder
+            )));
+        }
         let mut same = model_cfg.clone();
         same.num_hidden_layers = target.num_hidden_layers;
         if same != target {
@@ -591,7 +628,7 @@ fn setup(
             )));
         }
         check_data_fits(&model_cfg, train)?;
-        let w = load_safetensors(&files.weights, device)?;
+        let w = load_safetensors(&files.weights, &model_cfg, device)?;
         // Every parameter must be there (a checkpoint of ours has all heads).
         BertForPreTraining::from_tensors(&model_cfg, &w.tensors, &w.origin)?;
         let params = Params::from_tensors(&w.tensors)?;
@@ -637,10 +674,19 @@ fn setup(
                     )));
                 }
             }
-            let mut w = load_safetensors(&files.weights, device)?;
+            let mut w = load_safetensors(&files.weights, &mc, device)?;
+            let mut mc = mc;
+            if cfg.untie_decoder {
+                mc.tie_word_embeddings = false;
+            }
             for head in init_missing_heads(&mc, &mut w.tensors, &mut rng, device)? {
                 notes.push(format!(
                     "{spec} has no {head}: initialised fresh (BERT init)"
+                ));
+            }
+            if crate::weights::untie_decoder(&mc, &mut w.tensors)? {
+                notes.push(format!(
+                    "{spec} ties its MLM decoder to the word embeddings: the untied decoder starts as a copy of them"
                 ));
             }
             notes.push(format!("initialised from {spec}"));
@@ -1274,7 +1320,7 @@ pub fn load_for_eval(spec: &Path, device: &Device) -> Result<(BertForPreTraining
     let dir = checkpoint::resolve_dir(spec)?;
     let files = ModelFiles::from_dir(&dir)?;
     let cfg = files.load_config()?;
-    let w = load_safetensors(&files.weights, device)?;
+    let w = load_safetensors(&files.weights, &cfg, device)?;
     let m = BertForPreTraining::from_tensors(&cfg, &w.tensors, &w.origin)?;
     if m.mlm.is_none() {
         return Err(Error::Input(format!(

@@ -7,14 +7,20 @@
 //!   layers initialised by `init`, default `copy-top`); in every stage after the first only the
 //!   new top layers and the heads train (plus the embeddings with `train_embeddings`), the lower
 //!   layers are frozen and run forward only; an optional final joint stage
-//!   (`final_joint_frac`) trains everything at full depth.
+//!   (`final_joint_frac`) trains everything at full depth. `train_old_layers` = j also keeps the
+//!   top j layers of the previous stage training (the method's "also the top j old layers"
+//!   reading; 0, the default, trains only the new ones).
+//!
+//! Steps per stage: equal shares of the budget left after the joint stage, an explicit list
+//! (`stage_steps`) or a list of fractions of that budget (`stage_fracs`).
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
+    #[default]
     Full,
     Stack,
     Mslt,
@@ -71,7 +77,7 @@ impl Stage {
 }
 
 /// What a schedule needs from the run config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ScheduleSpec<'a> {
     pub kind: ScheduleKind,
     pub target_depth: usize,
@@ -80,8 +86,45 @@ pub struct ScheduleSpec<'a> {
     pub stages: &'a [usize],
     /// Steps of each depth stage (empty: equal shares).
     pub stage_steps: &'a [u64],
+    /// Fraction of the depth stages' budget for each stage (empty: see `stage_steps`); they
+    /// must add up to 1. Exclusive with `stage_steps`.
+    pub stage_fracs: &'a [f64],
     pub final_joint_frac: f64,
     pub train_embeddings: bool,
+    /// mslt: the top `train_old_layers` layers of the previous stage keep training in each
+    /// stage after the first (0: only the new layers train).
+    pub train_old_layers: usize,
+}
+
+/// Splits `budget` steps by `fracs` (each > 0, adding up to 1 within 1e-6): floor of each share,
+/// then the steps left over go one each to the largest remainders (ties: the earlier stage), so
+/// the result adds up to `budget` exactly.
+pub fn split_by_fractions(budget: u64, fracs: &[f64]) -> Result<Vec<u64>> {
+    if let Some(f) = fracs.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+        return Err(err(
+            "stage_fracs",
+            format!("{f} is not a positive fraction"),
+        ));
+    }
+    let sum: f64 = fracs.iter().sum();
+    if (sum - 1.0).abs() > 1e-6 {
+        return Err(err(
+            "stage_fracs",
+            format!("{fracs:?} add up to {sum}, expected 1"),
+        ));
+    }
+    let exact: Vec<f64> = fracs.iter().map(|f| f / sum * budget as f64).collect();
+    let mut steps: Vec<u64> = exact.iter().map(|x| x.floor() as u64).collect();
+    let left = budget.saturating_sub(steps.iter().sum());
+    let mut order: Vec<usize> = (0..fracs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for &i in order.iter().cycle().take(left as usize) {
+        steps[i] += 1;
+    }
+    Ok(steps)
 }
 
 fn err(field: &str, msg: String) -> Error {
@@ -158,7 +201,34 @@ pub fn plan(spec: &ScheduleSpec) -> Result<Vec<Stage>> {
     }
     let joint = (joint_frac * spec.steps as f64).round() as u64;
     let budget = spec.steps - joint;
-    let steps: Vec<u64> = if spec.stage_steps.is_empty() {
+    if spec.train_old_layers > 0 && spec.kind != ScheduleKind::Mslt {
+        return Err(err(
+            "train_old_layers",
+            format!(
+                "is an mslt knob (the {} schedule trains every layer)",
+                format!("{:?}", spec.kind).to_lowercase()
+            ),
+        ));
+    }
+    if !spec.stage_fracs.is_empty() && !spec.stage_steps.is_empty() {
+        return Err(err(
+            "stage_fracs",
+            "give stage_steps or stage_fracs, not both".into(),
+        ));
+    }
+    let steps: Vec<u64> = if !spec.stage_fracs.is_empty() {
+        if spec.stage_fracs.len() != depths.len() {
+            return Err(err(
+                "stage_fracs",
+                format!(
+                    "{} values for {} stages",
+                    spec.stage_fracs.len(),
+                    depths.len()
+                ),
+            ));
+        }
+        split_by_fractions(budget, spec.stage_fracs)?
+    } else if spec.stage_steps.is_empty() {
         let n = depths.len() as u64;
         (0..n)
             .map(|i| budget / n + u64::from(i < budget % n))
@@ -193,7 +263,7 @@ pub fn plan(spec: &ScheduleSpec) -> Result<Vec<Stage>> {
     let mut start = 0;
     for (i, (&depth, &n)) in depths.iter().zip(&steps).enumerate() {
         let frozen_below = match spec.kind {
-            ScheduleKind::Mslt if i > 0 => depths[i - 1],
+            ScheduleKind::Mslt if i > 0 => depths[i - 1].saturating_sub(spec.train_old_layers),
             _ => 0,
         };
         out.push(Stage {
@@ -202,7 +272,9 @@ pub fn plan(spec: &ScheduleSpec) -> Result<Vec<Stage>> {
             start,
             steps: n,
             train_from_layer: frozen_below,
-            train_embeddings: frozen_below == 0 || spec.train_embeddings,
+            // the first stage (and full / stack) trains the embeddings; later mslt stages only
+            // with `train_embeddings`, even when `train_old_layers` unfreezes every old layer
+            train_embeddings: i == 0 || spec.kind != ScheduleKind::Mslt || spec.train_embeddings,
             joint: false,
         });
         start += n;
@@ -231,9 +303,8 @@ mod tests {
             target_depth: 12,
             steps,
             stages,
-            stage_steps: &[],
             final_joint_frac: 0.1,
-            train_embeddings: false,
+            ..Default::default()
         }
     }
 
@@ -305,5 +376,101 @@ mod tests {
             ..spec(ScheduleKind::Mslt, &[], 100)
         };
         assert!(e(s).contains("no default stages for 6 layers"));
+    }
+
+    #[test]
+    fn train_old_layers_keeps_the_top_old_layers_training() {
+        let s = ScheduleSpec {
+            train_old_layers: 2,
+            ..spec(ScheduleKind::Mslt, &[], 1000)
+        };
+        let p = plan(&s).unwrap();
+        let d: Vec<(usize, usize, bool)> = p
+            .iter()
+            .map(|s| (s.depth, s.train_from_layer, s.train_embeddings))
+            .collect();
+        // 3 -> 6 -> 9 -> 12: each later stage trains its 3 new layers and the 2 below them
+        assert_eq!(
+            d,
+            vec![
+                (3, 0, true),
+                (6, 1, false),
+                (9, 4, false),
+                (12, 7, false),
+                (12, 0, true)
+            ]
+        );
+        assert!(p[2].trains("bert.encoder.layer.4.attention.self.query.weight"));
+        assert!(!p[2].trains("bert.encoder.layer.3.attention.self.query.weight"));
+        // more old layers than there are: every layer trains, the embeddings stay frozen
+        let s = ScheduleSpec {
+            train_old_layers: 5,
+            ..spec(ScheduleKind::Mslt, &[], 1000)
+        };
+        let p = plan(&s).unwrap();
+        assert_eq!((p[1].train_from_layer, p[1].train_embeddings), (0, false));
+        assert!(!p[1].trains("bert.embeddings.word_embeddings.weight"));
+        assert!(p[1].trains("bert.encoder.layer.0.output.dense.weight"));
+        // only mslt freezes layers, so only mslt takes the knob
+        let s = ScheduleSpec {
+            train_old_layers: 1,
+            ..spec(ScheduleKind::Stack, &[], 90)
+        };
+        assert!(plan(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("train_old_layers"));
+    }
+
+    #[test]
+    fn stage_fractions_split_the_budget_exactly() {
+        assert_eq!(
+            split_by_fractions(900, &[0.2, 0.3, 0.5]).unwrap(),
+            vec![180, 270, 450]
+        );
+        // 100 / 3 each: 33 + 33 + 33, the one left goes to the first of the equal remainders
+        let third = 1.0 / 3.0;
+        assert_eq!(
+            split_by_fractions(100, &[third; 3]).unwrap(),
+            vec![34, 33, 33]
+        );
+        // 0.15 x 7 = 1.05, 0.35 x 7 = 2.45, 0.5 x 7 = 3.5: floors 1 + 2 + 3, the largest
+        // remainder (0.5) gets the step left
+        assert_eq!(
+            split_by_fractions(7, &[0.15, 0.35, 0.5]).unwrap(),
+            vec![1, 2, 4]
+        );
+        let s = ScheduleSpec {
+            stage_fracs: &[0.1, 0.2, 0.3, 0.4],
+            ..spec(ScheduleKind::Mslt, &[], 1000)
+        };
+        let p = plan(&s).unwrap();
+        assert_eq!(
+            p.iter().map(|s| s.steps).collect::<Vec<_>>(),
+            vec![90, 180, 270, 360, 100]
+        );
+        let e = |s: ScheduleSpec| plan(&s).unwrap_err().to_string();
+        let s = ScheduleSpec {
+            stage_fracs: &[0.5, 0.6],
+            ..spec(ScheduleKind::Mslt, &[6, 12], 100)
+        };
+        let m = e(s);
+        assert!(m.contains("add up to 1.1"), "{m}");
+        let s = ScheduleSpec {
+            stage_fracs: &[1.0, 0.0],
+            ..spec(ScheduleKind::Mslt, &[6, 12], 100)
+        };
+        assert!(e(s).contains("0 is not a positive fraction"));
+        let s = ScheduleSpec {
+            stage_fracs: &[1.0],
+            ..spec(ScheduleKind::Mslt, &[6, 12], 100)
+        };
+        assert!(e(s).contains("1 values for 2 stages"));
+        let s = ScheduleSpec {
+            stage_fracs: &[0.5, 0.5],
+            stage_steps: &[45, 45],
+            ..spec(ScheduleKind::Mslt, &[6, 12], 100)
+        };
+        assert!(e(s).contains("not both"));
     }
 }
