@@ -733,13 +733,106 @@ fn an_untied_decoder_trains_while_the_embeddings_are_frozen() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // a crash while saving step 6 resumes mid-stage from step 4 (decoder weight and its moments
+    // from the checkpoint) and reproduces the run
+    let b = env.s("B");
+    let o = run_train(
+        &mslt_args(&env, &b, &["--untie-decoder"]),
+        &[("MSLT_TEST_CRASH_DURING_SAVE", "6")],
+    );
+    assert!(!o.status.success());
+    let o = run_train(&mslt_args(&env, &b, &["--untie-decoder", "--resume"]), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(losses(Path::new(&a)), losses(Path::new(&b)));
     // a resume must keep the decoder as it was
     let args = mslt_args(&env, &a, &["--resume"]);
     let e = run_err(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(
-        e.contains("untied MLM decoder, this run asks for a tied one"),
+        e.contains("has an untied MLM decoder, this run asks for a tied one"),
         "{e}"
     );
+}
+
+#[test]
+fn init_from_a_tied_checkpoint_with_untie_decoder_starts_from_the_same_function() {
+    // A tied run, then a new run from its checkpoint with --untie-decoder at lr 1e-30 (no
+    // parameter moves in f32): the decoder weight is the word-embedding matrix, bit for bit,
+    // and the run says so.
+    let env = setup();
+    let a = env.s("A");
+    let o = run_train(&train_args(&env, &a, "2", &[]), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let src = env.s("A/checkpoints/step-00000002");
+    let b = env.s("B");
+    let mut args = train_args(&env, &b, "1", &["--init-from", &src, "--untie-decoder"]);
+    let lr = args.iter().position(|x| x == "--lr").unwrap();
+    args[lr + 1] = "1e-30".into();
+    let o = run_train(&args, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("the untied decoder starts as a copy of them"),
+        "{err}"
+    );
+    let ta = load(&env.p("A/checkpoints/step-00000002/model.safetensors"));
+    let tb = load(&env.p("B/checkpoints/step-00000001/model.safetensors"));
+    let word = "bert.embeddings.word_embeddings.weight";
+    assert!(!ta.contains_key("cls.predictions.decoder.weight"));
+    assert_eq!(
+        max_abs(&tb["cls.predictions.decoder.weight"], &ta[word]),
+        0.0
+    );
+    assert_eq!(max_abs(&tb[word], &ta[word]), 0.0);
+}
+
+/// Every evaluation line of metrics.jsonl: (step, eval MLM loss as written, after_growth).
+fn evals(run: &Path) -> Vec<(u64, String, bool)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("eval_loss").is_some())
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["eval_mlm_loss"].to_string(),
+                v.get("after_growth").is_some_and(|a| a == true),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn eval_after_growth_shows_the_jump_and_survives_a_resume_at_the_boundary() {
+    let env = setup();
+    let a = env.s("A");
+    let extra = ["--eval-after-growth", "--init", "copy-top-zero"];
+    let o = run_train(&mslt_args(&env, &a, &extra), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = evals(Path::new(&a));
+    // step 3 ends stage 0 (eval), the growth to 2 layers follows (eval after growth), then the
+    // eval_every 4 and stage-end evaluations
+    let at3: Vec<&(u64, String, bool)> = ev.iter().filter(|e| e.0 == 3).collect();
+    assert_eq!(at3.len(), 2, "{ev:?}");
+    assert!(!at3[0].2 && at3[1].2, "{ev:?}");
+    assert_ne!(at3[0].1, at3[1].1, "the growth did not change the loss");
+    assert_eq!(ev.iter().filter(|e| e.2).count(), 1); // one growth; the joint stage grows nothing
+    let g = stage_events(Path::new(&a));
+    assert_eq!(g[2]["growth"]["operator"], "copy-top-zero");
+    // a crash while saving step 4 resumes from step 3, before the growth: the growth and its
+    // evaluation are redone once, and every line matches the uninterrupted run
+    let b = env.s("B");
+    let o = run_train(
+        &mslt_args(&env, &b, &extra),
+        &[("MSLT_TEST_CRASH_DURING_SAVE", "4")],
+    );
+    assert!(!o.status.success());
+    let mut resume = extra.to_vec();
+    resume.push("--resume");
+    let o = run_train(&mslt_args(&env, &b, &resume), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(evals(Path::new(&b)), ev);
+    assert_eq!(losses(Path::new(&a)), losses(Path::new(&b)));
 }
 
 #[test]

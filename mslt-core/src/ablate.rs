@@ -174,6 +174,9 @@ pub struct RunSummary {
     pub time_to_baseline_loss_s: Option<f64>,
     /// (step, elapsed_s, eval_mlm_loss) of every evaluation
     pub evals: Vec<(u64, f64, f64)>,
+    /// (step, eval MLM loss right after a growth minus at the end of the stage before) for each
+    /// growth evaluated (`eval_after_growth`)
+    pub growth_jumps: Vec<(u64, f64)>,
     /// Fine-tuning result of the final checkpoint (plans with `[finetune]`).
     pub downstream: Option<Downstream>,
 }
@@ -183,13 +186,25 @@ pub fn summarize_run(name: &str, cfg: &TrainConfig) -> Result<RunSummary> {
     let p = cfg.out.join("metrics.jsonl");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     let mut last_step: Option<Value> = None;
-    let mut evals = Vec::new();
+    let mut evals: Vec<(u64, f64, f64)> = Vec::new();
+    let mut growth_jumps = Vec::new();
     let mut last_eval: Option<Value> = None;
     for l in text.lines() {
         let Ok(v) = serde_json::from_str::<Value>(l) else {
             continue;
         };
         if v.get("eval_loss").is_some() {
+            let (step, loss) = (
+                v["step"].as_u64().unwrap_or(0),
+                v["eval_mlm_loss"].as_f64().unwrap_or(f64::NAN),
+            );
+            if v.get("after_growth").and_then(|a| a.as_bool()) == Some(true) {
+                if let Some(&(s, _, before)) = evals.last() {
+                    if s == step {
+                        growth_jumps.push((step, loss - before));
+                    }
+                }
+            }
             evals.push((
                 v["step"].as_u64().unwrap_or(0),
                 v["elapsed_s"].as_f64().unwrap_or(0.0),
@@ -219,6 +234,7 @@ pub fn summarize_run(name: &str, cfg: &TrainConfig) -> Result<RunSummary> {
         mlm_loss_gap: None,
         time_to_baseline_loss_s: None,
         evals,
+        growth_jumps,
         downstream: None,
     })
 }
@@ -295,6 +311,17 @@ pub fn markdown(runs: &[RunSummary], baseline: &str) -> String {
             opt(r.speedup, 2),
             opt(r.time_to_baseline_loss_s, 0)
         ));
+    }
+    if runs.iter().any(|r| !r.growth_jumps.is_empty()) {
+        s.push_str("\nEval MLM loss right after each growth minus at the end of the stage before (step: jump):\n\n");
+        for r in runs.iter().filter(|r| !r.growth_jumps.is_empty()) {
+            let j: Vec<String> = r
+                .growth_jumps
+                .iter()
+                .map(|(step, d)| format!("{step}: {d:+.3}"))
+                .collect();
+            s.push_str(&format!("- {}: {}\n", r.name, j.join(", ")));
+        }
     }
     s
 }
@@ -465,6 +492,7 @@ mod tests {
             mlm_loss_gap: None,
             time_to_baseline_loss_s: None,
             evals: vec![],
+            growth_jumps: vec![],
             downstream: Some(Downstream {
                 task: "rotten-tomatoes".into(),
                 seeds: 2,

@@ -8,6 +8,13 @@
 //! - `copy-stack`: new layer `L + i` = copy of layer `i mod L` (Progressive Stacking 1.0: growing
 //!   L -> 2L puts a copy of the whole stack on top).
 //! - `random`: BERT initialisation, N(0, initializer_range).
+//! - `copy-top-zero`: `copy-top` with the output projections of both residual branches
+//!   (`attention.output.dense`, `output.dense`: weights and biases) set to 0, so the new layer
+//!   starts as `LN_out(LN_attn(x))` with the copied LayerNorms: near the identity while the
+//!   LayerNorm parameters of the copied layer and the one below are near 1 / 0 (post-LN BERT has
+//!   no exactly function-preserving layer: each sublayer ends in a LayerNorm). The zeroed
+//!   projections get a gradient at once (their input is not zero), the rest of the block from
+//!   the next step.
 //!
 //! A new operator (interpolation, function-preserving growth, ...) is one more implementation of
 //! [`GrowthOperator`] registered in [`operator`]; the trainer does not change.
@@ -66,14 +73,20 @@ impl GrowthOperator for CopyTop {
         new: usize,
         _: &mut Rng,
     ) -> Result<Vec<(String, Tensor)>> {
-        let k = n - l;
-        if k > l {
-            return Err(Error::Input(format!(
-                "copy-top cannot grow {l} -> {n} layers (it copies the top {k} layers and there are only {l}); use copy-stack or random"
-            )));
-        }
-        copy_layer(old, l - k + (new - l), new)
+        copy_layer(old, top_source(self.name(), l, n, new)?, new)
     }
+}
+
+/// The layer that new layer `new` copies when growing `l -> n` by repeating the top `n - l`
+/// layers (`copy-top`, `copy-top-zero`).
+fn top_source(op: &str, l: usize, n: usize, new: usize) -> Result<usize> {
+    let k = n - l;
+    if k > l {
+        return Err(Error::Input(format!(
+            "{op} cannot grow {l} -> {n} layers (it copies the top {k} layers and there are only {l}); use copy-stack or random"
+        )));
+    }
+    Ok(l - k + (new - l))
 }
 
 pub struct CopyStack;
@@ -119,14 +132,49 @@ impl GrowthOperator for RandomInit {
     }
 }
 
+pub struct CopyTopZero;
+impl GrowthOperator for CopyTopZero {
+    fn name(&self) -> &'static str {
+        "copy-top-zero"
+    }
+    fn new_layer(
+        &self,
+        old: &HashMap<String, Tensor>,
+        _: &BertConfig,
+        l: usize,
+        n: usize,
+        new: usize,
+        _: &mut Rng,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let zeroed = [
+            ".attention.output.dense.weight",
+            ".attention.output.dense.bias",
+            ".output.dense.weight",
+            ".output.dense.bias",
+        ];
+        copy_layer(old, top_source(self.name(), l, n, new)?, new)?
+            .into_iter()
+            .map(|(name, t)| {
+                // ".output.dense" also ends ".attention.output.dense": both are branch outputs
+                if zeroed.iter().any(|z| name.ends_with(z)) {
+                    Ok((name, t.zeros_like()?))
+                } else {
+                    Ok((name, t))
+                }
+            })
+            .collect()
+    }
+}
+
 /// The operator registered under `name`.
 pub fn operator(name: &str) -> Result<Box<dyn GrowthOperator>> {
     match name {
         "copy-top" => Ok(Box::new(CopyTop)),
         "copy-stack" => Ok(Box::new(CopyStack)),
         "random" => Ok(Box::new(RandomInit)),
+        "copy-top-zero" => Ok(Box::new(CopyTopZero)),
         _ => Err(Error::Input(format!(
-            "growth init `{name}`: expected copy-top, copy-stack or random"
+            "growth init `{name}`: expected copy-top, copy-stack, random or copy-top-zero"
         ))),
     }
 }

@@ -231,32 +231,44 @@ fn an_mslt_stage_trains_only_its_set_and_builds_no_graph_through_frozen_layers()
 
 #[test]
 fn train_old_layers_unfreezes_the_top_old_layer_and_nothing_below_it() {
-    // 1 -> 2 layers with --train-old-layers 1: in stage 1 layer 0 (the old top) trains with the
-    // new layer 1; the embeddings stay frozen and forward-only.
+    // 2 -> 3 layers with --train-old-layers 1: in stage 1 layer 1 (the old top) trains with the
+    // new layer 2; layer 0 and the embeddings stay frozen and forward-only.
     let (cfg, w, r) = fixture();
-    let params = Params::from_tensors(&w).unwrap();
+    let (cfg3, w3, _) = grow(
+        &w,
+        &cfg,
+        3,
+        operator("copy-top").unwrap().as_ref(),
+        &mut Rng::new(0),
+    )
+    .unwrap();
+    let params = Params::from_tensors(&w3).unwrap();
     let stage = plan(&ScheduleSpec {
         kind: ScheduleKind::Mslt,
-        target_depth: 2,
+        target_depth: 3,
         steps: 10,
-        stages: &[1, 2],
+        stages: &[2, 3],
         final_joint_frac: 0.0,
         train_old_layers: 1,
         ..Default::default()
     })
     .unwrap()[1]
         .clone();
-    assert_eq!((stage.train_from_layer, stage.train_embeddings), (0, false));
-    let (model, trainable) = stage_model(&cfg, &params, &stage).unwrap();
+    assert_eq!((stage.train_from_layer, stage.train_embeddings), (1, false));
+    let (model, trainable) = stage_model(&cfg3, &params, &stage).unwrap();
     let x = input(&cfg, &r);
-    let emb = model.embeddings.forward(&x, &mut Mode::Eval).unwrap();
-    assert!(!emb.track_op(), "the frozen embeddings' output is tracked");
-    assert!(trainable
-        .iter()
-        .any(|(k, _)| k.starts_with("bert.encoder.layer.0.")));
-    assert!(!trainable
-        .iter()
-        .any(|(k, _)| k.starts_with("bert.embeddings.")));
+    let frozen_out = run_layers(&model, &x, &[0]);
+    assert!(
+        !frozen_out.track_op(),
+        "the frozen layer 0's output is on the autograd graph"
+    );
+    let trains = |k: &str| {
+        k.starts_with("bert.encoder.layer.1.")
+            || k.starts_with("bert.encoder.layer.2.")
+            || k.starts_with("cls.")
+            || k.starts_with("bert.pooler.")
+    };
+    assert!(trainable.iter().all(|(k, _)| trains(k)));
     let mlm =
         MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
     let mut rng = Rng::new(1);
@@ -266,9 +278,7 @@ fn train_old_layers_unfreezes_the_top_old_layer_and_nothing_below_it() {
     let grads = l.loss.backward().unwrap();
     for (name, var) in &params.vars {
         let g = grads.get(var.as_tensor());
-        if name.starts_with("bert.embeddings.") {
-            assert!(g.is_none(), "{name} is frozen but got a gradient");
-        } else if name.starts_with("bert.encoder.layer.") {
+        if name.starts_with("bert.encoder.layer.") && trains(name) {
             let s = g
                 .unwrap_or_else(|| panic!("{name}: no gradient"))
                 .abs()
@@ -278,6 +288,8 @@ fn train_old_layers_unfreezes_the_top_old_layer_and_nothing_below_it() {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(s > 0.0, "{name}: zero gradient");
+        } else if !trains(name) {
+            assert!(g.is_none(), "{name} is frozen but got a gradient");
         }
     }
 }
@@ -444,4 +456,80 @@ fn untied_checkpoints_load_and_tied_ones_drop_a_stray_decoder_weight() {
         .to_string();
     assert!(e.contains(dec), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn copy_top_zero_starts_the_new_layer_as_its_two_layernorms() {
+    // 2 -> 3: layer 2 is layer 1 with both branch output projections zeroed, so on any input h
+    // it computes LN_out(LN_attn(h + 0) + 0) with layer 1's LayerNorm parameters.
+    let (cfg, w, r) = fixture();
+    let x = input(&cfg, &r);
+    let (c3, t3, _) = grow(
+        &w,
+        &cfg,
+        3,
+        operator("copy-top-zero").unwrap().as_ref(),
+        &mut Rng::new(0),
+    )
+    .unwrap();
+    for (k, t) in &w {
+        assert_eq!(bits(t), bits(&t3[k]), "`{k}` changed");
+    }
+    let zeroed = [
+        "attention.output.dense.weight",
+        "attention.output.dense.bias",
+        "output.dense.weight",
+        "output.dense.bias",
+    ];
+    for (name, _) in
+        mslt_core::model::names::layer_params(2, cfg.hidden_size, cfg.intermediate_size)
+    {
+        let rest = name.strip_prefix("bert.encoder.layer.2.").unwrap();
+        let src = &w[&format!("bert.encoder.layer.1.{rest}")];
+        if zeroed.contains(&rest) {
+            assert!(
+                t3[&name]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .all(|&v| v == 0.0),
+                "{name}"
+            );
+        } else {
+            assert_eq!(bits(&t3[&name]), bits(src), "{name} is not layer 1's");
+        }
+    }
+    let grown = BertForPreTraining::from_tensors(&c3, &t3, "grown").unwrap();
+    let old = BertForPreTraining::from_tensors(&cfg, &w, "fixture").unwrap();
+    let h = run_layers(&old, &x, &[0, 1]); // (B, T, C)
+    let got = grown
+        .encode(&x, &mut Mode::Eval, false)
+        .unwrap()
+        .last_hidden_state;
+    let ln = |p: &str, t: &Tensor| {
+        mslt_core::nn::layer_norm_reference(
+            t,
+            &w[&format!("bert.encoder.layer.1.{p}.LayerNorm.weight")],
+            &w[&format!("bert.encoder.layer.1.{p}.LayerNorm.bias")],
+            cfg.layer_norm_eps,
+        )
+        .unwrap()
+    };
+    let want = ln("output", &ln("attention.output", &h));
+    let e = rel_diff(&got, &want);
+    assert!(e < 1e-5, "copy-top-zero layer is not LN(LN(h)): {e}");
+    // and it is not the identity (post-LN has none), nor what copy-top gives
+    assert!(rel_diff(&got, &h) > 0.0);
+    assert!(grow(
+        &w,
+        &cfg,
+        5,
+        operator("copy-top-zero").unwrap().as_ref(),
+        &mut Rng::new(0)
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("copy-top-zero cannot grow 2 -> 5"));
 }

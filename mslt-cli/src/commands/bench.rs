@@ -132,8 +132,8 @@ pub fn run_cmd(a: BenchArgs) -> Result<()> {
         "--compare: tools/torch_baseline.py times torch.optim.AdamW; bench with --optimizer adamw to compare"
     );
     anyhow::ensure!(
-        a.compare.is_none() || !a.untie_decoder,
-        "--compare: tools/torch_baseline.py builds a tied MLM decoder; drop --untie-decoder to compare"
+        a.compare.is_none() || model.tie_word_embeddings,
+        "--compare: tools/torch_baseline.py builds a tied MLM decoder; bench a tied model (no --untie-decoder, tie_word_embeddings true) to compare"
     );
     if a.layer_ops {
         let path = mslt_core::bench::LayerPath::of(&bc);

@@ -36,14 +36,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
         };
         outln!("tokenizer: {tok}");
         for w in &files.weights {
-            print_tensors(w)?;
+            print_tensors(w, cfg.tie_word_embeddings)?;
         }
     } else if p.is_file() {
         if p.extension().is_some_and(|e| e == "json") {
             let cfg = BertConfig::from_file(p)?;
             print_config(&cfg, p);
         } else {
-            print_tensors(p)?;
+            // no config: HF's default, a tied decoder (a decoder weight is not counted as used)
+            print_tensors(p, true)?;
         }
     } else {
         bail!("{}: no such file or directory", p.display());
@@ -72,12 +73,19 @@ fn print_config(cfg: &BertConfig, path: &Path) {
         cfg.initializer_range
     );
     outln!(
-        "  parameters with all heads (BertForPreTraining): {}",
-        cfg.num_parameters()
+        "  parameters with all heads (BertForPreTraining): {}  (MLM decoder {})",
+        cfg.num_parameters(),
+        if cfg.tie_word_embeddings {
+            "tied to the word embeddings"
+        } else {
+            "untied: its own weight"
+        }
     );
 }
 
-fn print_tensors(path: &Path) -> Result<()> {
+/// `tied`: the config ties the MLM decoder to the word embeddings, so a stored decoder weight is
+/// not one mslt uses.
+fn print_tensors(path: &Path, tied: bool) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: read-only map of a file we do not modify while it is mapped.
     let mmap = unsafe { memmap2::Mmap::map(&file) }
@@ -92,7 +100,9 @@ fn print_tensors(path: &Path) -> Result<()> {
         .sum();
     let used: usize = tensors
         .iter()
-        .filter(|(n, _)| canonical_name(n).is_some())
+        .filter(|(n, _)| {
+            canonical_name(n).is_some_and(|c| !(tied && c == mslt_core::model::names::MLM_DECODER))
+        })
         .map(|(_, i)| i.shape.iter().product::<usize>())
         .sum();
     outln!(

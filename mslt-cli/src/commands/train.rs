@@ -87,7 +87,7 @@ pub struct TrainArgs {
     /// instead of --stage-steps).
     #[arg(long, value_delimiter = ',')]
     stage_fracs: Option<Vec<f64>>,
-    /// Growth operator for new layers: copy-top, copy-stack or random.
+    /// Growth operator for new layers: copy-top, copy-stack, random or copy-top-zero.
     #[arg(long)]
     init: Option<String>,
     /// mslt: keep training the embeddings after the first stage.
@@ -106,6 +106,9 @@ pub struct TrainArgs {
     /// mslt: the top J layers of the previous stage keep training with the new ones (default 0).
     #[arg(long, value_name = "J")]
     train_old_layers: Option<usize>,
+    /// Also evaluate right after each growth (the loss jump of the growth operator).
+    #[arg(long)]
+    eval_after_growth: bool,
     /// Give the MLM decoder its own weight instead of the word embeddings (it then trains in MSLT
     /// stages where the embeddings are frozen; from a tied --init-from it starts as their copy).
     #[arg(long)]
@@ -215,6 +218,7 @@ pub fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     cfg.train_embeddings |= a.train_embeddings;
     cfg.untie_decoder |= a.untie_decoder;
+    cfg.eval_after_growth |= a.eval_after_growth;
     if let Some(v) = &a.frozen_dropout {
         cfg.frozen_dropout = super::on_off("--frozen-dropout", v)?;
     }

@@ -86,6 +86,9 @@ pub struct TrainConfig {
     /// Share of non-special tokens predicted by MLM.
     pub mask_prob: f64,
     pub whole_word_masking: bool,
+    /// Evaluate right after each growth too (besides `eval_every` and the stage ends), to see
+    /// the loss jump a growth operator causes (needs validation data).
+    pub eval_after_growth: bool,
     /// Consecutive steps with non-finite loss/gradients before the run stops.
     pub max_bad_steps: u64,
     /// full, stack (Progressive Stacking 1.0) or mslt (multi-stage layerwise training).
@@ -160,6 +163,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             mask_prob: 0.15,
             whole_word_masking: false,
+            eval_after_growth: false,
             max_bad_steps: 5,
             schedule: ScheduleKind::Full,
             stages: Vec::new(),
@@ -372,6 +376,10 @@ pub struct EvalRecord {
     pub eval_mlm_acc: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_nsp_acc: Option<f64>,
+    /// An evaluation right after a growth (`eval_after_growth`), at the same step as the one
+    /// that closed the previous stage: the difference is the loss jump the growth caused.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub after_growth: bool,
 }
 
 /// What the loop reports as it goes (the CLI draws a progress bar from it).
@@ -582,15 +590,22 @@ fn setup(
         } else {
             target_config(cfg, None)?
         };
-        if prev.untie_decoder != cfg.untie_decoder {
-            let tied = |u: bool| if u { "an untied" } else { "a tied" };
+        let target = {
+            let mut t = target;
+            if cfg.untie_decoder {
+                t.tie_word_embeddings = false;
+            }
+            t
+        };
+        if model_cfg.tie_word_embeddings != target.tie_word_embeddings {
+            let tied = |t: bool| if t { "a tied" } else { "an untied" };
             return Err(Error::Input(format!(
-                "--resume: {} was trained with {} MLM decoder, this run asks for {} one (untie_decoder {} vs {})",
+                "--resume: checkpoint {} has {} MLM decoder, this run asks for {} one (tie_word_embeddings {} vs {}; --untie-decoder unties)",
                 dir.display(),
-                tied(prev.untie_decoder),
-                tied(cfg.untie_decoder),
-                prev.untie_decoder,
-                cfg.untie_decoder
+                tied(model_cfg.tie_word_embeddings),
+                tied(target.tie_word_embeddings),
+                model_cfg.tie_word_embeddings,
+                target.tie_word_embeddings
             )));
         }
         let mut same = model_cfg.clone();
@@ -744,7 +759,8 @@ fn setup(
 }
 
 /// Keeps metrics.jsonl consistent with a resumed step: drops the lines past it, and the
-/// stage-start line of the stage being resumed into (it is written again).
+/// stage-start line (and after-growth evaluation) of the stage being resumed into (they are
+/// written again).
 fn open_metrics(path: &Path, resume_step: Option<u64>) -> Result<std::fs::File> {
     let kept = match (resume_step, std::fs::read_to_string(path)) {
         (Some(step), Ok(text)) => text
@@ -755,7 +771,9 @@ fn open_metrics(path: &Path, resume_step: Option<u64>) -> Result<std::fs::File> 
                 };
                 let s = v.get("step").and_then(|s| s.as_u64()).unwrap_or(u64::MAX);
                 let start = v.get("event").and_then(|e| e.as_str()) == Some("stage_start");
-                s < step || (s == step && !start)
+                // a growth is redone on resume, with its evaluation
+                let after_growth = v.get("after_growth").and_then(|a| a.as_bool()) == Some(true);
+                s < step || (s == step && !start && !after_growth)
             })
             .map(|l| format!("{l}\n"))
             .collect::<String>(),
@@ -1012,6 +1030,7 @@ pub fn train_on(
             params = Params::from_tensors(&t)?;
             growth = Some(r);
         }
+        let grew = growth.is_some();
         let (mut model, named) = stage_model(&model_cfg, &params, &stage)?;
         let fused = prepare_frozen(&mut model, cfg)?;
         if fused > 0 {
@@ -1097,8 +1116,18 @@ pub fn train_on(
                 eval_mlm_loss: r.mlm_loss,
                 eval_mlm_acc: r.mlm_acc,
                 eval_nsp_acc: r.nsp_acc,
+                after_growth: false,
             }))
         };
+        if cfg.eval_after_growth && grew && rank0 {
+            let eval_t0 = Instant::now();
+            if let Some(mut e) = run_eval(state.step, state.elapsed_s)? {
+                e.after_growth = true;
+                metrics.append(&e)?;
+                on_event(Event::Eval(&e));
+            }
+            overhead_s += eval_t0.elapsed().as_secs_f64();
+        }
 
         while state.step < stage.end() {
             let step = state.step;

@@ -113,14 +113,18 @@ pub fn split_by_fractions(budget: u64, fracs: &[f64]) -> Result<Vec<u64>> {
             format!("{fracs:?} add up to {sum}, expected 1"),
         ));
     }
-    let exact: Vec<f64> = fracs.iter().map(|f| f / sum * budget as f64).collect();
-    let mut steps: Vec<u64> = exact.iter().map(|x| x.floor() as u64).collect();
+    // Shares in units of 1e-9 step, rounded: float noise (0.1 x 14 = 1.4000000000000001) must
+    // neither move a floor nor break a tie between equal remainders.
+    const UNIT: f64 = 1e9;
+    let exact: Vec<u128> = fracs
+        .iter()
+        .map(|f| (f / sum * budget as f64 * UNIT).round() as u128)
+        .collect();
+    let unit = UNIT as u128;
+    let mut steps: Vec<u64> = exact.iter().map(|x| (x / unit) as u64).collect();
     let left = budget.saturating_sub(steps.iter().sum());
     let mut order: Vec<usize> = (0..fracs.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
-        rb.total_cmp(&ra).then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| (exact[b] % unit).cmp(&(exact[a] % unit)).then(a.cmp(&b)));
     for &i in order.iter().cycle().take(left as usize) {
         steps[i] += 1;
     }
@@ -254,10 +258,12 @@ pub fn plan(spec: &ScheduleSpec) -> Result<Vec<Stage>> {
         spec.stage_steps.to_vec()
     };
     if let Some(i) = steps.iter().position(|&s| s == 0) {
-        return Err(err(
-            "steps",
-            format!("stage {i} would get 0 steps; raise --steps or give --stage-steps"),
-        ));
+        let fix = if spec.stage_fracs.is_empty() {
+            "raise --steps or give --stage-steps"
+        } else {
+            "raise --steps or its fraction"
+        };
+        return Err(err("steps", format!("stage {i} would get 0 steps; {fix}")));
     }
     let mut out = Vec::new();
     let mut start = 0;
