@@ -536,6 +536,21 @@ fn stage_events(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// (step, depth, frozen_layers, train_embeddings) of every stage start.
+fn stage_starts(ev: &[serde_json::Value]) -> Vec<(u64, u64, u64, bool)> {
+    ev.iter()
+        .filter(|v| v["event"] == "stage_start")
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["depth"].as_u64().unwrap(),
+                v["frozen_layers"].as_u64().unwrap(),
+                v["train_embeddings"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn mslt_args<'a>(env: &'a Env, out: &'a str, extra: &[&'a str]) -> Vec<String> {
     let mut v = train_args(
         env,
@@ -566,18 +581,7 @@ fn mslt_stages_grow_freeze_and_resume_exactly_mid_stage_and_at_boundaries() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Stages: depth 1 (steps 0-3), depth 2 with layer 0 frozen (3-6), joint (6-8).
     let ev = stage_events(Path::new(&a));
-    let starts: Vec<(u64, u64, u64, bool)> = ev
-        .iter()
-        .filter(|v| v["event"] == "stage_start")
-        .map(|v| {
-            (
-                v["step"].as_u64().unwrap(),
-                v["depth"].as_u64().unwrap(),
-                v["frozen_layers"].as_u64().unwrap(),
-                v["train_embeddings"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    let starts = stage_starts(&ev);
     assert_eq!(
         starts,
         vec![(0, 1, 0, true), (3, 2, 1, false), (6, 2, 0, true)]
@@ -667,18 +671,7 @@ fn train_old_layers_and_stage_fracs_reach_the_run() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ev = stage_events(Path::new(&a));
-    let starts: Vec<(u64, u64, u64, bool)> = ev
-        .iter()
-        .filter(|v| v["event"] == "stage_start")
-        .map(|v| {
-            (
-                v["step"].as_u64().unwrap(),
-                v["depth"].as_u64().unwrap(),
-                v["frozen_layers"].as_u64().unwrap(),
-                v["train_embeddings"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    let starts = stage_starts(&ev);
     assert_eq!(
         starts,
         vec![(0, 1, 0, true), (2, 2, 0, false), (6, 2, 0, true)]

@@ -49,6 +49,16 @@ fn bits(t: &Tensor) -> Vec<u32> {
         .collect()
 }
 
+/// Sum of |t|.
+fn abs_sum(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Runs the embeddings and then the given layers of `m`, in order.
 fn run_layers(m: &BertForPreTraining, x: &BertInput, order: &[usize]) -> Tensor {
     let mask = x.additive_mask().unwrap();
@@ -205,15 +215,8 @@ fn an_mslt_stage_trains_only_its_set_and_builds_no_graph_through_frozen_layers()
     for (name, var) in &params.vars {
         let g = grads.get(var.as_tensor());
         if stage.trains(name) {
-            let s = g
-                .unwrap_or_else(|| panic!("{name}: no gradient"))
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(s > 0.0, "{name}: zero gradient");
+            let g = g.unwrap_or_else(|| panic!("{name}: no gradient"));
+            assert!(abs_sum(g) > 0.0, "{name}: zero gradient");
         } else {
             assert!(g.is_none(), "{name} is frozen but got a gradient");
         }
@@ -279,15 +282,8 @@ fn train_old_layers_unfreezes_the_top_old_layer_and_nothing_below_it() {
     for (name, var) in &params.vars {
         let g = grads.get(var.as_tensor());
         if name.starts_with("bert.encoder.layer.") && trains(name) {
-            let s = g
-                .unwrap_or_else(|| panic!("{name}: no gradient"))
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(s > 0.0, "{name}: zero gradient");
+            let g = g.unwrap_or_else(|| panic!("{name}: no gradient"));
+            assert!(abs_sum(g) > 0.0, "{name}: zero gradient");
         } else if !trains(name) {
             assert!(g.is_none(), "{name} is frozen but got a gradient");
         }
@@ -399,14 +395,7 @@ fn an_untied_decoder_trains_in_an_mslt_stage_with_frozen_embeddings() {
     let gd = g
         .get(params.vars[dec].as_tensor())
         .expect("decoder gradient");
-    let s = gd
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(s > 0.0);
+    assert!(abs_sum(gd) > 0.0);
     assert!(g
         .get(params.vars["bert.embeddings.word_embeddings.weight"].as_tensor())
         .is_none());
