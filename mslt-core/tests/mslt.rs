@@ -49,6 +49,15 @@ fn bits(t: &Tensor) -> Vec<u32> {
         .collect()
 }
 
+/// The fixture's MLM targets and NSP labels.
+fn targets(cfg: &BertConfig, r: &HashMap<String, Tensor>) -> (MlmTargets, Tensor) {
+    let mlm =
+        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
+    let nsp: Vec<u32> = i64s(&r["nsp_labels"]).iter().map(|&v| v as u32).collect();
+    let n = nsp.len();
+    (mlm, Tensor::from_vec(nsp, n, &Device::Cpu).unwrap())
+}
+
 /// Sum of |t|.
 fn abs_sum(t: &Tensor) -> f32 {
     t.abs()
@@ -196,17 +205,7 @@ fn an_mslt_stage_trains_only_its_set_and_builds_no_graph_through_frozen_layers()
             || k.starts_with("bert.pooler.")));
 
     // Gradients reach exactly the trainable set, and every trainable parameter.
-    let mlm =
-        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
-    let nsp = Tensor::from_vec(
-        i64s(&r["nsp_labels"])
-            .iter()
-            .map(|&v| v as u32)
-            .collect::<Vec<_>>(),
-        3,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (mlm, nsp) = targets(&cfg, &r);
     let mut rng = Rng::new(1);
     let l = model
         .pretraining_loss(&x, &mlm, Some(&nsp), &mut Mode::Train(&mut rng))
@@ -272,8 +271,7 @@ fn train_old_layers_unfreezes_the_top_old_layer_and_nothing_below_it() {
             || k.starts_with("bert.pooler.")
     };
     assert!(trainable.iter().all(|(k, _)| trains(k)));
-    let mlm =
-        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
+    let (mlm, _) = targets(&cfg, &r);
     let mut rng = Rng::new(1);
     let l = model
         .pretraining_loss(&x, &mlm, None, &mut Mode::Train(&mut rng))
@@ -317,17 +315,7 @@ fn an_untied_decoder_equal_to_the_embeddings_matches_the_tied_model() {
     // d(word) + d(decoder) = d(tied word).
     let (cfg, w, r) = fixture();
     let x = input(&cfg, &r);
-    let mlm =
-        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
-    let nsp = Tensor::from_vec(
-        i64s(&r["nsp_labels"])
-            .iter()
-            .map(|&v| v as u32)
-            .collect::<Vec<_>>(),
-        3,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (mlm, nsp) = targets(&cfg, &r);
     let loss_and_grads = |cfg: &BertConfig, w: &HashMap<String, Tensor>| {
         let params = Params::from_tensors(w).unwrap();
         let m = BertForPreTraining::from_tensors(cfg, &params.tensors(), "t").unwrap();
@@ -386,8 +374,7 @@ fn an_untied_decoder_trains_in_an_mslt_stage_with_frozen_embeddings() {
     let dec = "cls.predictions.decoder.weight";
     assert!(trainable.iter().any(|(k, _)| k == dec));
     let x = input(&cfg, &r);
-    let mlm =
-        MlmTargets::from_labels(&i64s(&r["mlm_labels"]), cfg.vocab_size, &Device::Cpu).unwrap();
+    let (mlm, _) = targets(&cfg, &r);
     let l = model
         .pretraining_loss(&x, &mlm, None, &mut Mode::Eval)
         .unwrap();

@@ -579,24 +579,9 @@ fn setup(
         }
         let files = ModelFiles::from_dir(&dir)?;
         let model_cfg = files.load_config()?;
-        let target = if cfg.init_from.is_some() {
-            let mut t = model_cfg.clone();
-            t.num_hidden_layers = cfg
-                .stages
-                .last()
-                .copied()
-                .unwrap_or(model_cfg.num_hidden_layers);
-            t
-        } else {
-            target_config(cfg, None)?
-        };
-        let target = {
-            let mut t = target;
-            if cfg.untie_decoder {
-                t.tie_word_embeddings = false;
-            }
-            t
-        };
+        // the checkpoint's own config when the run started from --init-from, else the preset /
+        // config.json; deepened to the last stage and untied as the run asks
+        let target = target_config(cfg, cfg.init_from.is_some().then_some(&model_cfg))?;
         if model_cfg.tie_word_embeddings != target.tie_word_embeddings {
             let tied = |t: bool| if t { "a tied" } else { "an untied" };
             return Err(Error::Input(format!(
