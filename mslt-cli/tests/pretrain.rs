@@ -726,6 +726,25 @@ fn an_untied_decoder_trains_while_the_embeddings_are_frozen() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // the export writes the MLM bias under both names (transformers reads the decoder's own
+    // bias when the decoder is untied), equal, and the decoder weight
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
+        .args(["export", "--checkpoint", &a, "--out", &env.s("A-export")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let x = load(&env.p("A-export/model.safetensors"));
+    let mut steps: Vec<_> = std::fs::read_dir(&ck)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    steps.sort();
+    let last = load(&steps.last().unwrap().join("model.safetensors"));
+    let (bias, dbias) = ("cls.predictions.bias", "cls.predictions.decoder.bias");
+    assert_eq!(max_abs(&x[bias], &x[dbias]), 0.0);
+    assert_eq!(max_abs(&x[bias], &last[bias]), 0.0);
+    assert_eq!(max_abs(&x[dec], &last[dec]), 0.0);
     // a crash while saving step 6 resumes mid-stage from step 4 (decoder weight and its moments
     // from the checkpoint) and reproduces the run
     let b = env.s("B");

@@ -1,6 +1,7 @@
 //! Ablation plans: several named runs (schedules and knobs) on the same data and budget, then a
-//! summary (final eval loss, wall time, tokens/s, speedup vs the baseline, time to reach the
-//! baseline's final loss) and SVG plots of eval loss vs step and vs wall-clock.
+//! summary (final eval loss, wall time, tokens/s, speedup vs the baseline at equal steps, loss
+//! at the baseline's end time, time to reach the baseline's final loss and the speedup that
+//! gives) and SVG plots of eval loss vs step and vs wall-clock.
 //!
 //! Plan file (TOML):
 //! ```toml
@@ -166,12 +167,20 @@ pub struct RunSummary {
     pub wall_s: f64,
     pub tokens: u64,
     pub tokens_per_s: f64,
-    /// baseline wall time / this run's wall time (equal steps and tokens)
+    /// baseline wall time / this run's wall time; only where both ran the same number of steps
+    /// (equal steps and tokens), `None` otherwise
     pub speedup: Option<f64>,
     /// this run's final eval MLM loss minus the baseline's
     pub mlm_loss_gap: Option<f64>,
-    /// wall-clock at the first evaluation at or below the baseline's final eval MLM loss
+    /// training wall-clock at which this run's eval MLM loss first reaches the baseline's final
+    /// one, linearly interpolated between the two evaluations around the crossing
     pub time_to_baseline_loss_s: Option<f64>,
+    /// the baseline's training wall-clock at its final evaluation / `time_to_baseline_loss_s`:
+    /// the wall-clock speedup to the baseline's final quality
+    pub speedup_at_baseline_loss: Option<f64>,
+    /// this run's eval MLM loss at the baseline's final-evaluation wall-clock, linearly
+    /// interpolated between evaluations; `None` where this run's evaluations do not reach that time
+    pub loss_at_baseline_time: Option<f64>,
     /// (step, elapsed_s, eval_mlm_loss) of every evaluation
     pub evals: Vec<(u64, f64, f64)>,
     /// (step, eval MLM loss right after a growth minus at the end of the stage before) for each
@@ -233,6 +242,8 @@ pub fn summarize_run(name: &str, cfg: &TrainConfig) -> Result<RunSummary> {
         speedup: None,
         mlm_loss_gap: None,
         time_to_baseline_loss_s: None,
+        speedup_at_baseline_loss: None,
+        loss_at_baseline_time: None,
         evals,
         growth_jumps,
         downstream: None,
@@ -259,13 +270,51 @@ pub fn compare(runs: &mut [RunSummary], baseline: &str) {
     let Some(b) = runs.iter().find(|r| r.name == baseline).cloned() else {
         return;
     };
+    let b_time = b.evals.last().map(|e| e.1);
     for r in runs.iter_mut() {
-        r.speedup = Some(b.wall_s / r.wall_s.max(1e-9));
+        r.speedup = (r.steps == b.steps).then(|| b.wall_s / r.wall_s.max(1e-9));
         if let (Some(x), Some(y)) = (r.final_eval_mlm_loss, b.final_eval_mlm_loss) {
             r.mlm_loss_gap = Some(x - y);
-            r.time_to_baseline_loss_s = r.evals.iter().find(|e| e.2 <= y).map(|e| e.1);
+            r.time_to_baseline_loss_s = time_to_loss(&r.evals, y);
+            r.speedup_at_baseline_loss = match (b_time, r.time_to_baseline_loss_s) {
+                (Some(bt), Some(t)) if t > 0.0 => Some(bt / t),
+                _ => None,
+            };
         }
+        r.loss_at_baseline_time = b_time.and_then(|t| loss_at_time(&r.evals, t));
     }
+}
+
+/// The wall-clock at which an eval curve `(step, elapsed_s, loss)` first reaches `target`:
+/// linear interpolation between the last evaluation above it and the first at or below it (the
+/// first evaluation's time when that one is already at or below).
+pub fn time_to_loss(evals: &[(u64, f64, f64)], target: f64) -> Option<f64> {
+    let i = evals.iter().position(|e| e.2 <= target)?;
+    if i == 0 {
+        return Some(evals[0].1);
+    }
+    let ((_, t0, l0), (_, t1, l1)) = (evals[i - 1], evals[i]);
+    Some(if l0 > l1 {
+        t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
+    } else {
+        t1
+    })
+}
+
+/// An eval curve's loss at wall-clock `t`, linearly interpolated between the evaluations around
+/// it; `None` outside the curve's time span.
+pub fn loss_at_time(evals: &[(u64, f64, f64)], t: f64) -> Option<f64> {
+    let i = evals.iter().position(|e| e.1 >= t)?;
+    let (_, t1, l1) = evals[i];
+    if t1 == t {
+        return Some(l1);
+    }
+    let (_, t0, l0) = *evals.get(i.checked_sub(1)?)?;
+    Some(if t1 > t0 {
+        l0 + (l1 - l0) * (t - t0) / (t1 - t0)
+    } else {
+        l1
+    })
 }
 
 fn opt(x: Option<f64>, prec: usize) -> String {
@@ -276,7 +325,7 @@ fn opt(x: Option<f64>, prec: usize) -> String {
 /// The summary as a Markdown table.
 pub fn markdown(runs: &[RunSummary], baseline: &str) -> String {
     let mut s = format!(
-        "| run | schedule | steps | final eval MLM loss | gap vs {baseline} | MLM acc | wall s | tokens/s | speedup vs {baseline} | time to {baseline}'s final loss (s) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| run | schedule | steps | final eval MLM loss | gap vs {baseline} | MLM acc | wall s | tokens/s | speedup vs {baseline} (equal steps) | eval MLM loss at {baseline}'s end time | time to {baseline}'s final loss (s) | speedup to {baseline}'s final loss |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     let down = runs
         .iter()
@@ -299,7 +348,7 @@ pub fn markdown(runs: &[RunSummary], baseline: &str) -> String {
             _ => String::new(),
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |{tail}\n",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |{tail}\n",
             r.name,
             r.schedule,
             r.steps,
@@ -309,7 +358,9 @@ pub fn markdown(runs: &[RunSummary], baseline: &str) -> String {
             r.wall_s,
             r.tokens_per_s,
             opt(r.speedup, 2),
-            opt(r.time_to_baseline_loss_s, 0)
+            opt(r.loss_at_baseline_time, 3),
+            opt(r.time_to_baseline_loss_s, 0),
+            opt(r.speedup_at_baseline_loss, 2)
         ));
     }
     if runs.iter().any(|r| !r.growth_jumps.is_empty()) {
@@ -459,6 +510,83 @@ pub fn write_summary(out: &Path, runs: &[RunSummary], baseline: &str, note: &str
 mod tests {
     use super::*;
 
+    fn summary(name: &str, steps: u64, wall_s: f64, evals: Vec<(u64, f64, f64)>) -> RunSummary {
+        RunSummary {
+            name: name.into(),
+            schedule: "full".into(),
+            steps,
+            final_eval_loss: evals.last().map(|e| e.2),
+            final_eval_mlm_loss: evals.last().map(|e| e.2),
+            final_eval_mlm_acc: None,
+            wall_s,
+            tokens: steps,
+            tokens_per_s: 1.0,
+            speedup: None,
+            mlm_loss_gap: None,
+            time_to_baseline_loss_s: None,
+            speedup_at_baseline_loss: None,
+            loss_at_baseline_time: None,
+            evals,
+            growth_jumps: vec![],
+            downstream: None,
+        }
+    }
+
+    #[test]
+    fn equal_time_and_equal_loss_comparisons_interpolate() {
+        let curve = vec![(100, 10.0, 7.0), (200, 20.0, 6.0), (300, 30.0, 5.0)];
+        assert_eq!(time_to_loss(&curve, 6.5), Some(15.0));
+        assert_eq!(time_to_loss(&curve, 6.0), Some(20.0));
+        assert_eq!(
+            time_to_loss(&curve, 8.0),
+            Some(10.0),
+            "already below at the first eval"
+        );
+        assert_eq!(time_to_loss(&curve, 4.9), None, "never reached");
+        assert_eq!(loss_at_time(&curve, 25.0), Some(5.5));
+        assert_eq!(loss_at_time(&curve, 30.0), Some(5.0));
+        assert_eq!(loss_at_time(&curve, 31.0), None, "the run ended before");
+        assert_eq!(loss_at_time(&curve, 5.0), None, "before the first eval");
+
+        // baseline: 200 steps, final loss 6.0 measured at 40 s; a run with twice the steps
+        // reaches 6.0 at 25 s and is at 5.5 at 40 s
+        let mut runs = vec![
+            summary("full", 200, 41.0, vec![(100, 20.0, 6.5), (200, 40.0, 6.0)]),
+            summary(
+                "mslt",
+                400,
+                44.0,
+                vec![
+                    (100, 10.0, 6.8),
+                    (200, 20.0, 6.2),
+                    (300, 30.0, 5.8),
+                    (400, 44.0, 5.4),
+                ],
+            ),
+        ];
+        compare(&mut runs, "full");
+        assert_eq!(runs[0].speedup, Some(1.0));
+        assert_eq!(runs[0].time_to_baseline_loss_s, Some(40.0));
+        assert_eq!(runs[0].speedup_at_baseline_loss, Some(1.0));
+        assert_eq!(runs[0].loss_at_baseline_time, Some(6.0));
+        assert_eq!(
+            runs[1].speedup, None,
+            "unequal steps: no equal-steps speedup"
+        );
+        assert!((runs[1].time_to_baseline_loss_s.unwrap() - 25.0).abs() < 1e-12);
+        assert!((runs[1].speedup_at_baseline_loss.unwrap() - 1.6).abs() < 1e-12);
+        let l = runs[1].loss_at_baseline_time.unwrap();
+        assert!((l - (5.8 - 0.4 * 10.0 / 14.0)).abs() < 1e-12, "{l}");
+        let md = markdown(&runs, "full");
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines[0].matches('|').count(), lines[3].matches('|').count());
+        assert!(
+            lines[3].starts_with("| mslt | full | 400 | 5.400 | -0.600 |"),
+            "{md}"
+        );
+        assert!(lines[3].ends_with("| - | 5.514 | 25 | 1.60 |"), "{md}");
+    }
+
     #[test]
     fn finetune_table_parses_and_adds_a_column() {
         // (the CLI reads TOML into the same serde structs)
@@ -491,6 +619,8 @@ mod tests {
             speedup: None,
             mlm_loss_gap: None,
             time_to_baseline_loss_s: None,
+            speedup_at_baseline_loss: None,
+            loss_at_baseline_time: None,
             evals: vec![],
             growth_jumps: vec![],
             downstream: Some(Downstream {

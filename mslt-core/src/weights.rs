@@ -230,9 +230,47 @@ pub struct LoadedWeights {
     pub origin: String,
 }
 
+/// HF name of the MLM decoder's own bias. transformers ties it to `cls.predictions.bias` only
+/// while the decoder weight is tied (5.x: `_tied_weights_keys`; 4.x shares one parameter): with
+/// `tie_word_embeddings: false`, 5.x reads this one and initialises it anew when it is missing.
+pub const MLM_DECODER_BIAS: &str = "cls.predictions.decoder.bias";
+
+/// Which of the two MLM bias names a checkpoint of a model with this tie is read from when it
+/// holds both: `cls.predictions.bias` for a tied decoder, `cls.predictions.decoder.bias` for an
+/// untied one (what transformers' forward adds in each case).
+pub fn preferred_mlm_bias(tie_word_embeddings: bool) -> &'static str {
+    if tie_word_embeddings {
+        crate::model::names::MLM_BIAS
+    } else {
+        MLM_DECODER_BIAS
+    }
+}
+
+/// Of a checkpoint's tensor names, the one mslt does not read although it maps to a BERT
+/// parameter: the non-preferred MLM bias when both are present ([`preferred_mlm_bias`]).
+pub fn shadowed_mlm_bias<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    tie_word_embeddings: bool,
+) -> Option<&'static str> {
+    let (mut bias, mut decoder_bias) = (false, false);
+    for n in names {
+        bias |= n == crate::model::names::MLM_BIAS;
+        decoder_bias |= n == MLM_DECODER_BIAS;
+    }
+    (bias && decoder_bias).then(|| {
+        if tie_word_embeddings {
+            MLM_DECODER_BIAS
+        } else {
+            crate::model::names::MLM_BIAS
+        }
+    })
+}
+
 /// Reads safetensors files (one or several shards) of a model with config `cfg`. A decoder
 /// weight (`cls.predictions.decoder.weight`, which HF checkpoints may carry even when it is tied)
-/// is kept only when `cfg` unties it, and is listed in `ignored` otherwise.
+/// is kept only when `cfg` unties it, and is listed in `ignored` otherwise. Of the two MLM bias
+/// names, either one is read when it is alone; when both are present the one
+/// [`preferred_mlm_bias`] names is read and the other is listed in `ignored`.
 pub fn load_safetensors(
     paths: &[PathBuf],
     cfg: &BertConfig,
@@ -240,6 +278,9 @@ pub fn load_safetensors(
 ) -> Result<LoadedWeights> {
     let mut tensors = HashMap::new();
     let mut ignored = Vec::new();
+    // the file name the MLM bias was read from, when one was
+    let mut bias_from: Option<String> = None;
+    let preferred_bias = preferred_mlm_bias(cfg.tie_word_embeddings);
     for path in paths {
         if !path.is_file() {
             return Err(Error::io(
@@ -269,6 +310,18 @@ pub fn load_safetensors(
                             ),
                         });
                     };
+                    if c == crate::model::names::MLM_BIAS {
+                        match bias_from.take() {
+                            Some(prev) if name != preferred_bias => {
+                                ignored.push(name);
+                                bias_from = Some(prev);
+                                continue;
+                            }
+                            Some(prev) => ignored.push(prev),
+                            None => {}
+                        }
+                        bias_from = Some(name);
+                    }
                     tensors.insert(c, t);
                 }
                 None => ignored.push(name),

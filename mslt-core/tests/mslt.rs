@@ -424,6 +424,41 @@ fn untied_checkpoints_load_and_tied_ones_drop_a_stray_decoder_weight() {
     let m = BertForPreTraining::from_tensors(&cfg, &t.tensors, &t.origin).unwrap();
     assert!(m.mlm.as_ref().unwrap().decoder.is_none());
 
+    // Both MLM bias names, different values (what transformers 5.x saves for an untied model,
+    // whose forward adds `cls.predictions.decoder.bias`): the untied config reads the decoder's,
+    // the tied one `cls.predictions.bias` (5.x ties the two then); the other is listed as ignored.
+    let (bias, dbias) = ("cls.predictions.bias", "cls.predictions.decoder.bias");
+    let other = (&w[bias] + 1.0).unwrap();
+    uw.insert(dbias.into(), other.clone());
+    candle_core::safetensors::save(&uw, dir.join("model.safetensors")).unwrap();
+    for (config, read, skipped) in [(&c, &other, bias), (&cfg, &w[bias], dbias)] {
+        let l = load_safetensors(&files.weights, config, &Device::Cpu).unwrap();
+        assert_eq!(
+            bits(&l.tensors[bias]),
+            bits(read),
+            "tie {}",
+            config.tie_word_embeddings
+        );
+        assert!(l.ignored.iter().any(|n| n == skipped), "{:?}", l.ignored);
+        let names = uw.keys().map(|k| k.as_str());
+        assert_eq!(
+            mslt_core::weights::shadowed_mlm_bias(names, config.tie_word_embeddings),
+            Some(skipped)
+        );
+    }
+    // the decoder's bias alone is read under either tie
+    uw.remove(bias);
+    candle_core::safetensors::save(&uw, dir.join("model.safetensors")).unwrap();
+    for config in [&c, &cfg] {
+        let l = load_safetensors(&files.weights, config, &Device::Cpu).unwrap();
+        assert_eq!(bits(&l.tensors[bias]), bits(&other));
+        assert!(
+            !l.ignored.iter().any(|n| n.ends_with("bias")),
+            "{:?}",
+            l.ignored
+        );
+    }
+
     // untied config, no decoder weight in the file: an error that names it
     candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
     let l = load_safetensors(&files.weights, &c, &Device::Cpu).unwrap();

@@ -61,7 +61,15 @@ pub fn run(a: ExportArgs) -> Result<()> {
         .expect("object")
         .insert("architectures".into(), serde_json::json!([arch]));
     std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&hf)?)?;
-    let tensors: BTreeMap<String, candle_core::Tensor> = w.tensors.into_iter().collect();
+    let mut tensors: BTreeMap<String, candle_core::Tensor> = w.tensors.into_iter().collect();
+    if !cfg.tie_word_embeddings {
+        // transformers ties the decoder's bias to `cls.predictions.bias` only while the decoder
+        // weight is tied; an untied model reads `cls.predictions.decoder.bias` (5.x) or either
+        // (4.x, one shared parameter), so both are written, equal.
+        if let Some(b) = tensors.get(mslt_core::model::names::MLM_BIAS).cloned() {
+            tensors.insert(mslt_core::weights::MLM_DECODER_BIAS.to_string(), b);
+        }
+    }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     save_safetensors_atomic(&tensors, Some(meta), &tmp.join("model.safetensors"))?;
 

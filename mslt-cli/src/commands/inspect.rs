@@ -98,10 +98,14 @@ fn print_tensors(path: &Path, tied: bool) -> Result<()> {
         .iter()
         .map(|(_, i)| i.shape.iter().product::<usize>())
         .sum();
+    let shadowed =
+        mslt_core::weights::shadowed_mlm_bias(tensors.iter().map(|(n, _)| n.as_str()), tied);
     let used: usize = tensors
         .iter()
         .filter(|(n, _)| {
-            canonical_name(n).is_some_and(|c| !(tied && c == mslt_core::model::names::MLM_DECODER))
+            Some(n.as_str()) != shadowed
+                && canonical_name(n)
+                    .is_some_and(|c| !(tied && c == mslt_core::model::names::MLM_DECODER))
         })
         .map(|(_, i)| i.shape.iter().product::<usize>())
         .sum();
