@@ -504,7 +504,12 @@ fn init_from_an_encoder_only_checkpoint_initialises_the_heads_and_says_so() {
         .filter(|(k, _)| k.starts_with("bert.embeddings") || k.starts_with("bert.encoder"))
         .map(|(k, v)| (k.trim_start_matches("bert.").to_string(), v))
         .collect();
-    save(&enc, &p);
+    // and a head mslt does not have, which the run lists as not used
+    let qa = candle_core::Tensor::zeros((2, 4), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    let mut file = enc.clone();
+    file.insert("qa_outputs.weight".into(), qa);
+    save(&file, &p);
     let r = env.s("run");
     let o = run_train(
         &train_args(&env, &r, "2", &["--init-from", m.path().to_str().unwrap()]),
@@ -518,6 +523,10 @@ fn init_from_an_encoder_only_checkpoint_initialises_the_heads_and_says_so() {
     );
     assert!(err.contains("has no cls.predictions.*"), "{err}");
     assert!(err.contains("has no cls.seq_relationship.*"), "{err}");
+    assert!(
+        err.contains("tensor(s) not used: ") && err.contains("qa_outputs.weight"),
+        "{err}"
+    );
     // The encoder started from the checkpoint: layer 0's query weight moved by at most
     // 2 steps x lr 1e-3 per element.
     let ck = load(&env.p("run/checkpoints/step-00000002/model.safetensors"));
@@ -745,6 +754,18 @@ fn an_untied_decoder_trains_while_the_embeddings_are_frozen() {
     assert_eq!(max_abs(&x[bias], &x[dbias]), 0.0);
     assert_eq!(max_abs(&x[bias], &last[bias]), 0.0);
     assert_eq!(max_abs(&x[dec], &last[dec]), 0.0);
+    // and mslt reads the export back to the same evaluation as the run's own checkpoint
+    let eval_of = |ck: &str| -> serde_json::Value {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
+            .args(["eval", "--checkpoint", ck, "--data", &env.s("data")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("checkpoint");
+        v
+    };
+    assert_eq!(eval_of(&a), eval_of(&env.s("A-export")));
     // a crash while saving step 6 resumes mid-stage from step 4 (decoder weight and its moments
     // from the checkpoint) and reproduces the run
     let b = env.s("B");
@@ -795,6 +816,16 @@ fn init_from_a_tied_checkpoint_with_untie_decoder_starts_from_the_same_function(
         0.0
     );
     assert_eq!(max_abs(&tb[word], &ta[word]), 0.0);
+    // a tied model's export leaves both decoder names to transformers' tying
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
+        .args(["export", "--checkpoint", &src, "--out", &env.s("A-export")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let x = load(&env.p("A-export/model.safetensors"));
+    assert!(x.contains_key("cls.predictions.bias"));
+    assert!(!x.contains_key("cls.predictions.decoder.bias"));
+    assert!(!x.contains_key("cls.predictions.decoder.weight"));
 }
 
 /// Every evaluation line of metrics.jsonl: (step, eval MLM loss as written, after_growth).

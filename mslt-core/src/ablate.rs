@@ -167,16 +167,16 @@ pub struct RunSummary {
     pub wall_s: f64,
     pub tokens: u64,
     pub tokens_per_s: f64,
-    /// baseline wall time / this run's wall time; only where both ran the same number of steps
-    /// (equal steps and tokens), `None` otherwise
+    /// baseline wall time / this run's wall time; only where both ran the same steps and tokens,
+    /// `None` otherwise
     pub speedup: Option<f64>,
     /// this run's final eval MLM loss minus the baseline's
     pub mlm_loss_gap: Option<f64>,
     /// training wall-clock at which this run's eval MLM loss first reaches the baseline's final
     /// one, linearly interpolated between the two evaluations around the crossing
     pub time_to_baseline_loss_s: Option<f64>,
-    /// the baseline's training wall-clock at its final evaluation / `time_to_baseline_loss_s`:
-    /// the wall-clock speedup to the baseline's final quality
+    /// the baseline's own `time_to_baseline_loss_s` / this run's (1 for the baseline): the
+    /// wall-clock speedup to the baseline's final quality
     pub speedup_at_baseline_loss: Option<f64>,
     /// this run's eval MLM loss at the baseline's final-evaluation wall-clock, linearly
     /// interpolated between evaluations; `None` where this run's evaluations do not reach that time
@@ -271,12 +271,17 @@ pub fn compare(runs: &mut [RunSummary], baseline: &str) {
         return;
     };
     let b_time = b.evals.last().map(|e| e.1);
+    // when the baseline reaches its final loss (earlier than its end if its curve dips below it)
+    let b_time_to_loss = b
+        .final_eval_mlm_loss
+        .and_then(|y| time_to_loss(&b.evals, y));
     for r in runs.iter_mut() {
-        r.speedup = (r.steps == b.steps).then(|| b.wall_s / r.wall_s.max(1e-9));
+        r.speedup =
+            (r.steps == b.steps && r.tokens == b.tokens).then(|| b.wall_s / r.wall_s.max(1e-9));
         if let (Some(x), Some(y)) = (r.final_eval_mlm_loss, b.final_eval_mlm_loss) {
             r.mlm_loss_gap = Some(x - y);
             r.time_to_baseline_loss_s = time_to_loss(&r.evals, y);
-            r.speedup_at_baseline_loss = match (b_time, r.time_to_baseline_loss_s) {
+            r.speedup_at_baseline_loss = match (b_time_to_loss, r.time_to_baseline_loss_s) {
                 (Some(bt), Some(t)) if t > 0.0 => Some(bt / t),
                 _ => None,
             };
@@ -585,6 +590,60 @@ mod tests {
             "{md}"
         );
         assert!(lines[3].ends_with("| - | 5.514 | 25 | 1.60 |"), "{md}");
+
+        // a stage-end eval and an after-growth eval at the same time: the curve is read at the
+        // first of them at that time, and after it from the after-growth one
+        let grown = vec![(100, 10.0, 6.0), (100, 10.0, 6.4), (200, 20.0, 5.6)];
+        assert_eq!(loss_at_time(&grown, 10.0), Some(6.0));
+        assert!((loss_at_time(&grown, 15.0).unwrap() - 6.0).abs() < 1e-12);
+        assert_eq!(time_to_loss(&grown, 6.0), Some(10.0));
+        assert!((time_to_loss(&grown, 5.8).unwrap() - 17.5).abs() < 1e-12);
+        // a curve that dips below the target, rises and falls again: the first crossing counts
+        let bumpy = vec![
+            (100, 10.0, 6.4),
+            (200, 20.0, 5.9),
+            (300, 30.0, 6.1),
+            (400, 40.0, 5.7),
+        ];
+        assert!((time_to_loss(&bumpy, 6.0).unwrap() - 18.0).abs() < 1e-12);
+        // a baseline whose curve dips below its own final loss (5.9) before its end: it first
+        // reaches it at 15 s, its own speedup to it is 1, and a run's is 15 s / the run's time
+        let dips = vec![
+            (100, 10.0, 6.4),
+            (200, 20.0, 5.4),
+            (300, 30.0, 6.1),
+            (400, 40.0, 5.9),
+        ];
+        let mut runs = vec![
+            summary("full", 400, 41.0, dips),
+            summary(
+                "mslt",
+                800,
+                30.0,
+                vec![(100, 10.0, 6.3), (200, 20.0, 5.8), (300, 30.0, 5.6)],
+            ),
+            summary("short", 100, 5.0, vec![(100, 5.0, 6.5)]),
+        ];
+        compare(&mut runs, "full");
+        assert_eq!(runs[0].speedup_at_baseline_loss, Some(1.0));
+        assert!((runs[0].time_to_baseline_loss_s.unwrap() - 15.0).abs() < 1e-12);
+        let t = runs[1].time_to_baseline_loss_s.unwrap();
+        assert!((t - 18.0).abs() < 1e-12, "{t}");
+        assert!((runs[1].speedup_at_baseline_loss.unwrap() - 15.0 / 18.0).abs() < 1e-12);
+        assert_eq!(
+            runs[1].loss_at_baseline_time, None,
+            "ended at 30 s, before full's 40 s"
+        );
+        assert_eq!(runs[2].time_to_baseline_loss_s, None, "never reached 5.7");
+        assert_eq!(runs[2].speedup_at_baseline_loss, None);
+        // equal steps but other tokens (batch or length): no equal-steps speedup
+        let mut runs = vec![
+            summary("full", 100, 2.0, vec![]),
+            summary("b", 100, 1.0, vec![]),
+        ];
+        runs[1].tokens = 200;
+        compare(&mut runs, "full");
+        assert_eq!((runs[0].speedup, runs[1].speedup), (Some(1.0), None));
     }
 
     #[test]

@@ -446,6 +446,30 @@ fn untied_checkpoints_load_and_tied_ones_drop_a_stray_decoder_weight() {
             Some(skipped)
         );
     }
+    // the same with the two names in two shards, read in both orders: the choice does not
+    // depend on the order the files or their tensors come in
+    let (a, b) = (
+        dir.join("shard-a.safetensors"),
+        dir.join("shard-b.safetensors"),
+    );
+    let mut only_dbias = HashMap::new();
+    only_dbias.insert(dbias.to_string(), other.clone());
+    let mut rest = uw.clone();
+    rest.remove(dbias);
+    candle_core::safetensors::save(&rest, &a).unwrap();
+    candle_core::safetensors::save(&only_dbias, &b).unwrap();
+    for paths in [[a.clone(), b.clone()], [b.clone(), a.clone()]] {
+        for (config, read, skipped, used) in
+            [(&c, &other, bias, dbias), (&cfg, &w[bias], dbias, bias)]
+        {
+            let l = load_safetensors(&paths, config, &Device::Cpu).unwrap();
+            assert_eq!(bits(&l.tensors[bias]), bits(read), "{paths:?}");
+            assert!(l.ignored.iter().any(|n| n == skipped), "{:?}", l.ignored);
+            assert!(!l.ignored.iter().any(|n| n == used), "{:?}", l.ignored);
+        }
+    }
+    std::fs::remove_file(&a).unwrap();
+    std::fs::remove_file(&b).unwrap();
     // the decoder's bias alone is read under either tie
     uw.remove(bias);
     candle_core::safetensors::save(&uw, dir.join("model.safetensors")).unwrap();

@@ -675,6 +675,22 @@ fn setup(
                 }
             }
             let mut w = load_safetensors(&files.weights, &mc, device)?;
+            if !w.ignored.is_empty() {
+                let mut names = w.ignored.clone();
+                names.sort();
+                let more = names.len().saturating_sub(8);
+                names.truncate(8);
+                notes.push(format!(
+                    "{spec}: {} tensor(s) not used: {}{}",
+                    w.ignored.len(),
+                    names.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
             let mut mc = mc;
             if cfg.untie_decoder {
                 mc.tie_word_embeddings = false;
