@@ -257,13 +257,12 @@ pub fn shadowed_mlm_bias<'a>(
         bias |= n == crate::model::names::MLM_BIAS;
         decoder_bias |= n == MLM_DECODER_BIAS;
     }
-    (bias && decoder_bias).then(|| {
-        if tie_word_embeddings {
-            MLM_DECODER_BIAS
-        } else {
-            crate::model::names::MLM_BIAS
-        }
-    })
+    let shadowed = if tie_word_embeddings {
+        MLM_DECODER_BIAS
+    } else {
+        crate::model::names::MLM_BIAS
+    };
+    (bias && decoder_bias).then_some(shadowed)
 }
 
 /// Reads safetensors files (one or several shards) of a model with config `cfg`. A decoder
