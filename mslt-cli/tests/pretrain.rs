@@ -737,11 +737,7 @@ fn an_untied_decoder_trains_while_the_embeddings_are_frozen() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // the export writes the MLM bias under both names (transformers reads the decoder's own
     // bias when the decoder is untied), equal, and the decoder weight
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
-        .args(["export", "--checkpoint", &a, "--out", &env.s("A-export")])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_ok(&["export", "--checkpoint", &a, "--out", &env.s("A-export")]);
     let x = load(&env.p("A-export/model.safetensors"));
     let mut steps: Vec<_> = std::fs::read_dir(&ck)
         .unwrap()
@@ -756,11 +752,7 @@ fn an_untied_decoder_trains_while_the_embeddings_are_frozen() {
     assert_eq!(max_abs(&x[dec], &last[dec]), 0.0);
     // and mslt reads the export back to the same evaluation as the run's own checkpoint
     let eval_of = |ck: &str| -> serde_json::Value {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
-            .args(["eval", "--checkpoint", ck, "--data", &env.s("data")])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = run_ok(&["eval", "--checkpoint", ck, "--data", &env.s("data")]);
         let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v.as_object_mut().unwrap().remove("checkpoint");
         v
@@ -817,11 +809,7 @@ fn init_from_a_tied_checkpoint_with_untie_decoder_starts_from_the_same_function(
     );
     assert_eq!(max_abs(&tb[word], &ta[word]), 0.0);
     // a tied model's export leaves both decoder names to transformers' tying
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mslt-cli"))
-        .args(["export", "--checkpoint", &src, "--out", &env.s("A-export")])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_ok(&["export", "--checkpoint", &src, "--out", &env.s("A-export")]);
     let x = load(&env.p("A-export/model.safetensors"));
     assert!(x.contains_key("cls.predictions.bias"));
     assert!(!x.contains_key("cls.predictions.decoder.bias"));
