@@ -666,22 +666,10 @@ mod tests {
         let typo = r#"{"out": "o", "run": [{"name": "a"}], "finetune": {"task": "t", "epoch": 1}}"#;
         assert!(serde_json::from_str::<Plan>(typo).is_err());
         let run = RunSummary {
-            name: "full".into(),
-            schedule: "full".into(),
-            steps: 10,
             final_eval_loss: Some(6.0),
             final_eval_mlm_loss: Some(6.0),
             final_eval_mlm_acc: Some(0.1),
-            wall_s: 1.0,
-            tokens: 10,
             tokens_per_s: 10.0,
-            speedup: None,
-            mlm_loss_gap: None,
-            time_to_baseline_loss_s: None,
-            speedup_at_baseline_loss: None,
-            loss_at_baseline_time: None,
-            evals: vec![],
-            growth_jumps: vec![],
             downstream: Some(Downstream {
                 task: "rotten-tomatoes".into(),
                 seeds: 2,
@@ -689,6 +677,7 @@ mod tests {
                 accuracy_std: 0.01,
                 accuracy: vec![0.74, 0.76],
             }),
+            ..summary("full", 10, 1.0, vec![])
         };
         let md = markdown(&[run], "full");
         let lines: Vec<&str> = md.lines().collect();

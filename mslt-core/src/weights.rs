@@ -205,8 +205,8 @@ pub fn canonical_name(name: &str) -> Option<String> {
     if n.ends_with("position_ids") || n.ends_with("token_type_ids") {
         return None; // buffers
     }
-    if n == "cls.predictions.decoder.bias" {
-        return Some("cls.predictions.bias".into());
+    if n == MLM_DECODER_BIAS {
+        return Some(crate::model::names::MLM_BIAS.into());
     }
     if n.starts_with("cls.") {
         return Some(n);
@@ -257,12 +257,8 @@ pub fn shadowed_mlm_bias<'a>(
         bias |= n == crate::model::names::MLM_BIAS;
         decoder_bias |= n == MLM_DECODER_BIAS;
     }
-    let shadowed = if tie_word_embeddings {
-        MLM_DECODER_BIAS
-    } else {
-        crate::model::names::MLM_BIAS
-    };
-    (bias && decoder_bias).then_some(shadowed)
+    // the name the other tie prefers is the one this tie leaves unread
+    (bias && decoder_bias).then_some(preferred_mlm_bias(!tie_word_embeddings))
 }
 
 /// Reads safetensors files (one or several shards) of a model with config `cfg`. A decoder
@@ -296,6 +292,16 @@ pub fn load_safetensors(
                 .filter(|c| !(cfg.tie_word_embeddings && c == crate::model::names::MLM_DECODER))
             {
                 Some(c) => {
+                    if c == crate::model::names::MLM_BIAS {
+                        // both bias names: the preferred one wins whichever comes first
+                        if bias_from.is_some() && name != preferred_bias {
+                            ignored.push(name);
+                            continue;
+                        }
+                        if let Some(prev) = bias_from.replace(name.clone()) {
+                            ignored.push(prev);
+                        }
+                    }
                     let t = if t.dtype() == DType::F32 {
                         t
                     } else if t.dtype().is_float() {
@@ -309,18 +315,6 @@ pub fn load_safetensors(
                             ),
                         });
                     };
-                    if c == crate::model::names::MLM_BIAS {
-                        match bias_from.take() {
-                            Some(prev) if name != preferred_bias => {
-                                ignored.push(name);
-                                bias_from = Some(prev);
-                                continue;
-                            }
-                            Some(prev) => ignored.push(prev),
-                            None => {}
-                        }
-                        bias_from = Some(name);
-                    }
                     tensors.insert(c, t);
                 }
                 None => ignored.push(name),
