@@ -47,7 +47,7 @@ fn encode_input_file_matches_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = write_inputs(tmp.path());
     let out = tmp.path().join("out.safetensors");
-    run_ok(&[
+    let o = run_ok(&[
         "encode",
         "--model",
         fixture("tiny/model").to_str().unwrap(),
@@ -59,21 +59,30 @@ fn encode_input_file_matches_transformers() {
         "2", // exercises batching over the 3 rows
     ]);
     check_outputs(&out);
+    // every tensor of the fixture is a parameter that was read
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("not used"), "{err}");
 }
 
 #[test]
 fn loads_without_the_bert_prefix() {
     let tmp = tiny_model_copy();
     let w = load(&tmp.path().join("model.safetensors"));
-    let renamed: HashMap<String, Tensor> = w
+    let mut renamed: HashMap<String, Tensor> = w
         .into_iter()
         .map(|(k, v)| (k.strip_prefix("bert.").map(String::from).unwrap_or(k), v))
         .collect();
     assert!(renamed.contains_key("embeddings.word_embeddings.weight"));
+    // a buffer, as sentence-transformers' files carry (not a parameter: not reported), and a
+    // head mslt does not have (reported as not used)
+    let ids = Tensor::arange(0i64, 16, &candle_core::Device::Cpu).unwrap();
+    renamed.insert("embeddings.position_ids".into(), ids.unsqueeze(0).unwrap());
+    let qa = Tensor::zeros((2, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    renamed.insert("qa_outputs.weight".into(), qa);
     save(&renamed, &tmp.path().join("model.safetensors"));
     let inputs = write_inputs(tmp.path());
     let out = tmp.path().join("out.safetensors");
-    run_ok(&[
+    let o = run_ok(&[
         "encode",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -83,6 +92,12 @@ fn loads_without_the_bert_prefix() {
         out.to_str().unwrap(),
     ]);
     check_outputs(&out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("1 tensor(s) not used: qa_outputs.weight"),
+        "{err}"
+    );
+    assert!(!err.contains("position_ids"), "{err}");
 }
 
 #[test]
@@ -125,4 +140,77 @@ fn inspect_lists_config_and_tensors() {
         "{s}"
     );
     assert!(s.contains("[64, 64]"), "{s}");
+}
+
+#[test]
+fn inspect_counts_the_mlm_bias_once_across_shards() {
+    // The tiny fixture (tied decoder) split into two shards, the second holding the MLM bias a
+    // second time under the decoder's name: the used count over both shards is the model's
+    // parameter count, as for the single file, and not one bias more.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("tiny/model/config.json"),
+        d.path().join("config.json"),
+    )
+    .unwrap();
+    let w = load(&fixture("tiny/model/model.safetensors"));
+    let bias = w["cls.predictions.bias"].clone();
+    let (a, b) = (
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    let mut shard_b = HashMap::new();
+    shard_b.insert("cls.predictions.decoder.bias".to_string(), bias);
+    let mut weight_map = serde_json::Map::new();
+    for k in w.keys() {
+        weight_map.insert(k.clone(), a.into());
+    }
+    weight_map.insert("cls.predictions.decoder.bias".into(), b.into());
+    save(&w, &d.path().join(a));
+    save(&shard_b, &d.path().join(b));
+    std::fs::write(
+        d.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "metadata": {}, "weight_map": weight_map }).to_string(),
+    )
+    .unwrap();
+    let o = run_ok(&["inspect", d.path().to_str().unwrap()]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("all 2 shards: 146178 elements in BERT parameters mslt uses"),
+        "{s}"
+    );
+    // the second shard's only tensor is the shadowed bias: none of its elements are used
+    assert!(
+        s.contains("1 tensors, 512 elements; 0 in BERT parameters"),
+        "{s}"
+    );
+    // encode reads the same bias: the copy under the other name is not reported; a second
+    // name with other values is
+    let encode = || {
+        let inputs = write_inputs(d.path());
+        let out = d.path().join("out.safetensors");
+        let o = run_ok(&[
+            "encode",
+            "--model",
+            d.path().to_str().unwrap(),
+            "--input",
+            inputs.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        check_outputs(&out);
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let err = encode();
+    assert!(!err.contains("not used"), "{err}");
+    shard_b.insert(
+        "cls.predictions.decoder.bias".to_string(),
+        (&w["cls.predictions.bias"] + 1.0).unwrap(),
+    );
+    save(&shard_b, &d.path().join(b));
+    let err = encode();
+    assert!(
+        err.contains("1 tensor(s) not used: cls.predictions.decoder.bias"),
+        "{err}"
+    );
 }

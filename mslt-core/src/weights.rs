@@ -202,8 +202,8 @@ pub fn canonical_name(name: &str) -> Option<String> {
             n = format!("{s}.bias");
         }
     }
-    if n.ends_with("position_ids") || n.ends_with("token_type_ids") {
-        return None; // buffers
+    if is_buffer(&n) {
+        return None;
     }
     if n == MLM_DECODER_BIAS {
         return Some(crate::model::names::MLM_BIAS.into());
@@ -221,13 +221,54 @@ pub fn canonical_name(name: &str) -> Option<String> {
     None
 }
 
+/// Buffers HF checkpoints may carry beside the parameters (`embeddings.position_ids`, ...).
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("position_ids") || name.ends_with("token_type_ids")
+}
+
 /// Tensors read from a checkpoint, under canonical names, converted to f32 on `device`.
 pub struct LoadedWeights {
     pub tensors: HashMap<String, Tensor>,
-    /// Names in the file we did not use.
+    /// Names in the file we did not use (foreign heads, buffers, a skipped decoder weight or
+    /// MLM bias whose values differ from what is used instead).
     pub ignored: Vec<String>,
+    /// Names not read because they copy a parameter that is: a tied decoder weight equal to the
+    /// word embeddings, the second MLM bias name holding the same values as the first.
+    pub redundant: Vec<String>,
     /// The file(s) read, for messages.
     pub origin: String,
+}
+
+impl LoadedWeights {
+    /// One line naming the checkpoint's tensors that were not read, for a warning: a head mslt
+    /// does not have, a decoder weight of a tied model or a second MLM bias whose values differ
+    /// from what is used instead. Buffers (`position_ids`, `token_type_ids`) and `redundant`
+    /// copies are left out. `None` when there is nothing to report.
+    pub fn unused_note(&self) -> Option<String> {
+        const SHOWN: usize = 8;
+        let mut names: Vec<&str> = self
+            .ignored
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !is_buffer(n))
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        names.sort_unstable();
+        let n = names.len();
+        let more = n.saturating_sub(SHOWN);
+        names.truncate(SHOWN);
+        Some(format!(
+            "{n} tensor(s) not used: {}{}",
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ))
+    }
 }
 
 /// HF name of the MLM decoder's own bias. transformers ties it to `cls.predictions.bias` only
@@ -263,19 +304,23 @@ pub fn shadowed_mlm_bias<'a>(
 
 /// Reads safetensors files (one or several shards) of a model with config `cfg`. A decoder
 /// weight (`cls.predictions.decoder.weight`, which HF checkpoints may carry even when it is tied)
-/// is kept only when `cfg` unties it, and is listed in `ignored` otherwise. Of the two MLM bias
-/// names, either one is read when it is alone; when both are present the one
-/// [`preferred_mlm_bias`] names is read and the other is listed in `ignored`.
+/// is kept only when `cfg` unties it. Of the two MLM bias names, either one is read when it is
+/// alone; when both are present (in any files, in any order) the one [`preferred_mlm_bias`] names
+/// is read. A skipped decoder weight or bias that holds the same values as what is used instead
+/// (the word embeddings, the bias read) is listed in `redundant`; one that differs, in `ignored`.
 pub fn load_safetensors(
     paths: &[PathBuf],
     cfg: &BertConfig,
     device: &Device,
 ) -> Result<LoadedWeights> {
+    use crate::model::names;
+    let tied = cfg.tie_word_embeddings;
     let mut tensors = HashMap::new();
     let mut ignored = Vec::new();
-    // the file name the MLM bias was read from, when one was
-    let mut bias_from: Option<String> = None;
-    let preferred_bias = preferred_mlm_bias(cfg.tie_word_embeddings);
+    // every tensor under an MLM bias name; which one is read depends on all of them
+    let mut biases: Vec<(String, Tensor, &PathBuf)> = Vec::new();
+    // tensors not read that may copy a parameter that is: (name, tensor, the parameter)
+    let mut copies: Vec<(String, Tensor, &str)> = Vec::new();
     for path in paths {
         if !path.is_file() {
             return Err(Error::io(
@@ -288,37 +333,35 @@ pub fn load_safetensors(
             msg: first_line(&e.to_string()),
         })?;
         for (name, t) in raw {
-            match canonical_name(&name)
-                .filter(|c| !(cfg.tie_word_embeddings && c == crate::model::names::MLM_DECODER))
-            {
-                Some(c) => {
-                    if c == crate::model::names::MLM_BIAS {
-                        // both bias names: the preferred one wins whichever comes first
-                        if bias_from.is_some() && name != preferred_bias {
-                            ignored.push(name);
-                            continue;
-                        }
-                        if let Some(prev) = bias_from.replace(name.clone()) {
-                            ignored.push(prev);
-                        }
-                    }
-                    let t = if t.dtype() == DType::F32 {
-                        t
-                    } else if t.dtype().is_float() {
-                        t.to_dtype(DType::F32)?
-                    } else {
-                        return Err(Error::Safetensors {
-                            path: path.clone(),
-                            msg: format!(
-                                "tensor `{name}` has dtype {:?}, expected a float type",
-                                t.dtype()
-                            ),
-                        });
-                    };
-                    tensors.insert(c, t);
-                }
-                None => ignored.push(name),
+            let Some(c) = canonical_name(&name) else {
+                ignored.push(name);
+                continue;
+            };
+            if tied && c == names::MLM_DECODER {
+                copies.push((name, t, names::WORD));
+                continue;
             }
+            if c == names::MLM_BIAS {
+                biases.push((name, t, path));
+            } else {
+                tensors.insert(c, to_f32(path, &name, t)?);
+            }
+        }
+    }
+    let shadowed = shadowed_mlm_bias(biases.iter().map(|(n, _, _)| n.as_str()), tied);
+    for (name, t, path) in biases {
+        if Some(name.as_str()) == shadowed {
+            copies.push((name, t, names::MLM_BIAS));
+        } else {
+            tensors.insert(names::MLM_BIAS.into(), to_f32(path, &name, t)?);
+        }
+    }
+    let mut redundant = Vec::new();
+    for (name, t, of) in copies {
+        if tensors.get(of).is_some_and(|p| same_values(p, &t)) {
+            redundant.push(name);
+        } else {
+            ignored.push(name);
         }
     }
     let origin = paths
@@ -329,8 +372,49 @@ pub fn load_safetensors(
     Ok(LoadedWeights {
         tensors,
         ignored,
+        redundant,
         origin,
     })
+}
+
+/// A checkpoint tensor as f32; `path` and `name` for the error when it is not a float type.
+fn to_f32(path: &Path, name: &str, t: Tensor) -> Result<Tensor> {
+    if t.dtype() == DType::F32 {
+        Ok(t)
+    } else if t.dtype().is_float() {
+        Ok(t.to_dtype(DType::F32)?)
+    } else {
+        Err(Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: format!(
+                "tensor `{name}` has dtype {:?}, expected a float type",
+                t.dtype()
+            ),
+        })
+    }
+}
+
+/// Whether `b` holds exactly the values of the f32 tensor `a` (any float dtype, same shape).
+fn same_values(a: &Tensor, b: &Tensor) -> bool {
+    if a.dims() != b.dims() || !b.dtype().is_float() {
+        return false;
+    }
+    let diff = || -> candle_core::Result<f32> {
+        (a - b.to_dtype(DType::F32)?)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()
+    };
+    diff().is_ok_and(|d| d == 0.0)
+}
+
+/// Whether mslt reads the checkpoint tensor `name` for a model with this tie, given the MLM bias
+/// name [`shadowed_mlm_bias`] found over all of the checkpoint's files: the rule
+/// [`load_safetensors`] follows, for tools that read only names (`inspect`).
+pub fn is_read(name: &str, tied: bool, shadowed: Option<&str>) -> bool {
+    Some(name) != shadowed
+        && canonical_name(name).is_some_and(|c| !(tied && c == crate::model::names::MLM_DECODER))
 }
 
 fn first_line(s: &str) -> String {
@@ -553,6 +637,29 @@ mod tests {
             Some("cls.predictions.bias")
         );
         assert_eq!(canonical_name("classifier.weight"), None);
+    }
+
+    #[test]
+    fn unused_note_lists_sorted_parameters_only() {
+        let w = |ignored: Vec<String>| LoadedWeights {
+            tensors: HashMap::new(),
+            ignored,
+            redundant: vec![],
+            origin: "m.safetensors".into(),
+        };
+        assert_eq!(w(vec![]).unused_note(), None);
+        assert_eq!(
+            w(vec!["embeddings.position_ids".into()]).unused_note(),
+            None,
+            "a buffer alone is not reported"
+        );
+        // 10 parameters (given out of order) and a buffer: the first 8 by name, then a count
+        let mut names: Vec<String> = (0..10).rev().map(|i| format!("head.{i}")).collect();
+        names.push("bert.embeddings.token_type_ids".into());
+        assert_eq!(
+            w(names).unused_note().as_deref(),
+            Some("10 tensor(s) not used: head.0, head.1, head.2, head.3, head.4, head.5, head.6, head.7 and 2 more")
+        );
     }
 
     #[test]

@@ -470,6 +470,39 @@ fn untied_checkpoints_load_and_tied_ones_drop_a_stray_decoder_weight() {
     }
     std::fs::remove_file(&a).unwrap();
     std::fs::remove_file(&b).unwrap();
+    // the second bias name holding the same values (what mslt's untied export writes): listed
+    // as redundant, not as unused, under either tie
+    let mut same = uw.clone();
+    same.insert(dbias.into(), w[bias].clone());
+    candle_core::safetensors::save(&same, dir.join("model.safetensors")).unwrap();
+    for config in [&c, &cfg] {
+        let tie = config.tie_word_embeddings;
+        let l = load_safetensors(&files.weights, config, &Device::Cpu).unwrap();
+        assert_eq!(bits(&l.tensors[bias]), bits(&w[bias]));
+        let skipped = mslt_core::weights::preferred_mlm_bias(!tie);
+        assert_eq!(l.redundant, vec![skipped.to_string()], "tie {tie}");
+        assert!(
+            !l.ignored.iter().any(|n| n.ends_with("bias")),
+            "tie {tie}: {:?}",
+            l.ignored
+        );
+    }
+    // a tied config and a stored decoder weight equal to the word embeddings (HF checkpoints
+    // may carry it): redundant, nothing to report; one that differs is reported
+    let mut tied_copy = w.clone();
+    tied_copy.insert(dec.into(), w[word].clone());
+    candle_core::safetensors::save(&tied_copy, dir.join("model.safetensors")).unwrap();
+    let l = load_safetensors(&files.weights, &cfg, &Device::Cpu).unwrap();
+    assert_eq!(l.redundant, vec![dec.to_string()]);
+    assert_eq!(l.unused_note(), None, "{:?}", l.ignored);
+    tied_copy.insert(dec.into(), scaled.clone());
+    candle_core::safetensors::save(&tied_copy, dir.join("model.safetensors")).unwrap();
+    let l = load_safetensors(&files.weights, &cfg, &Device::Cpu).unwrap();
+    assert!(l.redundant.is_empty(), "{:?}", l.redundant);
+    assert_eq!(
+        l.unused_note().as_deref(),
+        Some("1 tensor(s) not used: cls.predictions.decoder.weight")
+    );
     // the decoder's bias alone is read under either tie
     uw.remove(bias);
     candle_core::safetensors::save(&uw, dir.join("model.safetensors")).unwrap();

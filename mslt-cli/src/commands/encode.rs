@@ -74,6 +74,9 @@ pub fn run(a: EncodeArgs) -> Result<()> {
     .with_context(|| format!("input {}", source_name(&a)))?;
 
     let weights = load_safetensors(&files.weights, &cfg, &device)?;
+    if let Some(note) = weights.unused_note() {
+        tracing::warn!("{}: {note}", files.name);
+    }
     // Plain tensors: nothing is tracked, the whole forward runs on no-backward ops.
     let mut model = BertForPreTraining::from_tensors(&cfg, &weights.tensors, &weights.origin)?;
     let kernels: mslt_core::Kernels = a

@@ -28,6 +28,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let cfg = files.load_config()?;
     let dev = candle_core::Device::Cpu;
     let w = load_safetensors(&files.weights, &cfg, &dev)?;
+    if let Some(note) = w.unused_note() {
+        tracing::warn!("{}: {note} (not exported)", files.name);
+    }
     // Validates every tensor's name and shape against the config.
     let model = BertForPreTraining::from_tensors(&cfg, &w.tensors, &w.origin)?;
     let heads = model.heads();

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mslt_core::weights::{canonical_name, ModelFiles};
+use mslt_core::weights::ModelFiles;
 use mslt_core::BertConfig;
 use std::path::{Path, PathBuf};
 
@@ -35,8 +35,12 @@ pub fn run(a: InspectArgs) -> Result<()> {
             (None, None) => "none".into(),
         };
         outln!("tokenizer: {tok}");
-        for w in &files.weights {
-            print_tensors(w, cfg.tie_word_embeddings)?;
+        let used = print_files(&files.weights, cfg.tie_word_embeddings)?;
+        if files.weights.len() > 1 {
+            outln!(
+                "all {} shards: {used} elements in BERT parameters mslt uses",
+                files.weights.len()
+            );
         }
     } else if p.is_file() {
         if p.extension().is_some_and(|e| e == "json") {
@@ -44,7 +48,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             print_config(&cfg, p);
         } else {
             // no config: HF's default, a tied decoder (a decoder weight is not counted as used)
-            print_tensors(p, true)?;
+            print_files(std::slice::from_ref(p), true)?;
         }
     } else {
         bail!("{}: no such file or directory", p.display());
@@ -83,30 +87,55 @@ fn print_config(cfg: &BertConfig, path: &Path) {
     );
 }
 
-/// `tied`: the config ties the MLM decoder to the word embeddings, so a stored decoder weight is
-/// not one mslt uses.
-fn print_tensors(path: &Path, tied: bool) -> Result<()> {
+/// A safetensors file's header, read from a read-only map.
+fn read_header(path: &Path) -> Result<safetensors::tensor::Metadata> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: read-only map of a file we do not modify while it is mapped.
     let mmap = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("mapping {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    Ok(meta)
+}
+
+/// Prints the metadata and tensors of a checkpoint's files (one, or every shard) and returns how
+/// many of their elements are in BERT parameters mslt reads. `tied`: the config ties the MLM
+/// decoder to the word embeddings, so a stored decoder weight is not one mslt uses.
+fn print_files(paths: &[PathBuf], tied: bool) -> Result<usize> {
+    let headers = paths
+        .iter()
+        .map(|p| read_header(p))
+        .collect::<Result<Vec<_>>>()?;
+    // Of two MLM bias names, the one mslt reads depends on every shard's names.
+    let names: Vec<String> = headers
+        .iter()
+        .flat_map(|h| h.tensors().into_keys())
+        .collect();
+    let shadowed = mslt_core::weights::shadowed_mlm_bias(names.iter().map(String::as_str), tied);
+    let mut used = 0;
+    for (path, meta) in paths.iter().zip(&headers) {
+        used += print_tensors(path, meta, tied, shadowed);
+    }
+    Ok(used)
+}
+
+/// Prints one file's metadata and tensors and returns how many of its elements mslt reads;
+/// `shadowed`: the MLM bias name mslt does not read (both present, over all shards).
+fn print_tensors(
+    path: &Path,
+    meta: &safetensors::tensor::Metadata,
+    tied: bool,
+    shadowed: Option<&str>,
+) -> usize {
     let mut tensors: Vec<_> = meta.tensors().into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let total: usize = tensors
         .iter()
         .map(|(_, i)| i.shape.iter().product::<usize>())
         .sum();
-    let shadowed =
-        mslt_core::weights::shadowed_mlm_bias(tensors.iter().map(|(n, _)| n.as_str()), tied);
     let used: usize = tensors
         .iter()
-        .filter(|(n, _)| {
-            Some(n.as_str()) != shadowed
-                && canonical_name(n)
-                    .is_some_and(|c| !(tied && c == mslt_core::model::names::MLM_DECODER))
-        })
+        .filter(|(n, _)| mslt_core::weights::is_read(n, tied, shadowed))
         .map(|(_, i)| i.shape.iter().product::<usize>())
         .sum();
     outln!(
@@ -131,5 +160,5 @@ fn print_tensors(path: &Path, tied: bool) -> Result<()> {
     for (name, info) in tensors {
         outln!("  {name:<64} {:>5?} {:?}", info.dtype, info.shape);
     }
-    Ok(())
+    used
 }

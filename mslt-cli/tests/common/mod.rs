@@ -19,7 +19,8 @@ pub fn fixture(p: &str) -> PathBuf {
 
 pub fn cli() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mslt-cli"));
-    c.env("RUST_BACKTRACE", "0");
+    // the default log filter (warn), whatever the developer's shell sets
+    c.env("RUST_BACKTRACE", "0").env_remove("MSLT_LOG");
     c
 }
 

@@ -675,21 +675,8 @@ fn setup(
                 }
             }
             let mut w = load_safetensors(&files.weights, &mc, device)?;
-            if !w.ignored.is_empty() {
-                let mut names = w.ignored.clone();
-                names.sort();
-                let more = names.len().saturating_sub(8);
-                names.truncate(8);
-                notes.push(format!(
-                    "{spec}: {} tensor(s) not used: {}{}",
-                    w.ignored.len(),
-                    names.join(", "),
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    }
-                ));
+            if let Some(note) = w.unused_note() {
+                notes.push(format!("{spec}: {note}"));
             }
             let mut mc = mc;
             if cfg.untie_decoder {
@@ -1351,6 +1338,9 @@ pub fn load_for_eval(spec: &Path, device: &Device) -> Result<(BertForPreTraining
     let files = ModelFiles::from_dir(&dir)?;
     let cfg = files.load_config()?;
     let w = load_safetensors(&files.weights, &cfg, device)?;
+    if let Some(note) = w.unused_note() {
+        tracing::warn!("{}: {note}", files.name);
+    }
     let m = BertForPreTraining::from_tensors(&cfg, &w.tensors, &w.origin)?;
     if m.mlm.is_none() {
         return Err(Error::Input(format!(
