@@ -42,6 +42,24 @@ fn check_outputs(out: &std::path::Path) {
     );
 }
 
+/// `encode` of a model directory on the fixture's inputs (written into it), outputs checked;
+/// returns stderr.
+fn encode_model_dir(dir: &std::path::Path) -> String {
+    let inputs = write_inputs(dir);
+    let out = dir.join("out.safetensors");
+    let o = run_ok(&[
+        "encode",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        inputs.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    check_outputs(&out);
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
 #[test]
 fn encode_input_file_matches_transformers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -80,19 +98,7 @@ fn loads_without_the_bert_prefix() {
     let qa = Tensor::zeros((2, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     renamed.insert("qa_outputs.weight".into(), qa);
     save(&renamed, &tmp.path().join("model.safetensors"));
-    let inputs = write_inputs(tmp.path());
-    let out = tmp.path().join("out.safetensors");
-    let o = run_ok(&[
-        "encode",
-        "--model",
-        tmp.path().to_str().unwrap(),
-        "--input",
-        inputs.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    check_outputs(&out);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = encode_model_dir(tmp.path());
     assert!(
         err.contains("1 tensor(s) not used: qa_outputs.weight"),
         "{err}"
@@ -186,29 +192,14 @@ fn inspect_counts_the_mlm_bias_once_across_shards() {
     );
     // encode reads the same bias: the copy under the other name is not reported; a second
     // name with other values is
-    let encode = || {
-        let inputs = write_inputs(d.path());
-        let out = d.path().join("out.safetensors");
-        let o = run_ok(&[
-            "encode",
-            "--model",
-            d.path().to_str().unwrap(),
-            "--input",
-            inputs.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
-        check_outputs(&out);
-        String::from_utf8_lossy(&o.stderr).to_string()
-    };
-    let err = encode();
+    let err = encode_model_dir(d.path());
     assert!(!err.contains("not used"), "{err}");
     shard_b.insert(
         "cls.predictions.decoder.bias".to_string(),
         (&w["cls.predictions.bias"] + 1.0).unwrap(),
     );
     save(&shard_b, &d.path().join(b));
-    let err = encode();
+    let err = encode_model_dir(d.path());
     assert!(
         err.contains("1 tensor(s) not used: cls.predictions.decoder.bias"),
         "{err}"
