@@ -100,8 +100,13 @@ def time_to(curve, y):
 
 def read_run(d, costs):
     name = os.path.basename(d.rstrip("/"))
-    with open(os.path.join(d, "config.json")) as f:
-        cfg = json.load(f)
+    path = os.path.join(d, "config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["run"], cfg["stages"]
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"{path}: not a run's config.json with `run` and `stages` ({e})")
     run = cfg["run"]
     key = run["optimizer"] + ("+untied" if run.get("untie_decoder") else "")
     if key not in costs:
@@ -109,9 +114,13 @@ def read_run(d, costs):
     stages = cfg["stages"]
     secs = stage_costs(stages, costs[key], name)
     evals, wall = [], None
-    with open(os.path.join(d, "metrics.jsonl")) as f:
-        for line in f:
-            m = json.loads(line)
+    mpath = os.path.join(d, "metrics.jsonl")
+    with open(mpath) as f:
+        for i, line in enumerate(f, 1):
+            try:
+                m = json.loads(line)
+            except ValueError as e:
+                sys.exit(f"{mpath}:{i}: not a JSON line ({e})")
             if "eval_mlm_loss" in m:
                 evals.append((m["step"], m["elapsed_s"], m["eval_mlm_loss"]))
     if not evals:
